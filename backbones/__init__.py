@@ -1,0 +1,15 @@
+"""Backbone Zoo: timm-compatible vision backbones, faithful to their papers and official weights.
+
+``import backbones`` registers every zoo model with timm, so ``timm.create_model('<zoo name>', ...)`` works.
+"""
+from . import models  # noqa: F401  (registers the zoo with timm)
+from ._registry import get_family, get_variant_info, list_families, list_models
+from .version import __version__
+
+__all__ = ['list_models', 'list_families', 'get_family', 'get_variant_info', 'count', '__version__']
+
+
+def count(model_or_name, input_size=None, per_module: bool = False):
+    """Params and GMACs (one multiply-add = one, the papers' "FLOPs"); see :func:`backbones.flops.count`."""
+    from .flops import count as _count
+    return _count(model_or_name, input_size=input_size, per_module=per_module)

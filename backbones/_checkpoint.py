@@ -1,0 +1,123 @@
+"""Checkpoint conversion shared by every family's ``checkpoint_filter_fn``.
+
+A family describes how a foreign layout (official code, timm) maps onto ours as an ordered list of
+``(regex, replacement)`` rules; :func:`convert_state_dict` unwraps the usual containers, renames every key that is
+not already ours, and checks the result against the model, raising a ``ValueError`` that lists what is missing or
+unexpected instead of letting ``load_state_dict`` fail later with a bare key dump.
+"""
+import re
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = ['unwrap_state_dict', 'rename_keys', 'convert_state_dict', 'check_state_dict', 'CheckpointMismatchError']
+
+Rule = Tuple[str, Union[str, Callable[[re.Match], str]]]
+
+_CONTAINER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model', 'module')
+_PREFIXES = ('module.', '_orig_mod.')
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint does not fit the model: wrong family, wrong variant, or missing keys."""
+
+
+def unwrap_state_dict(checkpoint: Mapping) -> Dict[str, torch.Tensor]:
+    """Return the tensor dict inside ``{'state_dict_ema'|'model_ema'|'state_dict'|'model': ...}`` containers.
+
+    EMA weights are preferred when present, as timm does. ``module.`` / ``_orig_mod.`` prefixes are stripped.
+    """
+    sd = checkpoint
+    while isinstance(sd, Mapping) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
+        for key in _CONTAINER_KEYS:
+            if isinstance(sd.get(key), Mapping):
+                sd = sd[key]
+                break
+        else:
+            raise CheckpointMismatchError(
+                f'no tensors found in the checkpoint; top-level keys: {sorted(sd)[:10]} '
+                f'(expected a state dict or one of the containers {list(_CONTAINER_KEYS)})')
+    out = {}
+    for k, v in sd.items():
+        for p in _PREFIXES:
+            if k.startswith(p):
+                k = k[len(p):]
+        out[k] = v
+    return out
+
+
+def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: Sequence[Rule], keep: Iterable[str] = ()) -> Dict:
+    """Apply every rule (``re.sub``) in order to each key not in ``keep``."""
+    keep = set(keep)
+    out = {}
+    for k, v in state_dict.items():
+        if k not in keep:
+            for pattern, repl in rules:
+                k = re.sub(pattern, repl, k)
+        out[k] = v
+    return out
+
+
+def _listing(keys: List[str], limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f' ... and {len(keys) - limit} more' if len(keys) > limit else ''
+    return ', '.join(keys[:limit]) + more
+
+
+def check_state_dict(
+        state_dict: Mapping[str, torch.Tensor],
+        model: nn.Module,
+        what: str = 'checkpoint',
+        ignore_shapes: Sequence[str] = (),
+) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``state_dict`` has exactly the model's keys and shapes.
+
+    Classifier keys are exempt (timm drops or re-creates them when ``num_classes`` differs), so are BN
+    ``num_batches_tracked`` counters (older checkpoints lack them; torch fills them in), and shapes of the keys under
+    the prefixes in ``ignore_shapes`` (the first conv, which timm adapts to ``in_chans``).
+    """
+    expected = model.state_dict()
+    classifier = _classifier_prefix(model)
+    exempt = lambda k: (classifier and k.startswith(classifier)) or k.endswith('num_batches_tracked')
+    missing = [k for k in expected if k not in state_dict and not exempt(k)]
+    unexpected = [k for k in state_dict if k not in expected and not exempt(k)]
+    mismatched = [
+        f'{k} {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}'
+        for k in state_dict if k in expected and not exempt(k)
+        and not any(k.startswith(p) for p in ignore_shapes)
+        and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mismatched:
+        name = getattr(model, 'pretrained_cfg', {}).get('architecture') or model.__class__.__name__
+        lines = [f'{what} does not fit {name}:']
+        if missing:
+            lines.append(f'  missing keys ({len(missing)}): {_listing(missing)}')
+        if unexpected:
+            lines.append(f'  unexpected keys ({len(unexpected)}): {_listing(unexpected)}')
+        if mismatched:
+            lines.append(f'  shape mismatches ({len(mismatched)}): {_listing(mismatched, 4)}')
+        lines.append('  expected keys look like: ' + _listing([k for k in expected if not exempt(k)], 4))
+        raise CheckpointMismatchError('\n'.join(lines))
+
+
+def _classifier_prefix(model: nn.Module) -> Optional[str]:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    classifier = cfg.get('classifier', 'head.fc')
+    return (classifier + '.') if classifier else None
+
+
+def convert_state_dict(
+        checkpoint: Mapping,
+        model: nn.Module,
+        rules: Sequence[Rule],
+        family: str,
+        first_conv: Optional[str] = None,
+) -> Dict[str, torch.Tensor]:
+    """Unwrap, rename foreign keys to ours with ``rules`` and verify the result fits ``model``.
+
+    Keys already in our layout pass through untouched, so our own exported checkpoints load as they are.
+    """
+    sd = unwrap_state_dict(checkpoint)
+    sd = rename_keys(sd, rules, keep=model.state_dict().keys())
+    check_state_dict(sd, model, what=f'{family} checkpoint', ignore_shapes=(first_conv,) if first_conv else ())
+    return sd

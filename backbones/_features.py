@@ -1,0 +1,107 @@
+"""The feature API shared by every stage-based zoo model (stem -> stages -> norm -> head).
+
+A model that mixes in :class:`StageFeatureMixin` gets timm's ``forward_intermediates``,
+``prune_intermediate_layers``, ``set_grad_checkpointing``, ``group_matcher`` and the classifier methods, given
+these attributes:
+
+- ``stem``: module (its output feeds ``stages[0]``);
+- ``stages``: ``nn.Sequential`` of :class:`backbones.layers.Stage` (one feature tap after each);
+- ``norm``: final norm applied to the last stage's output (``nn.Identity`` when the net has none);
+- ``head``: :class:`backbones.layers.Head`;
+- ``feature_info``: one dict per stage (``num_chs``, ``reduction``, ``module='stages.<i>'``);
+- ``_check_input(x)``: raises a clear ``ValueError`` for input it cannot take.
+"""
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import get_device_dtype
+from timm.models._features import feature_take_indices
+
+__all__ = ['StageFeatureMixin', 'stage_feature_info']
+
+
+def stage_feature_info(chs: List[int], reductions: List[int]) -> List[Dict]:
+    return [dict(num_chs=c, reduction=r, module=f'stages.{i}') for i, (c, r) in enumerate(zip(chs, reductions))]
+
+
+class StageFeatureMixin:
+    """timm's model contract for ``stem -> stages -> norm -> head`` networks (see module docstring)."""
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool, **get_device_dtype(self))
+        self.head.train(self.training)
+        self.head_hidden_size = self.head.hidden_size
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Features after each stage (``indices``: None = all, n = last n, or a list), and the final features.
+
+        ``norm=True`` applies the final norm to the last stage's tap; ``stop_early`` skips the stages after the
+        last requested tap.
+        """
+        assert output_fmt == 'NCHW', 'output_fmt must be NCHW for this model'
+        self._check_input(x)
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_index = len(self.stages) - 1
+        x = self.stem(x)
+        if torch.jit.is_scripting() or not stop_early:
+            stages = self.stages
+        else:
+            stages = self.stages[:max_index + 1]
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm and i == last_index else x)
+        if intermediates_only:
+            return intermediates
+        if max_index == last_index or not stop_early:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages after the last tap in ``indices`` (and the norm / head); returns the taps kept."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        if max_index < len(self.feature_info) - 1:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        return take_indices

@@ -1,0 +1,145 @@
+"""The zoo's registry: zoo names, family metadata and the no-shadow guard.
+
+Every zoo model is registered with timm (so ``timm.create_model`` finds it) through :func:`register_zoo_model`,
+which refuses a name that timm already owns: registering over a timm entrypoint would silently replace timm's model
+(and its pretrained cfgs) for the whole process. A future timm that adds, say, ``biformer_tiny`` therefore makes our
+import fail loudly, naming the clash, instead of shadowing timm.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import register_model
+from timm.models._registry import _model_entrypoints
+
+__all__ = [
+    'Family', 'VariantInfo', 'register_family', 'register_zoo_model', 'list_models', 'list_families',
+    'get_family', 'get_variant_info', 'zoo_cfg', 'NameClashError',
+]
+
+
+class NameClashError(RuntimeError):
+    """A zoo name equals a timm entrypoint (registering it would replace timm's model)."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """Metadata of one model family (one paper)."""
+    name: str
+    paper: str
+    arxiv: str
+    repo: str
+    license: str
+    module: str  # python module holding the family, e.g. 'backbones.models.senet'
+    oracle: str = ''  # what parity is verified against
+    weights: str = ''  # where the released weights come from
+
+    @property
+    def arxiv_url(self) -> str:
+        return f'https://arxiv.org/abs/{self.arxiv}'
+
+    @property
+    def repo_url(self) -> str:
+        return f'https://github.com/{self.repo}'
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    """What the paper / official release says about one variant (the numbers our tests hold us to)."""
+    name: str
+    family: str
+    params: int  # official parameter count (1000-class head)
+    gmacs: Optional[float] = None  # official / paper GMACs ("FLOPs") at the default input size
+    top1: Optional[float] = None  # official ImageNet-1k top-1
+    gmacs_source: str = ''
+    notes: str = ''
+
+
+_FAMILIES: Dict[str, Family] = {}
+_VARIANTS: Dict[str, VariantInfo] = {}
+_MODULE_TO_FAMILY: Dict[str, str] = {}
+_ours: set = set()  # names we registered (so re-importing a family module is not mistaken for a clash)
+
+
+def register_family(family: Family) -> Family:
+    _FAMILIES[family.name] = family
+    _MODULE_TO_FAMILY[family.module] = family.name
+    return family
+
+
+def register_zoo_model(
+        params: int,
+        gmacs: Optional[float] = None,
+        top1: Optional[float] = None,
+        gmacs_source: str = '',
+        notes: str = '',
+) -> Callable[[Callable], Callable]:
+    """Register a zoo entrypoint with timm after checking that timm does not own its name.
+
+    The decorated function's module must have registered its family with :func:`register_family` and define
+    ``default_cfgs`` above the entrypoints (timm's ``register_model`` reads it).
+    """
+    def _register(fn: Callable) -> Callable:
+        name = fn.__name__
+        if name in _model_entrypoints and name not in _ours:
+            raise NameClashError(
+                f"zoo model name '{name}' is already a timm entrypoint ({_model_entrypoints[name].__module__}); "
+                f"registering it would replace timm's model. Rename the zoo variant (see specs/naming.md).")
+        family = _MODULE_TO_FAMILY.get(fn.__module__)
+        if family is None:
+            raise RuntimeError(f'{fn.__module__} registers {name} before calling register_family()')
+        _ours.add(name)
+        _VARIANTS[name] = VariantInfo(
+            name=name, family=family, params=params, gmacs=gmacs, top1=top1, gmacs_source=gmacs_source, notes=notes)
+        return register_model(fn)
+    return _register
+
+
+def list_models(pattern: str = '*', family: Optional[str] = None) -> List[str]:
+    """Zoo model names (never timm's own) matching an fnmatch ``pattern``, sorted."""
+    names = [n for n, v in _VARIANTS.items() if family is None or v.family == family]
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+
+
+def list_families() -> List[str]:
+    return list(_FAMILIES)
+
+
+def get_family(name: str) -> Family:
+    """Family metadata by family name or by model name."""
+    if name in _FAMILIES:
+        return _FAMILIES[name]
+    if name in _VARIANTS:
+        return _FAMILIES[_VARIANTS[name].family]
+    raise KeyError(f"unknown zoo family or model '{name}'; known families: {', '.join(_FAMILIES)}")
+
+
+def get_variant_info(name: str) -> VariantInfo:
+    arch = name.split('.')[0]
+    if arch not in _VARIANTS:
+        raise KeyError(f"'{name}' is not a zoo model; see backbones.list_models()")
+    return _VARIANTS[arch]
+
+
+def zoo_cfg(family: Family, url: str = '', **kwargs) -> dict:
+    """A complete pretrained cfg dict for one variant of ``family`` (timm ``PretrainedCfg`` field names)."""
+    cfg = dict(
+        url=url,
+        num_classes=1000,
+        input_size=(3, 224, 224),
+        pool_size=(7, 7),
+        crop_pct=0.875,
+        interpolation='bilinear',
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        license=family.license,
+        paper_ids=f'arXiv:{family.arxiv}',
+        paper_name=family.paper,
+        origin_url=family.repo_url,
+    )
+    cfg.update(kwargs)
+    return cfg
+

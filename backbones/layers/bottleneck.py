@@ -1,0 +1,81 @@
+"""The ResNet bottleneck with a pluggable spatial mixer: the block SENet, SKNet, Res2Net and RedNet share.
+
+    x -> conv1 (1x1) -> conv2 (the family's mixer) -> conv3 (1x1, no act) -> attn -> drop_path -> + shortcut -> act
+
+What differs between those families is only ``conv2`` (grouped 3x3, selective kernel, hierarchical split,
+involution), ``attn`` (squeeze-excitation or nothing), where the stride sits and the shortcut's form.
+"""
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath
+
+from .conv import ConvNormAct, LayerType
+from .shortcut import Shortcut
+
+__all__ = ['Bottleneck', 'MixerFn']
+
+# mixer_fn(in_chs, out_chs, stride, first, device=, dtype=) -> module mapping [B, in, H, W] to [B, out, H/s, W/s],
+# normalized and activated. ``first`` is True in the first block of a stage.
+MixerFn = Callable[..., nn.Module]
+
+
+class Bottleneck(nn.Module):
+    """Residual bottleneck.
+
+    Args:
+        in_chs, out_chs: block input / output channels.
+        mid_chs: width after ``conv1``.
+        mixer_fn: builds ``conv2`` (see ``MixerFn``).
+        mixer_chs: width after ``conv2`` (default ``mid_chs``; SENet-154 doubles it).
+        stride: block stride, carried by ``conv2`` unless ``stride_in_1x1`` (Caffe ResNet v1: by ``conv1``).
+        first: first block of its stage (passed to the mixer).
+        attn_layer: channel attention applied after ``conv3`` (e.g. squeeze-excitation), or None.
+        shortcut_kernel_size, avg_down: form of the projection shortcut (built when the shape changes).
+        drop_path: stochastic-depth rate of the residual branch.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            mid_chs: int,
+            mixer_fn: MixerFn,
+            mixer_chs: Optional[int] = None,
+            stride: int = 1,
+            first: bool = False,
+            stride_in_1x1: bool = False,
+            attn_layer: Optional[LayerType] = None,
+            shortcut_kernel_size: int = 1,
+            avg_down: bool = False,
+            drop_path: float = 0.,
+            act_layer: LayerType = nn.ReLU,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        mixer_chs = mixer_chs or mid_chs
+        self.conv1 = ConvNormAct(in_chs, mid_chs, 1, stride=stride if stride_in_1x1 else 1, act_layer=act_layer, **dd)
+        self.conv2 = mixer_fn(mid_chs, mixer_chs, 1 if stride_in_1x1 else stride, first, **dd)
+        self.conv3 = ConvNormAct(mixer_chs, out_chs, 1, act_layer=None, **dd)
+        self.attn = attn_layer(out_chs, **dd) if attn_layer is not None else nn.Identity()
+        if stride != 1 or in_chs != out_chs:
+            self.downsample = Shortcut(in_chs, out_chs, stride, kernel_size=shortcut_kernel_size, avg_down=avg_down, **dd)
+        else:
+            self.downsample = nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.act = act_layer(inplace=True)
+
+    def zero_init_last(self):
+        """Start the residual branch at zero (the last BN's scale), as RedNet and many ResNet recipes do."""
+        nn.init.zeros_(self.conv3.bn.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.downsample(x)
+        x = self.conv1(x)
+        x = self.conv2(x)
+        x = self.conv3(x)
+        x = self.attn(x)
+        return self.act(self.drop_path(x) + shortcut)

@@ -1,0 +1,58 @@
+"""Classifier head: pool -> [norm] -> dropout -> fc, with ``reset``."""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from timm.layers import SelectAdaptivePool2d
+
+from .conv import LayerType
+
+__all__ = ['Head']
+
+
+class Head(nn.Module):
+    """Global pooling, optional norm on the pooled vector, dropout and the linear classifier.
+
+    ``forward(x, pre_logits=True)`` stops before ``fc`` and returns ``[B, hidden_size]``.
+    ``pool_type=''`` keeps the spatial map (then ``fc`` must be disabled with ``num_classes=0``).
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            num_classes: int,
+            pool_type: str = 'avg',
+            drop_rate: float = 0.,
+            norm_layer: Optional[LayerType] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.in_features = in_features
+        self.drop_rate = drop_rate
+        self._norm_layer = norm_layer
+        self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
+        self.hidden_size = in_features * self.global_pool.feat_mult()
+        self._check_pool(pool_type)
+        self.norm = norm_layer(self.hidden_size, **dd) if norm_layer is not None else nn.Identity()
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(self.hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    def _check_pool(self, pool_type: str):
+        assert self._norm_layer is None or self.global_pool.feat_mult() == 1, \
+            f"pool_type '{pool_type}' changes the pooled width, which the head norm does not support"
+
+    def reset(self, num_classes: int, pool_type: Optional[str] = None, device=None, dtype=None):
+        dd = dict(device=device, dtype=dtype)
+        if pool_type is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
+            self._check_pool(pool_type)
+            self.hidden_size = self.in_features * self.global_pool.feat_mult()
+        self.fc = nn.Linear(self.hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        x = self.norm(x)
+        x = self.drop(x)
+        return x if pre_logits else self.fc(x)

@@ -1,0 +1,64 @@
+"""Stems: a stack of conv-norm-act layers followed by an optional max-pool."""
+from typing import Optional, Sequence, Union
+
+import torch.nn as nn
+
+from .conv import ConvNormAct, LayerType
+
+__all__ = ['ConvStem', 'stem_pool']
+
+
+def stem_pool(kind: Optional[str]) -> nn.Module:
+    """The 3x3 stride-2 max-pool that closes a ResNet stem.
+
+    ``'max'``: PyTorch style (pad 1, floor). ``'max_caffe'``: Caffe style (pad 0, ceil), which the SENet/SKNet
+    prototxts use; both give 56x56 at 224 but different windows. ``None``: no pool.
+    """
+    if kind is None:
+        return nn.Identity()
+    if kind == 'max':
+        return nn.MaxPool2d(3, stride=2, padding=1)
+    if kind == 'max_caffe':
+        return nn.MaxPool2d(3, stride=2, padding=0, ceil_mode=True)
+    raise ValueError(f"unknown stem pool '{kind}', expected 'max', 'max_caffe' or None")
+
+
+class ConvStem(nn.Module):
+    """``conv1 .. convN`` (conv-norm-act; the first carries the stride) then ``pool``.
+
+    A single 7x7 layer gives the classic ResNet stem; ``widths=(32, 32, 64), kernel_size=3`` the "deep" stem.
+
+    Attributes:
+        out_chs: output channels.
+        reduction: total stride.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            widths: Union[int, Sequence[int]] = 64,
+            kernel_size: int = 7,
+            stride: int = 2,
+            pool: Optional[str] = 'max',
+            norm_layer: LayerType = nn.BatchNorm2d,
+            act_layer: LayerType = nn.ReLU,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        widths = (widths,) if isinstance(widths, int) else tuple(widths)
+        prev = in_chs
+        for i, w in enumerate(widths):
+            self.add_module(f'conv{i + 1}', ConvNormAct(
+                prev, w, kernel_size, stride=stride if i == 0 else 1, norm_layer=norm_layer, act_layer=act_layer,
+                **dd))
+            prev = w
+        self.pool = stem_pool(pool)
+        self.out_chs = prev
+        self.reduction = stride * (1 if pool is None else 2)
+
+    def forward(self, x):
+        for m in self.children():
+            x = m(x)
+        return x
