@@ -62,7 +62,8 @@ class Bottleneck(nn.Module):
         self.conv3 = ConvNormAct(mixer_chs, out_chs, 1, act_layer=None, **dd)
         self.attn = attn_layer(out_chs, **dd) if attn_layer is not None else nn.Identity()
         if stride != 1 or in_chs != out_chs:
-            self.downsample = Shortcut(in_chs, out_chs, stride, kernel_size=shortcut_kernel_size, avg_down=avg_down, **dd)
+            self.downsample = Shortcut(
+                in_chs, out_chs, stride, kernel_size=shortcut_kernel_size, avg_down=avg_down, **dd)
         else:
             self.downsample = nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
