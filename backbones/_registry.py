@@ -8,6 +8,7 @@ import fail loudly, naming the clash, instead of shadowing timm.
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
@@ -99,13 +100,18 @@ def register_zoo_model(
 
 
 def list_models(pattern: str = '*', family: Optional[str] = None) -> List[str]:
-    """Zoo model names (never timm's own) matching an fnmatch ``pattern``, sorted."""
+    """Zoo model names (never timm's own) matching an fnmatch ``pattern``, in natural order."""
     names = [n for n, v in _VARIANTS.items() if family is None or v.family == family]
-    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+    return sorted((n for n in names if fnmatch.fnmatch(n, pattern)), key=_natural_key)
+
+
+def _natural_key(name: str):
+    """Sort key putting rednet26 before rednet101."""
+    return [int(p) if p.isdigit() else p for p in re.split(r'(\d+)', name)]
 
 
 def list_families() -> List[str]:
-    return list(_FAMILIES)
+    return sorted(_FAMILIES)
 
 
 def get_family(name: str) -> Family:

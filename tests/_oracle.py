@@ -26,3 +26,18 @@ def redraw_(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
                 new = 0.02 * torch.randn(v.shape, generator=g)
             v.copy_(new.to(v.dtype))
     return model
+
+
+def random_model(name: str, **kwargs) -> torch.nn.Module:
+    """``timm.create_model`` without the (slow, irrelevant) init: built on meta, then re-drawn by ``redraw_``."""
+    import timm
+    model = timm.create_model(name, device='meta', **kwargs).to_empty(device='cpu')
+    return redraw_(model).eval()
+
+
+def load_converted(name: str, state_dict, filter_fn, **kwargs) -> torch.nn.Module:
+    """Our model ``name`` holding ``filter_fn(state_dict)``, built on meta and loaded with ``assign``."""
+    import timm
+    model = timm.create_model(name, device='meta', **kwargs)
+    model.load_state_dict(filter_fn(state_dict, model), assign=True)
+    return model.eval()

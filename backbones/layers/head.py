@@ -32,7 +32,7 @@ class Head(nn.Module):
         self.in_features = in_features
         self.drop_rate = drop_rate
         self._norm_layer = norm_layer
-        self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
         self.hidden_size = in_features * self.global_pool.feat_mult()
         self._check_pool(pool_type)
         self.norm = norm_layer(self.hidden_size, **dd) if norm_layer is not None else nn.Identity()
@@ -46,7 +46,7 @@ class Head(nn.Module):
     def reset(self, num_classes: int, pool_type: Optional[str] = None, device=None, dtype=None):
         dd = dict(device=device, dtype=dtype)
         if pool_type is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
             self._check_pool(pool_type)
             self.hidden_size = self.in_features * self.global_pool.feat_mult()
         self.fc = nn.Linear(self.hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()

@@ -52,6 +52,7 @@ class ResNetSkeleton(StageFeatureMixin, nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.input_divisor = input_divisor
+        self._model_name = type(self).__name__  # for error messages (TorchScript cannot read self.__class__)
         self.grad_checkpointing = False
 
         self.stem = stem
@@ -88,7 +89,7 @@ class ResNetSkeleton(StageFeatureMixin, nn.Module):
                     m.zero_init_last()
 
     def _check_input(self, x: torch.Tensor):
-        check_input(x, self.in_chans, self.input_divisor, self.__class__.__name__)
+        check_input(x, self.in_chans, self.input_divisor, self._model_name)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

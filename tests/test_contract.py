@@ -1,0 +1,172 @@
+"""timm's model contract, checked on every zoo model (meta device) and for real on the smallest of each family."""
+import pytest
+import timm
+import torch
+from conftest import ALL_MODELS, SMALL_MODELS
+from timm.models import get_pretrained_cfg
+
+SIZE = 64  # small real input; every family's size rule accepts 64 and 64x96
+
+
+def _x(h=SIZE, w=SIZE, b=2, device='cpu'):
+    return torch.randn(b, 3, h, w, device=device)
+
+
+# ---------------------------------------------------------------- every variant, on the meta device
+
+@pytest.mark.parametrize('name', ALL_MODELS)
+def test_meta_shapes(name):
+    model = timm.create_model(name, device='meta').eval()
+    cfg = model.pretrained_cfg
+    assert model.in_chans == cfg['input_size'][0]
+    x = torch.empty(1, *cfg['input_size'], device='meta')
+    feats = model.forward_features(x)
+    assert feats.shape == (1, model.num_features, *cfg['pool_size'])
+    assert model.forward_head(feats, pre_logits=True).shape == (1, model.head_hidden_size)
+    assert model(x).shape == (1, cfg['num_classes'])
+    sd = model.state_dict()
+    assert cfg['first_conv'] + '.weight' in sd
+    assert cfg['classifier'] + '.weight' in sd
+    for p in list(model.parameters()) + list(model.buffers()):
+        assert p.device.type == 'meta'
+
+
+@pytest.mark.parametrize('name', ALL_MODELS)
+def test_meta_features_only(name):
+    model = timm.create_model(name, features_only=True, device='meta').eval()
+    cfg = get_pretrained_cfg(name).to_dict()
+    h, w = cfg['input_size'][1:]
+    outs = model(torch.empty(1, 3, h, w, device='meta'))
+    info = model.feature_info
+    assert len(outs) == len(info.channels()) >= 3
+    for o, c, r in zip(outs, info.channels(), info.reduction()):
+        assert o.shape[1] == c
+        assert o.shape[2] == -(-h // r) and o.shape[3] == -(-w // r)
+
+
+@pytest.mark.parametrize('name', ALL_MODELS)
+def test_cfg_complete(name):
+    cfg = get_pretrained_cfg(name).to_dict()
+    for key in ('mean', 'std', 'crop_pct', 'interpolation', 'first_conv', 'classifier', 'license', 'paper_ids',
+                'origin_url', 'pool_size', 'input_size'):
+        assert cfg.get(key), f'{name}: pretrained_cfg lacks {key}'
+
+
+# ---------------------------------------------------------------- the smallest variant of each family, for real
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_forward_and_classifier(name):
+    model = timm.create_model(name, num_classes=7).eval()
+    x = _x()
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (2, 7)
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert pre.shape == (2, model.head_hidden_size)
+        model.reset_classifier(0)
+        assert model(x).shape == (2, model.head_hidden_size)
+        assert torch.allclose(model(x), pre, atol=1e-5)
+        model.reset_classifier(5, 'max')
+        assert model(x).shape == (2, 5)
+        model.reset_classifier(0, '')
+        assert model(x).ndim == 4
+    assert not model.training  # reset keeps the mode
+    m0 = timm.create_model(name, num_classes=0).eval()
+    assert m0(x).shape == (2, m0.num_features)
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_features_only_and_intermediates(name):
+    model = timm.create_model(name).eval()
+    feat = timm.create_model(name, features_only=True).eval()
+    missing, unexpected = feat.load_state_dict(
+        {'model.' + k: v for k, v in model.state_dict().items() if not k.startswith('head')}, strict=False)
+    assert not unexpected and not [k for k in missing if not k.startswith('model.head')]
+    x = _x(64, 96)
+    with torch.no_grad():
+        outs = feat(x)
+        final, inter = model.forward_intermediates(x)
+        assert torch.allclose(final, model.forward_features(x), atol=1e-5)
+    assert len(outs) == len(inter) == len(model.feature_info)
+    for o, i, info in zip(outs, inter, model.feature_info):
+        assert o.shape[1] == info['num_chs']
+        assert o.shape[-2:] == (-(-64 // info['reduction']), -(-96 // info['reduction']))
+        assert torch.allclose(o, i, atol=1e-5)
+    sub = timm.create_model(name, features_only=True, out_indices=(1, 2)).eval()
+    assert sub.feature_info.channels() == [model.feature_info[1]['num_chs'], model.feature_info[2]['num_chs']]
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_prune_intermediate_layers(name):
+    model = timm.create_model(name).eval()
+    x = _x()
+    with torch.no_grad():
+        full = model.forward_intermediates(x, intermediates_only=True)
+        early = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
+        assert torch.equal(early[0], full[1])
+        model.prune_intermediate_layers(indices=[1])
+        assert len(model.stages) == 2
+        assert model.num_features == model.feature_info[1]['num_chs']
+        out = model(x)
+        assert out.shape == (2, model.num_features, 8, 8)  # pruned head: unpooled features
+        assert torch.allclose(model.forward_intermediates(x, intermediates_only=True)[-1], full[1], atol=1e-6)
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_grad_checkpointing_identical(name):
+    model = timm.create_model(name, drop_path_rate=0.).train()
+    x = _x()
+    torch.manual_seed(1)
+    ref = model(x)
+    ref.sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    torch.manual_seed(1)
+    out = model(x)
+    out.sum().backward()
+    assert torch.allclose(out, ref, atol=1e-5)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, ref_grads[n], atol=1e-4, rtol=1e-4), n
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_backward_reaches_every_parameter(name):
+    model = timm.create_model(name, num_classes=3, drop_path_rate=0.1).train()
+    model(_x()).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f'parameters without gradient: {missing[:5]}'
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_unknown_kwarg_raises(name):
+    with pytest.raises(TypeError):
+        timm.create_model(name, not_a_model_arg=1, device='meta')
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_group_matcher_and_no_weight_decay(name):
+    from timm.models import group_parameters
+    model = timm.create_model(name, device='meta')
+    for coarse in (True, False):
+        groups = group_parameters(model, model.group_matcher(coarse=coarse))
+        assert len(groups) > 1
+        assert sum(len(v) for v in groups.values()) == len(list(model.parameters()))
+    assert isinstance(model.no_weight_decay(), set) if hasattr(model, 'no_weight_decay') else True
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_torchscript(name):
+    model = timm.create_model(name, scriptable=True).eval()
+    scripted = torch.jit.script(model)
+    x = _x()
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_in_chans_adapt_and_dtype(name):
+    model = timm.create_model(name, in_chans=1, num_classes=4).eval()
+    assert model(torch.randn(1, 1, SIZE, SIZE)).shape == (1, 4)
+    m64 = timm.create_model(name, num_classes=4).double().eval()
+    assert m64(torch.randn(1, 3, SIZE, SIZE, dtype=torch.float64)).dtype == torch.float64

@@ -1,0 +1,70 @@
+"""SENet parity with timm's legacy_* models (the official Caffe topology and converted official weights)."""
+import pytest
+import timm
+import torch
+from _oracle import load_converted, random_model
+
+import backbones
+from backbones._checkpoint import CheckpointMismatchError
+from backbones.models.senet import checkpoint_filter_fn
+
+ORACLES = {
+    'se_resnet50': 'legacy_seresnet50',
+    'se_resnet101': 'legacy_seresnet101',
+    'se_resnet152': 'legacy_seresnet152',
+    'se_resnext50_32x4d': 'legacy_seresnext50_32x4d',
+    'se_resnext101_32x4d': 'legacy_seresnext101_32x4d',
+    'senet_154': 'legacy_senet154',
+}
+
+DEEP = {'se_resnet101', 'se_resnet152', 'se_resnext101_32x4d', 'senet_154'}
+# 224 and a non-square size for every variant; the deep nets' 224 run (same mapping, 4-20 GMACs) is `-m slow`.
+CASES = [(n, s) for n in sorted(ORACLES) for s in [(224, 224), (96, 64)]]
+CASES = [pytest.param(n, s, marks=pytest.mark.slow) if n in DEEP and s[0] == 224 else (n, s) for n, s in CASES]
+
+
+@pytest.mark.parametrize('name,size', CASES)
+def test_parity_with_timm_legacy(name, size):
+    oracle = random_model(ORACLES[name])
+    model = load_converted(name, oracle.state_dict(), checkpoint_filter_fn)
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        expected, got = oracle(x), model(x)
+    assert (expected - got).abs().max().item() <= 1e-5
+
+
+def test_stride_placement_is_caffe():
+    """SE-ResNet strides in the first 1x1 (official), SE-ResNeXt / SENet-154 in the grouped 3x3."""
+    r = timm.create_model('se_resnet50', device='meta')
+    x = timm.create_model('se_resnext50_32x4d', device='meta')
+    s = timm.create_model('senet_154', device='meta')
+    assert r.stages[1].blocks[0].conv1.conv.stride == (2, 2) and r.stages[1].blocks[0].conv2.conv.stride == (1, 1)
+    assert x.stages[1].blocks[0].conv1.conv.stride == (1, 1) and x.stages[1].blocks[0].conv2.conv.stride == (2, 2)
+    assert s.stages[1].blocks[0].downsample.conv.kernel_size == (3, 3)
+    assert s.stages[0].blocks[0].downsample.conv.kernel_size == (1, 1)
+    assert r.stem.pool.ceil_mode and r.stem.pool.padding == 0
+    assert s.head.drop.p == 0.2 and r.head.drop.p == 0.0
+
+
+def test_own_layout_passes_through():
+    model = timm.create_model('se_resnext50_32x4d', device='meta')
+    sd = model.state_dict()
+    assert checkpoint_filter_fn({'state_dict': sd}, model).keys() == sd.keys()
+
+
+def test_wrong_checkpoint_is_refused():
+    model = timm.create_model('se_resnet50', device='meta')
+    other = timm.create_model('se_resnet101', device='meta').state_dict()
+    with pytest.raises(CheckpointMismatchError, match='unexpected keys'):
+        checkpoint_filter_fn(other, model)
+    partial = {k: v for k, v in model.state_dict().items() if 'stages.3' not in k}
+    with pytest.raises(CheckpointMismatchError, match=r'missing keys .*stages\.3'):
+        checkpoint_filter_fn(partial, model)
+    resnext = timm.create_model('se_resnext50_32x4d', device='meta').state_dict()
+    with pytest.raises(CheckpointMismatchError, match='shape mismatches'):
+        checkpoint_filter_fn(resnext, model)
+
+
+def test_family_metadata():
+    fam = backbones.get_family('se_resnet50')
+    assert fam.arxiv == '1709.01507' and fam.repo == 'hujie-frank/SENet'
