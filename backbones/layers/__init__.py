@@ -5,5 +5,6 @@ from .head import Head
 from .helpers import check_input
 from .se import SqueezeExcite
 from .shortcut import Shortcut
+from .sk import SelectiveKernel, SelectiveKernelAttn, sk_attn_chs
 from .stage import Stage, drop_path_schedule
 from .stem import ConvStem, stem_pool

@@ -1,2 +1,2 @@
 """Importing this package registers every zoo family with timm."""
-from . import senet  # noqa: F401
+from . import senet, sknet
