@@ -3,6 +3,7 @@ from .bottleneck import Bottleneck, MixerFn
 from .conv import ConvNormAct, LayerType, same_padding
 from .head import Head
 from .helpers import check_input
+from .res2 import Res2Split
 from .se import SqueezeExcite
 from .shortcut import Shortcut
 from .sk import SelectiveKernel, SelectiveKernelAttn, sk_attn_chs
