@@ -3,6 +3,7 @@ from .bottleneck import Bottleneck, MixerFn
 from .conv import ConvNormAct, LayerType, same_padding
 from .head import Head
 from .helpers import check_input
+from .involution import Involution
 from .res2 import Res2Split
 from .se import SqueezeExcite
 from .shortcut import Shortcut

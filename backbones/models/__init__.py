@@ -1,2 +1,2 @@
 """Importing this package registers every zoo family with timm."""
-from . import res2net, senet, sknet
+from . import rednet, res2net, senet, sknet
