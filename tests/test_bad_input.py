@@ -1,0 +1,48 @@
+"""Bad input gets a clear error naming what was expected, for every family."""
+import pytest
+import timm
+import torch
+from conftest import SMALL_MODELS
+
+import backbones  # noqa: F401
+from backbones._checkpoint import CheckpointMismatchError
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_wrong_channel_count(name):
+    model = timm.create_model(name, device='meta')
+    with pytest.raises(ValueError, match='expects 3 input channels'):
+        model(torch.empty(1, 4, 64, 64, device='meta'))
+    with pytest.raises(ValueError, match='4-D'):
+        model(torch.empty(3, 64, 64, device='meta'))
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_wrong_family_checkpoint(name):
+    """Every family's filter refuses a checkpoint of another family, listing the offending keys."""
+    model = timm.create_model(name, device='meta')
+    others = [n for n in SMALL_MODELS if backbones.get_family(n) != backbones.get_family(name)]
+    assert others
+    foreign = timm.create_model(others[0], device='meta').state_dict()
+    filter_fn = model.pretrained_cfg and timm.models.get_pretrained_cfg(name)  # noqa: F841 (cfg exists)
+    module = __import__(backbones.get_family(name).module, fromlist=['checkpoint_filter_fn'])
+    with pytest.raises(CheckpointMismatchError, match='(missing|unexpected) keys'):
+        module.checkpoint_filter_fn(foreign, model)
+
+
+def test_checkpoint_without_tensors():
+    model = timm.create_model(SMALL_MODELS[0], device='meta')
+    module = __import__(backbones.get_family(SMALL_MODELS[0]).module, fromlist=['checkpoint_filter_fn'])
+    with pytest.raises(CheckpointMismatchError, match='no tensors'):
+        module.checkpoint_filter_fn({'epoch': 3, 'args': {}}, model)
+
+
+def test_pretrained_file_of_wrong_family(tmp_path):
+    """Through timm's own loading path: a safetensors file of another family fails with our message."""
+    from safetensors.torch import save_file
+    names = [n for n in SMALL_MODELS if n != 'se_resnext50_32x4d']
+    src = timm.create_model(names[0])
+    path = tmp_path / 'weights.safetensors'
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    with pytest.raises(CheckpointMismatchError, match='does not fit'):
+        timm.create_model('se_resnext50_32x4d', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
