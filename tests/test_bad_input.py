@@ -24,7 +24,6 @@ def test_wrong_family_checkpoint(name):
     others = [n for n in SMALL_MODELS if backbones.get_family(n) != backbones.get_family(name)]
     assert others
     foreign = timm.create_model(others[0], device='meta').state_dict()
-    filter_fn = model.pretrained_cfg and timm.models.get_pretrained_cfg(name)  # noqa: F841 (cfg exists)
     module = __import__(backbones.get_family(name).module, fromlist=['checkpoint_filter_fn'])
     with pytest.raises(CheckpointMismatchError, match='(missing|unexpected) keys'):
         module.checkpoint_filter_fn(foreign, model)
