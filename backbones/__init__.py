@@ -9,7 +9,8 @@ from .version import __version__
 __all__ = ['list_models', 'list_families', 'get_family', 'get_variant_info', 'count', '__version__']
 
 
-def count(model_or_name, input_size=None, per_module: bool = False):
+def count(model_or_name, input_size=None, per_module: bool = False, batch_size: int = 1, table_depth: int = 3):
     """Params and GMACs (one multiply-add = one, the papers' "FLOPs"); see :func:`backbones.flops.count`."""
-    from .flops import count as _count
-    return _count(model_or_name, input_size=input_size, per_module=per_module)
+    from .flops import count as _count  # imported on use: fvcore is only needed for counting
+    return _count(
+        model_or_name, input_size=input_size, per_module=per_module, batch_size=batch_size, table_depth=table_depth)
