@@ -1,0 +1,486 @@
+"""Model cards (``model_cards/<model>.md`` and the Hub ``README.md``) generated from the registry and measured figures.
+
+A card follows the layout of timm's Hub cards (see specs/hub.md §3): YAML front matter (``library_name: timm``,
+``tags`` without ``transformers``, ``license``, ``datasets``, ``pipeline_tag``), Model Details, Usage (classification,
+``features_only`` feature maps, image embeddings: every snippet begins with ``import backbones``), training recipe,
+citation.
+
+Measured figures (params, GMACs, activations, feature-map and embedding shapes) come from :func:`measure`, which builds
+the model on the meta device: GMACs from :func:`backbones.flops.count`; activations with fvcore's
+``ActivationCountAnalysis`` traced on meta the same way (timm's convention: output elements of conv / linear / matmul /
+einsum ops), plus the output of every layer with a flops module handle (the involution's aggregation, a conv-like
+op fvcore cannot see), whose cheap ``count_forward`` is also used here; shapes from real meta forwards. Measuring takes
+a few seconds per model, so the figures are cached in ``model_cards/measured.json`` with a fingerprint of each model
+(structure, parameter shapes, pretrained cfg, :data:`MEASURE_VERSION`): :func:`check_cards` recounts nothing whose
+fingerprint still matches (and flags those that do not). After a change to the counter, bump
+:data:`MEASURE_VERSION` or run ``tools/make_cards.py --recount``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import re
+import types
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ._registry import get_family, get_variant_info, list_models
+from .docs import weights_source
+
+__all__ = [
+    'BIBTEX', 'MEASURE_VERSION', 'render_card', 'measure', 'fingerprint', 'card_filename', 'load_measured',
+    'update_measured', 'render_all', 'write_cards', 'check_cards', 'front_matter',
+]
+
+MEASURE_VERSION = 1  # bump when what measure() computes changes (cached figures are then recounted)
+MEASURED_FILE = 'measured.json'
+
+# one bibtex entry per family (key: Family.name)
+BIBTEX: Dict[str, str] = {
+    'involution': """@inproceedings{li2021involution,
+  title={Involution: Inverting the Inherence of Convolution for Visual Recognition},
+  author={Li, Duo and Hu, Jie and Wang, Changhu and Li, Xiangtai and She, Qi and Zhu, Lei and
+          Zhang, Tong and Chen, Qifeng},
+  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages={12321--12330},
+  year={2021}
+}""",
+    'res2net': """@article{gao2021res2net,
+  title={Res2Net: A New Multi-scale Backbone Architecture},
+  author={Gao, Shang-Hua and Cheng, Ming-Ming and Zhao, Kai and Zhang, Xin-Yu and Yang, Ming-Hsuan and Torr, Philip},
+  journal={IEEE Transactions on Pattern Analysis and Machine Intelligence},
+  volume={43},
+  number={2},
+  pages={652--662},
+  year={2021}
+}""",
+    'senet': """@inproceedings{hu2018squeeze,
+  title={Squeeze-and-Excitation Networks},
+  author={Hu, Jie and Shen, Li and Sun, Gang},
+  booktitle={Proceedings of the IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages={7132--7141},
+  year={2018}
+}""",
+    'sknet': """@inproceedings{li2019selective,
+  title={Selective Kernel Networks},
+  author={Li, Xiang and Wang, Wenhai and Hu, Xiaolin and Yang, Jian},
+  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages={510--519},
+  year={2019}
+}""",
+}
+
+_DATASETS = {'in1k': ('imagenet-1k', 'ImageNet-1k'), 'in22k': ('imagenet-22k', 'ImageNet-22k'),
+             'in21k': ('imagenet-21k', 'ImageNet-21k')}
+_IMAGE_URL = 'https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/beignets-task-guide.png'
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# measuring (meta device)
+
+
+def _cfg(name: str):
+    from timm.models import get_pretrained_cfg
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        raise KeyError(f"'{name}' has no pretrained cfg")
+    return cfg
+
+
+def _full_name(name: str) -> str:
+    """``arch.tag`` (the default tag when ``name`` has none)."""
+    return name if '.' in name else f'{name}.{_cfg(name).tag}'
+
+
+def _meta_model(name: str, **kwargs):
+    import timm
+    return timm.create_model(name, pretrained=False, device='meta', **kwargs).eval()
+
+
+def fingerprint(name: str) -> str:
+    """Hash of what the measured figures depend on: module structure, parameter/buffer shapes, pretrained cfg."""
+    model = _meta_model(name)
+    parts = [f'v{MEASURE_VERSION}', repr(model), json.dumps(model.pretrained_cfg, sort_keys=True, default=str)]
+    parts += [f'{k}:{tuple(v.shape)}' for k, v in model.state_dict().items()]
+    return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
+
+
+def _activations(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """fvcore ActivationCountAnalysis on the meta device, with the counter's meta-tracing fix and module handles."""
+    from fvcore.nn import ActivationCountAnalysis
+
+    from . import flops
+    extra: List[int] = []
+    handles, replaced = [], []
+    for module in model.modules():
+        entry, cls = flops._module_handle(module)
+        if entry is None:
+            continue
+
+        def hook(mod, inputs, output):
+            with flops._untraced():
+                extra.append(int(output.numel()))
+        handles.append(module.register_forward_hook(hook))
+        if entry.count_forward is not None and type(module).forward is cls.forward and 'forward' not in vars(module):
+            module.forward = types.MethodType(entry.count_forward, module)
+            replaced.append(module)
+    try:
+        analysis = ActivationCountAnalysis(model, x)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        analysis.tracer_warnings('none')
+        with flops._meta_tracing(x.is_meta), torch.no_grad():
+            total = analysis.total()
+    finally:
+        for h in handles:
+            h.remove()
+        for module in replaced:
+            del module.forward
+    return int(total) + sum(extra)
+
+
+def measure(name: str) -> Dict[str, Any]:
+    """Figures a card prints, measured at the default input size (batch 1) on the meta device."""
+    from .flops import count
+    cfg = _cfg(name)
+    size = tuple(cfg.input_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        res = count(name)
+        model = _meta_model(name)
+        x = torch.empty(1, *size, device='meta')
+        acts = _activations(model, x)
+        with torch.no_grad():
+            feats = _meta_model(name, features_only=True)(x)
+            pre_logits = _meta_model(name, num_classes=0)(x)
+            unpooled = model.forward_features(x)
+    return dict(
+        fingerprint=fingerprint(name),
+        params=res.params,
+        macs=res.macs,
+        activations=acts,
+        input_size=list(size),
+        feature_shapes=[list(f.shape) for f in feats],
+        embedding_shape=list(pre_logits.shape),
+        features_shape=list(unpooled.shape),
+    )
+
+
+def load_measured(directory) -> Dict[str, Dict[str, Any]]:
+    path = pathlib.Path(directory) / MEASURED_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _dump_measured(measured: Dict[str, Dict[str, Any]]) -> str:
+    """One line per figure (diff-friendly, deterministic)."""
+    models = []
+    for name in sorted(measured, key=_model_order):
+        fields = ',\n'.join(f'    {json.dumps(k)}: {json.dumps(v)}' for k, v in sorted(measured[name].items()))
+        models.append(f'  {json.dumps(name)}: {{\n{fields}\n  }}')
+    return '{\n' + ',\n'.join(models) + '\n}\n'
+
+
+def _model_order(name: str):
+    order = list_models()
+    return order.index(name) if name in order else len(order)
+
+
+def update_measured(measured: Dict[str, Dict[str, Any]], names: Sequence[str], recount: bool = False,
+                    log=None) -> Dict[str, Dict[str, Any]]:
+    """``measured`` for ``names``: cached entries whose fingerprint matches are kept, the others measured."""
+    out = {}
+    for name in names:
+        old = measured.get(name)
+        if not recount and old is not None and old.get('fingerprint') == fingerprint(name):
+            out[name] = old
+        else:
+            if log:
+                log(f'measuring {name}')
+            out[name] = measure(name)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# rendering
+
+
+def card_filename(name: str) -> str:
+    return f'{name.split(".")[0]}.md'
+
+
+def _dataset(tag: str):
+    for key, value in _DATASETS.items():
+        if tag == key or tag.endswith('_' + key) or tag.startswith(key + '_'):
+            return value
+    return None
+
+
+def _notes(name: str) -> List[str]:
+    notes = _cfg(name).notes or ()
+    return [notes] if isinstance(notes, str) else list(notes)
+
+
+def _manual_weights(name: str) -> bool:
+    """No download location in the cfg, but the notes link official weights to fetch by hand."""
+    return not _cfg(name).has_weights and any(re.search(r'https?://', n) for n in _notes(name))
+
+
+def _weights_line(name: str) -> str:
+    src = weights_source(name)
+    notes = _notes(name)
+    if src == 'none released' and notes:
+        text = '; '.join(notes)
+        text = re.sub(r'(https?://\S+)', r'[link](\1)', text)
+        return f'none hosted; {text}'
+    family = get_family(name.split('.')[0])
+    return f'{src} — {family.weights}' if src != 'none released' and family.weights else src
+
+
+def _size(s: Sequence[int]) -> str:
+    return f'{s[-2]} x {s[-1]}'
+
+
+def _shape(s: Sequence[int]) -> str:
+    return f'torch.Size([{", ".join(str(int(d)) for d in s)}])'
+
+
+def _yaml_list(items: Sequence[str]) -> List[str]:
+    return [f'- {i}' for i in items]
+
+
+def front_matter(text: str) -> str:
+    """The YAML text between the leading ``---`` lines of a card."""
+    if not text.startswith('---\n'):
+        raise ValueError('card has no front matter')
+    return text[4:text.index('\n---\n', 4) + 1]
+
+
+def render_card(model_name: str, **extra) -> str:
+    """Markdown model card of one zoo variant (``name`` or ``name.tag``).
+
+    Keyword args:
+        measured: the :func:`measure` dict of the model (default: measured now, a few seconds).
+        repo_id: a Hub repository holding the weights: the snippets then load ``hf-hub:<repo_id>``.
+        description: a paragraph placed under the title.
+        details: extra ``{label: value}`` bullets for Model Details.
+    """
+    measured = extra.pop('measured', None)
+    repo_id = extra.pop('repo_id', None)
+    description = extra.pop('description', None)
+    more_details = extra.pop('details', None) or {}
+    if extra:
+        raise TypeError(f'render_card() got unexpected keyword arguments: {", ".join(sorted(extra))}')
+    arch = model_name.split('.')[0]
+    info = get_variant_info(arch)
+    family = get_family(arch)
+    full = _full_name(model_name)
+    cfg = _cfg(full)
+    if measured is None:
+        measured = measure(arch)
+    if family.name not in BIBTEX:
+        raise KeyError(f"no bibtex for family '{family.name}': add one to backbones.cards.BIBTEX")
+    dataset = _dataset(cfg.tag or '')
+    has_weights = bool(cfg.has_weights)
+    no_weights_note = ''
+    if repo_id:
+        load, pretrained = f'hf-hub:{repo_id}', 'pretrained=True'
+    elif has_weights:
+        load, pretrained = full, 'pretrained=True'
+    elif _manual_weights(full):
+        load, pretrained = full, "pretrained=True, pretrained_cfg_overlay=dict(file='checkpoint.pth')"
+        no_weights_note = '  # the official checkpoint, downloaded by hand (see Weights)'
+    else:
+        load, pretrained = full, 'pretrained=False'
+        no_weights_note = '  # no weights released: random init'
+
+    lines = ['---']
+    lines += ['tags:'] + _yaml_list(['image-classification', 'timm', 'backbones', family.name])
+    lines += ['library_name: timm', f'license: {cfg.license or family.license}']
+    if dataset:
+        lines += ['datasets:'] + _yaml_list([dataset[0]])
+    lines += ['pipeline_tag: image-classification', '---', '']
+    lines += [f'# Model card for {full}', '']
+    lines += [description.strip(), ''] if description else []
+    lines += [f'`{arch}` from Backbone Zoo (python package `backbones`): the model of "{family.paper}" '
+              f'as a timm-compatible backbone, faithful to the paper and the official code.', '']
+
+    lines += ['## Model Details', '', '- **Model Type:** Image classification / feature backbone', '- **Model Stats:**']
+    params_m = measured['params'] / 1e6
+    lines.append(f'  - Params (M): {params_m:.2f} (official: {info.params / 1e6:.2f})')
+    paper_macs = f' (reported: {info.gmacs:.2f}' + (f'; {info.gmacs_source}' if info.gmacs_source else '') + ')' \
+        if info.gmacs is not None else ''
+    lines.append(f'  - GMACs: {measured["macs"] / 1e9:.2f}{paper_macs}')
+    lines.append(f'  - Activations (M): {measured["activations"] / 1e6:.2f}')
+    test_size = cfg.test_input_size
+    if test_size and tuple(test_size) != tuple(cfg.input_size):
+        lines.append(f'  - Image size: train = {_size(cfg.input_size)}, test = {_size(test_size)}')
+    else:
+        lines.append(f'  - Image size: {_size(cfg.input_size)}')
+    lines.append('  - (measured at the default image size: params and GMACs by `backbones.count`, one multiply-add '
+                 '= one MAC; activations by fvcore\'s ActivationCountAnalysis, as timm reports them)')
+    if info.top1 is not None:
+        lines.append(f'- **ImageNet-1k top-1 (official):** {info.top1:.2f}')
+    lines.append(f'- **Papers:**\n  - {family.paper}: {family.arxiv_url}')
+    if dataset:
+        lines.append(f'- **Dataset:** {dataset[1]}')
+    lines.append(f'- **Original:** {family.repo_url}')
+    lines.append(f'- **Weights:** {_weights_line(full)}')
+    if family.oracle:
+        lines.append(f'- **Parity verified against:** {family.oracle}')
+    if info.notes:
+        lines.append(f'- **Notes:** {info.notes}')
+    for k, v in more_details.items():
+        lines.append(f'- **{k}:** {v}')
+    lines.append('')
+
+    head = ['import backbones  # registers the zoo models with timm: import it before timm.create_model', 'import timm']
+    lines += ['## Model Usage', '',
+              '`import backbones` must run before `timm.create_model(...)` (also for `hf-hub:` / `local-dir:` '
+              'names): timm only knows the architectures registered at that time.', '']
+    lines += ['### Image Classification', '', '```python'] + head + [
+        'import torch',
+        'from urllib.request import urlopen',
+        'from PIL import Image',
+        '',
+        f"img = Image.open(urlopen('{_IMAGE_URL}'))",
+        '',
+        f"model = timm.create_model('{load}', {pretrained}){no_weights_note}",
+        'model = model.eval()',
+        '',
+        '# model-specific transforms (normalization, resize)',
+        'data_config = timm.data.resolve_model_data_config(model)',
+        'transforms = timm.data.create_transform(**data_config, is_training=False)',
+        '',
+        'with torch.no_grad():',
+        '    output = model(transforms(img).unsqueeze(0))  # unsqueeze single image into batch of 1',
+        f'print(output.shape)  # {_shape([1, cfg.num_classes])}',
+        '',
+        'top5_probabilities, top5_class_indices = torch.topk(output.softmax(dim=1) * 100, k=5)',
+        '```', '']
+    lines += ['### Feature Map Extraction', '', '```python'] + head + [
+        'import torch',
+        'from urllib.request import urlopen',
+        'from PIL import Image',
+        '',
+        f"img = Image.open(urlopen('{_IMAGE_URL}'))",
+        '',
+        f"model = timm.create_model('{load}', {pretrained}, features_only=True){no_weights_note}",
+        'model = model.eval()',
+        '',
+        'data_config = timm.data.resolve_model_data_config(model)',
+        'transforms = timm.data.create_transform(**data_config, is_training=False)',
+        '',
+        'with torch.no_grad():',
+        '    output = model(transforms(img).unsqueeze(0))',
+        '',
+        'for o in output:',
+        '    # print the shape of each feature map in output, e.g.:',
+    ] + [f'    #  {_shape(s)}' for s in measured['feature_shapes']] + [
+        '    print(o.shape)',
+        '```', '']
+    lines += ['### Image Embeddings', '', '```python'] + head + [
+        'import torch',
+        'from urllib.request import urlopen',
+        'from PIL import Image',
+        '',
+        f"img = Image.open(urlopen('{_IMAGE_URL}'))",
+        '',
+        f"model = timm.create_model('{load}', {pretrained}, num_classes=0)  # remove classifier nn.Linear"
+        f"{no_weights_note.replace('  #', ';')}",
+        'model = model.eval()',
+        '',
+        'data_config = timm.data.resolve_model_data_config(model)',
+        'transforms = timm.data.create_transform(**data_config, is_training=False)',
+        '',
+        'with torch.no_grad():',
+        f'    output = model(transforms(img).unsqueeze(0))  # output is a {_shape(measured["embedding_shape"])} tensor',
+        '',
+        '    # or equivalently (without needing to set num_classes=0)',
+        f'    output = model.forward_features(transforms(img).unsqueeze(0))  # unpooled, '
+        f'a {_shape(measured["features_shape"])} tensor',
+        f'    output = model.forward_head(output, pre_logits=True)  # a {_shape(measured["embedding_shape"])} tensor',
+        '```', '']
+
+    recipe = f'configs/{family.name}/{arch}.yaml'
+    lines += ['## Training Recipe', '',
+              f'The training configuration for `tools/train.py` is [`{recipe}`](../{recipe}) in the Backbone Zoo '
+              f'repository.', '']
+    lines += ['## Citation', '', '```bibtex', BIBTEX[family.name], '```', '']
+    return '\n'.join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the model_cards/ directory
+
+
+def render_all(measured: Dict[str, Dict[str, Any]], names: Optional[Sequence[str]] = None) -> Dict[str, str]:
+    """``{filename: card}`` for every zoo variant (or ``names``), from cached measurements."""
+    names = list_models() if names is None else names
+    return {card_filename(n): render_card(n, measured=measured[n]) for n in names}
+
+
+def write_cards(directory, recount: bool = False, log=None) -> List[str]:
+    """(Re)write ``directory`` (cards, ``measured.json``) for every zoo variant; remove cards of unknown models.
+    Returns the files written or removed."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    names = list_models()
+    measured = update_measured(load_measured(directory), names, recount=recount, log=log)
+    files = render_all(measured, names)
+    files[MEASURED_FILE] = _dump_measured(measured)
+    changed = []
+    for fname, text in files.items():
+        path = directory / fname
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            changed.append(fname)
+    for path in sorted(directory.glob('*.md')):
+        if path.name not in files:
+            path.unlink()
+            changed.append(f'{path.name} (removed)')
+    return changed
+
+
+def check_cards(directory, recount: bool = False, names: Optional[Sequence[str]] = None) -> List[str]:
+    """Problems that make ``directory`` out of date (empty list: current): missing / out-of-date / extra cards, and
+    cached measurements that are missing or whose model fingerprint changed (``recount``: measure every model
+    again and compare the figures too). ``names``: check only these models' cards (no extra-file checks)."""
+    directory = pathlib.Path(directory)
+    only = names is not None
+    names = list(names) if only else list_models()
+    cached = load_measured(directory)
+    problems = []
+    measured = {}
+    for name in names:
+        entry = cached.get(name)
+        if entry is None:
+            problems.append(f'{MEASURED_FILE}: no measurements for {name}')
+            entry = measure(name)
+        elif recount:
+            fresh = measure(name)
+            if fresh != entry:
+                problems.append(f'{MEASURED_FILE}: measurements of {name} changed')
+            entry = fresh
+        elif entry.get('fingerprint') != fingerprint(name):
+            problems.append(f'{MEASURED_FILE}: {name} changed since it was measured')
+            entry = measure(name)
+        measured[name] = entry
+    if not only and set(cached) - set(names):
+        problems.append(f'{MEASURED_FILE}: extra models {", ".join(sorted(set(cached) - set(names)))}')
+    expected = render_all(measured, names)
+    for fname, text in expected.items():
+        path = directory / fname
+        if not path.exists():
+            problems.append(f'{fname}: missing')
+        elif path.read_text() != text:
+            problems.append(f'{fname}: out of date')
+    if not only and (directory / MEASURED_FILE).exists() and \
+            (directory / MEASURED_FILE).read_text() != _dump_measured(measured):
+        problems.append(f'{MEASURED_FILE}: out of date')
+    for path in sorted(directory.glob('*.md') if not only else ()):
+        if path.name not in expected:
+            problems.append(f'{path.name}: extra (no such zoo model)')
+    return problems
