@@ -5,13 +5,20 @@ A family describes how a foreign layout (official code, timm) maps onto ours as 
 not already ours, and checks the result against the model, raising a ``ValueError`` that lists what is missing or
 unexpected instead of letting ``load_state_dict`` fail later with a bare key dump.
 """
+import argparse
+import importlib
+import pickle
 import re
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ['unwrap_state_dict', 'rename_keys', 'convert_state_dict', 'check_state_dict', 'CheckpointMismatchError']
+__all__ = [
+    'unwrap_state_dict', 'rename_keys', 'convert_state_dict', 'check_state_dict', 'read_checkpoint_file',
+    'family_filter_fn', 'CheckpointMismatchError', 'UnreadableCheckpointError',
+]
 
 Rule = Tuple[str, Union[str, Callable[[re.Match], str]]]
 
@@ -21,6 +28,57 @@ _PREFIXES = ('module.', '_orig_mod.')
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint does not fit the model: wrong family, wrong variant, or missing keys."""
+
+
+class UnreadableCheckpointError(ValueError):
+    """The checkpoint file is truncated / corrupt, or would need to unpickle code."""
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with a little-endian u64 header length followed by a JSON object."""
+    with path.open('rb') as f:
+        head = f.read(9)
+    return path.suffix == '.safetensors' or (len(head) == 9 and head[8:9] == b'{'
+                                             and 2 <= int.from_bytes(head[:8], 'little') < 1 << 30)
+
+
+def read_checkpoint_file(path: Union[str, Path]) -> Mapping[str, Any]:
+    """Read a checkpoint without ever unpickling code: safetensors, or ``torch.load(weights_only=True)``.
+
+    Only ``argparse.Namespace`` is allowed beyond tensors and plain containers (timm's ``CheckpointSaver``, used by
+    tools/train.py, stores its arguments as one).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint file not found: {path}')
+    if _is_safetensors(path):
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path), device='cpu')
+        except Exception as e:  # SafetensorError, OSError, ... (truncated, corrupt header)
+            raise UnreadableCheckpointError(
+                f'cannot read the safetensors checkpoint {path}: {e} (the file is truncated or corrupt; '
+                f'download it again)') from e
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(str(path), map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise UnreadableCheckpointError(
+            f'refusing to load {path}: it holds pickled objects other than tensors and plain containers, and '
+            f'loading it would run code (torch.load(weights_only=True) said: {first}). Only load checkpoints '
+            f'that hold tensors; if you trust this file, re-save its state dict with torch.save or safetensors '
+            f'in a separate step.') from e
+    except Exception as e:  # RuntimeError from a truncated zip, EOFError, ... (a corrupt file)
+        raise UnreadableCheckpointError(
+            f'cannot read the checkpoint {path}: {type(e).__name__}: {e} (the file is truncated, corrupt, or not '
+            f'a PyTorch / safetensors checkpoint)') from e
+
+
+def family_filter_fn(arch: str) -> Callable:
+    """The ``checkpoint_filter_fn`` of the family that zoo model ``arch`` belongs to."""
+    from ._registry import get_family
+    return importlib.import_module(get_family(arch).module).checkpoint_filter_fn
 
 
 def unwrap_state_dict(checkpoint: Mapping) -> Dict[str, torch.Tensor]:

@@ -1,0 +1,390 @@
+"""Push zoo models to the Hugging Face Hub and pull them back, safely.
+
+Built on timm's hub code: :func:`push` writes the folder with ``timm.models.save_for_hf`` (``config.json`` +
+``model.safetensors``, no pickle) and uploads it with a ``README.md`` model card as ONE commit, like
+``timm.models.push_to_hf_hub`` does, except that the card is always (re)written: timm leaves an existing README
+untouched, so a second push would keep a stale card. Anything pushed loads back with plain timm after
+``import backbones``::
+
+    import backbones, timm
+    model = timm.create_model('hf-hub:org/name', pretrained=True)
+
+:func:`pull` downloads the files timm needs into the Hugging Face cache (offline after the first time, with
+``HF_HUB_OFFLINE=1``) and returns the snapshot folder; :func:`load_model` pulls and builds the model. Both check
+what timm would only discover later, with messages that say what to do: a wrong repo id, an architecture that is
+not registered (``import backbones`` first), a repo whose only weights are a pickle (never loaded: pickles can run
+code), a truncated or corrupt ``model.safetensors``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import struct
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import timm
+import torch.nn as nn
+from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
+from timm.models import is_model, save_for_hf
+
+from ._checkpoint import CheckpointMismatchError, UnreadableCheckpointError, family_filter_fn, read_checkpoint_file
+
+__all__ = [
+    'push', 'pull', 'load_model', 'load_checkpoint', 'build_model', 'check_safetensors', 'read_label_names',
+    'HubError', 'UnsafeWeightsError', 'UnregisteredArchitectureError', 'CorruptWeightsError',
+]
+
+WEIGHTS_NAME = 'model.safetensors'
+CONFIG_NAME = 'config.json'
+CARD_NAME = 'README.md'
+PICKLE_NAMES = ('pytorch_model.bin', 'pytorch_model.pth', 'model.pth', 'model.bin', 'model.pt', 'model.ckpt')
+
+
+class HubError(RuntimeError):
+    """A Hub repository (or a local export folder) cannot be used, and why."""
+
+
+class UnsafeWeightsError(HubError):
+    """The only weights are a pickle: refused, since unpickling can execute code."""
+
+
+class UnregisteredArchitectureError(HubError):
+    """``config.json`` names an architecture timm does not know (usually: ``import backbones`` is missing)."""
+
+
+class CorruptWeightsError(HubError, ValueError):
+    """A weights file is truncated or not a safetensors file."""
+
+
+# -- checkpoints ------------------------------------------------------------------------------------------------
+
+def check_safetensors(path: Union[str, Path]) -> None:
+    """Raise :class:`CorruptWeightsError` unless ``path`` is a complete safetensors file (reads the header only)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, 'rb') as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CorruptWeightsError(f'{path} is not a safetensors file: {size} bytes, shorter than the 8-byte header')
+        n = struct.unpack('<Q', head)[0]
+        if n > size - 8:
+            raise CorruptWeightsError(
+                f'{path} is truncated: its header says {n} header bytes, the file has {size} bytes in all '
+                f'(an interrupted download or copy? delete it and fetch it again)')
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CorruptWeightsError(f'{path} is not a safetensors file (unreadable header: {e})') from e
+    ends = [v['data_offsets'][1] for k, v in header.items() if k != '__metadata__' and isinstance(v, dict)
+            and 'data_offsets' in v]
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        raise CorruptWeightsError(
+            f'{path} is truncated: {size} bytes, the tensors it lists need {expected} '
+            f'(an interrupted download or copy? delete it and fetch it again)')
+
+
+def _read_checkpoint(path: Union[str, Path]) -> Mapping:
+    """Read a safetensors file or a torch checkpoint WITHOUT executing pickled code."""
+    if Path(path).suffix == '.safetensors' and Path(path).is_file():
+        check_safetensors(path)
+    try:
+        return read_checkpoint_file(path)
+    except UnreadableCheckpointError as e:
+        raise CorruptWeightsError(str(e)) from e
+
+
+def _arch(model: nn.Module) -> str:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    arch = cfg.get('architecture')
+    if not arch:
+        raise ValueError(f'{type(model).__name__} has no pretrained_cfg architecture: build it with timm.create_model')
+    return arch
+
+
+def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, Mapping]) -> nn.Module:
+    """Load ``checkpoint`` (a file or a state dict, in any layout the family's filter accepts) strictly."""
+    sd = _read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
+    sd = family_filter_fn(_arch(model))(sd, model)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.endswith('num_batches_tracked')]
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f'checkpoint does not fit {_arch(model)}: missing {missing[:8]}, unexpected {unexpected[:8]}')
+    return model
+
+
+def build_model(
+        model_or_name: Union[str, nn.Module],
+        checkpoint: Union[str, Path, Mapping, None] = None,
+        **kwargs,
+) -> nn.Module:
+    """A zoo model (by name, or given) with ``checkpoint`` loaded; head size and ``in_chans`` follow the checkpoint."""
+    if isinstance(model_or_name, nn.Module):
+        model = model_or_name
+        if kwargs:
+            raise TypeError(f'model kwargs {sorted(kwargs)} need a model name, not a model instance')
+        return load_checkpoint(model, checkpoint) if checkpoint is not None else model
+    name = model_or_name
+    if not is_model(name.split('.')[0]):
+        raise UnregisteredArchitectureError(
+            f"'{name}' is not a registered model (zoo names: backbones.list_models())")
+    if checkpoint is None:
+        return timm.create_model(name, **kwargs)
+    sd = _read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
+    probe = timm.create_model(name, **dict(kwargs, pretrained=False), device='meta')  # shapes only, no init cost
+    sd = family_filter_fn(_arch(probe))(sd, probe)  # our layout now; checks every key but the head's
+    # rebuild when the checkpoint's head size / input channels differ from the defaults (a fine-tuned checkpoint)
+    overrides = {}
+    classifier = probe.pretrained_cfg.get('classifier')
+    if classifier and 'num_classes' not in kwargs:
+        w = sd.get(f'{classifier}.weight')
+        n = 0 if w is None else w.shape[0]
+        if n != probe.num_classes:
+            overrides['num_classes'] = n
+    first_conv = probe.pretrained_cfg.get('first_conv')
+    if first_conv and 'in_chans' not in kwargs and f'{first_conv}.weight' in sd:
+        c = sd[f'{first_conv}.weight'].shape[1]
+        if c != probe.state_dict()[f'{first_conv}.weight'].shape[1]:
+            overrides['in_chans'] = c
+    kwargs.pop('pretrained', None)  # the checkpoint replaces any released weights
+    return load_checkpoint(timm.create_model(name, **kwargs, **overrides), sd)
+
+
+def read_label_names(label_names: Union[str, Path, Sequence[str], None]) -> Optional[List[str]]:
+    """Label names from a list, a comma-separated string, or a file (a JSON list, or one name per line)."""
+    if label_names is None:
+        return None
+    if isinstance(label_names, (str, Path)):
+        p = Path(label_names)
+        if p.is_file():
+            text = p.read_text(encoding='utf-8')
+            if text.lstrip().startswith('['):
+                return [str(x) for x in json.loads(text)]
+            return [line.strip() for line in text.splitlines() if line.strip()]
+        if isinstance(label_names, Path) or os.sep in str(label_names):
+            raise FileNotFoundError(f'label names file {label_names} does not exist')
+        return [s.strip() for s in str(label_names).split(',')]
+    return [str(x) for x in label_names]
+
+
+# -- model card -------------------------------------------------------------------------------------------------
+
+@functools.cache
+def _measured(arch: str) -> dict:
+    """The card's measured figures: from model_cards/measured.json when it is current (a checkout), else measured."""
+    from . import cards
+    cached = cards.load_measured(Path(__file__).resolve().parents[1] / 'model_cards')
+    return cards.update_measured(cached, [arch])[arch]
+
+
+def _render_card(model_name: str, repo_id: str, details: Dict[str, str]) -> str:
+    from .cards import render_card
+    return render_card(model_name, repo_id=repo_id, details=details, measured=_measured(model_name.split('.')[0]))
+
+
+# -- push -------------------------------------------------------------------------------------------------------
+
+def _check_repo_id(repo_id: str) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise HubError(f"invalid repo id '{repo_id}': expected 'org/name' ({e})") from e
+    if repo_id.count('/') != 1:
+        raise HubError(f"invalid repo id '{repo_id}': expected 'org/name' (an organisation or user, a slash, a name)")
+
+
+def push(
+        model_or_name: Union[str, nn.Module],
+        repo_id: str,
+        checkpoint: Union[str, Path, Mapping, None] = None,
+        private: bool = False,
+        revision: Optional[str] = None,
+        commit_message: str = 'Add model',
+        label_names: Union[str, Path, Sequence[str], None] = None,
+        token: Optional[str] = None,
+        create_pr: bool = False,
+        model_args: Optional[dict] = None,
+        data_config: Optional[dict] = None,
+        model_card: Optional[str] = None,
+        safe_serialization: Union[bool, str] = True,
+        **model_kwargs,
+) -> str:
+    """Push a zoo model to ``repo_id`` as one commit: ``config.json``, ``model.safetensors`` and ``README.md``.
+
+    Args:
+        model_or_name: a zoo model, or a zoo name (``name[.tag]``; pass ``pretrained=True`` to push released weights).
+        checkpoint: weights to push: a ``tools/train.py`` checkpoint (``state_dict_ema`` preferred, as timm does),
+            a state dict, or a safetensors file, in any layout the family's ``checkpoint_filter_fn`` accepts. The
+            head size and input channels follow the checkpoint.
+        label_names: list, comma-separated string, or file; written to ``config.json`` (timm restores them).
+        revision: an existing branch to commit to (default ``main``).
+        model_card: the README text; default: the generated card, which replaces the repo's README on every push.
+        safe_serialization: ``True`` (safetensors only, default), or ``'both'`` to add a ``pytorch_model.bin``.
+        model_kwargs: passed to ``timm.create_model`` when a name is given.
+
+    Returns the commit URL (a ``huggingface_hub.CommitInfo``).
+    """
+    _check_repo_id(repo_id)
+    labels = read_label_names(label_names)
+    model = build_model(model_or_name, checkpoint, **model_kwargs)
+    if labels is not None and len(labels) != model.num_classes:
+        raise ValueError(f'{len(labels)} label names for a model with {model.num_classes} classes')
+    arch = _arch(model)
+    model_config = {'label_names': labels} if labels is not None else None
+
+    api = HfApi(token=token, library_name='timm', library_version=timm.__version__)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if model_card is None:
+        tag = model.pretrained_cfg.get('tag')
+        if isinstance(checkpoint, (str, Path)):
+            weights, card_name = f'fine-tuned checkpoint `{Path(checkpoint).name}`', arch
+        elif checkpoint is not None:
+            weights, card_name = 'a given state dict', arch
+        elif model_kwargs.get('pretrained'):
+            weights, card_name = f'released weights ({tag or "default tag"})', f'{arch}.{tag}' if tag else arch
+        else:
+            weights, card_name = 'random initialisation (no checkpoint)', arch
+        details = {'Weights in this repository': weights, 'Classes': str(model.num_classes)}
+        if labels:
+            details['Label names'] = ', '.join(labels[:20]) + (f', ... ({len(labels)} in all)' if len(labels) > 20
+                                                               else '')
+        model_card = _render_card(card_name, repo_id, details)
+    with TemporaryDirectory() as tmp:
+        save_for_hf(model, tmp, model_config=model_config, model_args=model_args, data_config=data_config,
+                    safe_serialization=safe_serialization)
+        Path(tmp, CARD_NAME).write_text(model_card, encoding='utf-8')
+        return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision, create_pr=create_pr,
+                                 commit_message=commit_message)
+
+
+# -- pull -------------------------------------------------------------------------------------------------------
+
+def _split_repo(repo_id: str, revision: Optional[str]) -> Tuple[str, Optional[str]]:
+    if repo_id.startswith('hf-hub:'):
+        repo_id = repo_id[len('hf-hub:'):]
+    if '@' in repo_id:
+        repo_id, rev = repo_id.split('@', 1)
+        if revision is not None and revision != rev:
+            raise HubError(f"revision given twice: '@{rev}' and revision='{revision}'")
+        revision = rev
+    _check_repo_id(repo_id)
+    return repo_id, revision
+
+
+def _check_config(config_path: Path, where: str) -> Dict:
+    try:
+        cfg = json.loads(Path(config_path).read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HubError(f'{where}: config.json is not valid JSON ({e})') from e
+    arch = cfg.get('architecture')
+    if not arch:
+        raise HubError(f"{where}: config.json has no 'architecture': not a timm model export")
+    if not is_model(arch):
+        raise UnregisteredArchitectureError(
+            f"{where}: architecture '{arch}' in config.json is not registered with timm: `import backbones` first "
+            f"(it registers the zoo models; any other package defining '{arch}' likewise). "
+            f"Zoo models: backbones.list_models()")
+    return cfg
+
+
+def _download(repo_id: str, filename: str, revision: Optional[str], cache_dir, token) -> Path:
+    where = f"'{repo_id}'" + (f'@{revision}' if revision else '')
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token))
+    except RepositoryNotFoundError as e:
+        raise HubError(
+            f"repository {where} not found on {constants.ENDPOINT}: check the id ('org/name') and, for a private "
+            f"repo, the token") from e
+    except RevisionNotFoundError as e:
+        raise HubError(f"repository '{repo_id}' has no revision '{revision}'") from e
+    except LocalEntryNotFoundError as e:
+        raise HubError(
+            f"{filename} of {where} is not in the Hugging Face cache and the Hub cannot be reached "
+            f"(offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}); pull it once online") from e
+
+
+def pull(
+        repo_id: str,
+        revision: Optional[str] = None,
+        cache_dir: Union[str, Path, None] = None,
+        token: Optional[str] = None,
+) -> Path:
+    """Download ``config.json``, ``model.safetensors`` (and the card) of a repo; return the local snapshot folder.
+
+    Files land in the Hugging Face cache (``cache_dir`` or ``HF_HUB_CACHE``); with ``HF_HUB_OFFLINE=1`` a pulled
+    repo is served from there with no network at all. The folder loads with
+    ``timm.create_model('local-dir:' + str(folder), pretrained=True)`` (see :func:`load_model`).
+    Raises :class:`HubError` subclasses for a wrong repo id / revision, an unregistered architecture, pickle-only
+    weights and a truncated ``model.safetensors``.
+    """
+    repo_id, revision = _split_repo(repo_id, revision)
+    where = f"'{repo_id}'" + (f'@{revision}' if revision else '')
+    try:
+        config = _download(repo_id, CONFIG_NAME, revision, cache_dir, token)
+    except EntryNotFoundError as e:
+        raise HubError(f'{where} has no config.json: not a timm model repository') from e
+    _check_config(config, where)
+    try:
+        weights = _download(repo_id, WEIGHTS_NAME, revision, cache_dir, token)
+    except EntryNotFoundError as e:
+        api = HfApi(token=token)
+        pickles = [n for n in PICKLE_NAMES if api.file_exists(repo_id, n, revision=revision, token=token)]
+        if pickles:
+            raise UnsafeWeightsError(
+                f"{where} has no model.safetensors, only pickle weights ({', '.join(pickles)}): refused, since "
+                f"unpickling can execute arbitrary code. Convert them to safetensors where you trust them "
+                f"(tools/convert.py) and push again") from e
+        raise HubError(f'{where} has no weights file (model.safetensors)') from e
+    check_safetensors(weights)
+    try:
+        _download(repo_id, CARD_NAME, revision, cache_dir, token)
+    except (EntryNotFoundError, HubError):
+        pass  # the card is optional
+    return weights.parent
+
+
+def _check_local_dir(folder: Path) -> None:
+    if not folder.is_dir():
+        raise HubError(f'{folder} is not a folder')
+    if not (folder / CONFIG_NAME).is_file():
+        raise HubError(f'{folder} has no config.json: not a save_for_hf export')
+    _check_config(folder / CONFIG_NAME, str(folder))
+    if not (folder / WEIGHTS_NAME).is_file():
+        pickles = [n for n in PICKLE_NAMES if (folder / n).is_file()]
+        if pickles:
+            raise UnsafeWeightsError(
+                f"{folder} has no model.safetensors, only pickle weights ({', '.join(pickles)}): refused, since "
+                f"unpickling can execute arbitrary code")
+        raise HubError(f'{folder} has no model.safetensors')
+    check_safetensors(folder / WEIGHTS_NAME)
+
+
+def load_model(
+        repo_or_dir: Union[str, Path],
+        revision: Optional[str] = None,
+        cache_dir: Union[str, Path, None] = None,
+        token: Optional[str] = None,
+        **kwargs,
+) -> nn.Module:
+    """Pull (or take the local export folder) and build the model with its weights, after the checks of :func:`pull`.
+
+    ``kwargs`` go to ``timm.create_model`` (e.g. ``num_classes=10`` to re-head, ``features_only=True``).
+    """
+    if isinstance(repo_or_dir, Path) or str(repo_or_dir).startswith('local-dir:') or Path(str(repo_or_dir)).is_dir():
+        folder = Path(str(repo_or_dir).removeprefix('local-dir:'))
+        _check_local_dir(folder)
+    else:
+        folder = pull(str(repo_or_dir), revision=revision, cache_dir=cache_dir, token=token)
+    return timm.create_model(f'local-dir:{folder}', pretrained=True, **kwargs)
