@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Convert an official checkpoint into a timm ``save_for_hf`` folder (config.json + model.safetensors).
+
+    python tools/convert.py --model rednet26 --checkpoint rednet26-4948f75f.pth --out weights/rednet26
+    python tools/convert.py --model sknet50 --checkpoint model_best.pth.tar --out out/sknet50 --overwrite
+    python tools/convert.py --model res2net50 --checkpoint ft.safetensors --out out/ft --num-classes 37
+    python tools/convert.py --model se_resnet50 --checkpoint se_resnet50.pth --out out/se50 --push org/se_resnet50
+
+The checkpoint may be a bare state dict or any usual container ({'model': ...}, {'state_dict': ...},
+{'state_dict_ema': ...}, mmcls {'meta': ..., 'state_dict': ...}) in a .pth/.pt/.bin (read with
+torch.load(weights_only=True): a file that needs code to unpickle is refused) or a .safetensors file. The keys are
+mapped with the family's checkpoint_filter_fn and loaded strictly; the folder is written atomically. Load it with
+
+    import backbones, timm
+    model = timm.create_model('local-dir:out/se50', pretrained=True)
+"""
+import argparse
+import json
+import logging
+import sys
+
+from backbones._checkpoint import CheckpointMismatchError
+from backbones.convert import ConversionError, convert_checkpoint
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--model', required=True, help='zoo model name, optionally with a tag (sknet50.ra_in1k)')
+    ap.add_argument('--checkpoint', required=True, help='official checkpoint: .pth / .pt / .bin / .safetensors')
+    ap.add_argument('--out', required=True, help='output folder (config.json + model.safetensors)')
+    ap.add_argument('--num-classes', type=int, help="classifier size (default: the checkpoint's)")
+    ap.add_argument('--model-kwargs', type=json.loads, default=None, metavar='JSON',
+                    help='extra create_model kwargs as a JSON object, e.g. \'{"stem_chs": 32}\'')
+    ap.add_argument('--overwrite', action='store_true', help='replace an existing --out folder')
+    ap.add_argument('--push', metavar='REPO', help='also push the converted model to this Hub repo id')
+    ap.add_argument('--private', action='store_true', help='with --push: create the repo private')
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    if args.model_kwargs is not None and not isinstance(args.model_kwargs, dict):
+        ap.error('--model-kwargs must be a JSON object')
+
+    try:
+        out = convert_checkpoint(
+            args.model, args.checkpoint, args.out, model_kwargs=args.model_kwargs, num_classes=args.num_classes,
+            overwrite=args.overwrite, push=args.push, push_kwargs=dict(private=True) if args.private else None)
+    except (KeyError, FileExistsError, FileNotFoundError, CheckpointMismatchError, ConversionError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f'error: {msg}', file=sys.stderr)
+        return 1
+    print(f"wrote {out}; load it with timm.create_model('local-dir:{out}', pretrained=True) after import backbones")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
