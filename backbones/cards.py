@@ -340,69 +340,61 @@ def render_card(model_name: str, **extra) -> str:
     lines += ['## Model Usage', '',
               '`import backbones` must run before `timm.create_model(...)` (also for `hf-hub:` / `local-dir:` '
               'names): timm only knows the architectures registered at that time.', '']
-    lines += ['### Image Classification', '', '```python'] + head + [
-        'import torch',
-        'from urllib.request import urlopen',
-        'from PIL import Image',
+    def snippet(title: str, create: str, body: List[str]) -> List[str]:
+        """One usage block: the shared preamble (imports, image, model), then ``body``."""
+        return [f'### {title}', '', '```python'] + head + [
+            'import torch',
+            'from urllib.request import urlopen',
+            'from PIL import Image',
+            '',
+            f"img = Image.open(urlopen('{_IMAGE_URL}'))",
+            '',
+            create,
+            'model = model.eval()',
+            '',
+        ] + body + ['```', '']
+
+    transforms = [
+        'data_config = timm.data.resolve_model_data_config(model)',
+        'transforms = timm.data.create_transform(**data_config, is_training=False)',
         '',
-        f"img = Image.open(urlopen('{_IMAGE_URL}'))",
-        '',
+    ]
+    lines += snippet(
+        'Image Classification',
         f"model = timm.create_model('{load}', {pretrained}){no_weights_note}",
-        'model = model.eval()',
-        '',
-        '# model-specific transforms (normalization, resize)',
-        'data_config = timm.data.resolve_model_data_config(model)',
-        'transforms = timm.data.create_transform(**data_config, is_training=False)',
-        '',
-        'with torch.no_grad():',
-        '    output = model(transforms(img).unsqueeze(0))  # unsqueeze single image into batch of 1',
-        f'print(output.shape)  # {_shape([1, cfg.num_classes])}',
-        '',
-        'top5_probabilities, top5_class_indices = torch.topk(output.softmax(dim=1) * 100, k=5)',
-        '```', '']
-    lines += ['### Feature Map Extraction', '', '```python'] + head + [
-        'import torch',
-        'from urllib.request import urlopen',
-        'from PIL import Image',
-        '',
-        f"img = Image.open(urlopen('{_IMAGE_URL}'))",
-        '',
+        ['# model-specific transforms (normalization, resize)'] + transforms + [
+            'with torch.no_grad():',
+            '    output = model(transforms(img).unsqueeze(0))  # unsqueeze single image into batch of 1',
+            f'print(output.shape)  # {_shape([1, cfg.num_classes])}',
+            '',
+            'top5_probabilities, top5_class_indices = torch.topk(output.softmax(dim=1) * 100, k=5)',
+        ])
+    lines += snippet(
+        'Feature Map Extraction',
         f"model = timm.create_model('{load}', {pretrained}, features_only=True){no_weights_note}",
-        'model = model.eval()',
-        '',
-        'data_config = timm.data.resolve_model_data_config(model)',
-        'transforms = timm.data.create_transform(**data_config, is_training=False)',
-        '',
-        'with torch.no_grad():',
-        '    output = model(transforms(img).unsqueeze(0))',
-        '',
-        'for o in output:',
-        '    # print the shape of each feature map in output, e.g.:',
-    ] + [f'    #  {_shape(s)}' for s in measured['feature_shapes']] + [
-        '    print(o.shape)',
-        '```', '']
-    lines += ['### Image Embeddings', '', '```python'] + head + [
-        'import torch',
-        'from urllib.request import urlopen',
-        'from PIL import Image',
-        '',
-        f"img = Image.open(urlopen('{_IMAGE_URL}'))",
-        '',
+        transforms + [
+            'with torch.no_grad():',
+            '    output = model(transforms(img).unsqueeze(0))',
+            '',
+            'for o in output:',
+            '    # print the shape of each feature map in output, e.g.:',
+        ] + [f'    #  {_shape(s)}' for s in measured['feature_shapes']] + [
+            '    print(o.shape)',
+        ])
+    embedding = _shape(measured['embedding_shape'])
+    lines += snippet(
+        'Image Embeddings',
         f"model = timm.create_model('{load}', {pretrained}, num_classes=0)  # remove classifier nn.Linear"
         f"{no_weights_note.replace('  #', ';')}",
-        'model = model.eval()',
-        '',
-        'data_config = timm.data.resolve_model_data_config(model)',
-        'transforms = timm.data.create_transform(**data_config, is_training=False)',
-        '',
-        'with torch.no_grad():',
-        f'    output = model(transforms(img).unsqueeze(0))  # output is a {_shape(measured["embedding_shape"])} tensor',
-        '',
-        '    # or equivalently (without needing to set num_classes=0)',
-        f'    output = model.forward_features(transforms(img).unsqueeze(0))  # unpooled, '
-        f'a {_shape(measured["features_shape"])} tensor',
-        f'    output = model.forward_head(output, pre_logits=True)  # a {_shape(measured["embedding_shape"])} tensor',
-        '```', '']
+        transforms + [
+            'with torch.no_grad():',
+            f'    output = model(transforms(img).unsqueeze(0))  # output is a {embedding} tensor',
+            '',
+            '    # or equivalently (without needing to set num_classes=0)',
+            f'    output = model.forward_features(transforms(img).unsqueeze(0))  # unpooled, '
+            f'a {_shape(measured["features_shape"])} tensor',
+            f'    output = model.forward_head(output, pre_logits=True)  # a {embedding} tensor',
+        ])
 
     recipe = f'configs/{family.name}/{arch}.yaml'
     lines += ['## Training Recipe', '',
