@@ -1,5 +1,5 @@
 """Write configs/<family>/<model>.yaml: each paper's ImageNet recipe in timm's args.yaml key names, every number with
-its source in a comment. Re-run after adding a variant or correcting a recipe:  python tools/make_configs.py
+its source in a comment. Re-run after a change:  python tools/make_configs.py [family ...]
 
 Sources marked "recalled" were written from the papers' implementation-detail paragraphs as remembered by the author
 of this file; the shared specs could not open those papers' PDFs, so they are NOT re-checked against a readable copy.
@@ -171,11 +171,14 @@ def render(model: str, family: str) -> str:
     return text
 
 
-def main() -> int:
+def main(families=()) -> int:
+    """Write the configs of every zoo model, or only of the ``families`` named on the command line."""
     sys.path.insert(0, ROOT)
     import backbones
     for model in backbones.list_models():
         family = backbones.get_variant_info(model).family
+        if families and family not in families:
+            continue
         path = os.path.join(ROOT, 'configs', family, f'{model}.yaml')
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, 'w') as f:
@@ -185,4 +188,4 @@ def main() -> int:
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

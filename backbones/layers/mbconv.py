@@ -1,0 +1,105 @@
+"""Pre-norm MBConv with TensorFlow "SAME" padding: the convolution block MaxViT and MOAT share.
+
+Both official implementations (TensorFlow) use the same block; they differ only in arguments:
+
+- MaxViT: tanh-approximated GELU (``act_layer=partial(nn.GELU, approximate='tanh')``), SE on every block,
+  shortcut pool 2x2.
+- MOAT: exact GELU, SE only in its MBConv stages (``se_ratio=0`` inside MOAT blocks), shortcut pool 2 (or 3).
+
+Both: BatchNorm eps 1e-3, expansion and SE width computed from the block's OUTPUT width, SE with SiLU, a biased
+1x1 projection at the end and no norm after it, "SAME" padding (asymmetric on even maps at stride 2), and an
+average-pool shortcut that excludes the padding from the average, as ``tf.nn.avg_pool`` does.
+"""
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, create_conv2d, pad_same, register_notrace_function
+
+from .conv import LayerType
+from .se import SqueezeExcite
+
+__all__ = ['MBConv', 'MBConvShortcut', 'avg_pool_same']
+
+
+@register_notrace_function
+def avg_pool_same(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
+    """``tf.nn.avg_pool(padding='SAME')``: pad bottom/right-heavy as TF does, average over real pixels only."""
+    k: Tuple[int, int] = (kernel_size, kernel_size)
+    s: Tuple[int, int] = (stride, stride)
+    padded = pad_same(x, k, s)
+    if padded.shape[-2:] == x.shape[-2:]:
+        return F.avg_pool2d(x, k, s)
+    count = F.avg_pool2d(pad_same(torch.ones_like(x[:1, :1]), k, s), k, s)
+    return F.avg_pool2d(padded, k, s) / count
+
+
+class MBConvShortcut(nn.Module):
+    """Identity, or ``avg_pool_same(stride)`` when downsampling, then a biased 1x1 conv when the width changes."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, pool_size: int = 2, device=None, dtype=None):
+        super().__init__()
+        self.stride = stride
+        self.pool_size = pool_size
+        self.conv = nn.Conv2d(in_chs, out_chs, 1, bias=True, device=device, dtype=dtype) \
+            if in_chs != out_chs else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = avg_pool_same(x, self.pool_size, self.stride)
+        return self.conv(x)
+
+
+class MBConv(nn.Module):
+    """``shortcut(x) + drop_path(conv3(se(act(bn2(dw(act(bn1(conv1(pre_norm(x))))))))))``.
+
+    Args:
+        in_chs, out_chs: widths; the hidden width is ``out_chs * expand_ratio``.
+        stride: of the depthwise 3x3 (and the shortcut pool).
+        expand_ratio: hidden width over the OUTPUT width (4).
+        se_ratio: SE width over the OUTPUT width (0.25; 0 = no SE).
+        act_layer: activation after the expansion and the depthwise conv.
+        se_act_layer: activation inside SE (SiLU in both official codes).
+        norm_eps: BatchNorm eps (1e-3, TF's default).
+        pool_size: kernel of the shortcut average pool.
+        drop_path: stochastic depth rate of the residual branch.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            stride: int = 1,
+            expand_ratio: float = 4.,
+            se_ratio: float = 0.25,
+            act_layer: LayerType = nn.GELU,
+            se_act_layer: LayerType = nn.SiLU,
+            norm_eps: float = 1e-3,
+            pool_size: int = 2,
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        mid_chs = int(out_chs * expand_ratio)
+        self.shortcut = MBConvShortcut(in_chs, out_chs, stride, pool_size, **dd)
+        self.pre_norm = nn.BatchNorm2d(in_chs, eps=norm_eps, **dd)
+        self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)
+        self.norm1 = nn.BatchNorm2d(mid_chs, eps=norm_eps, **dd)
+        self.act1 = act_layer()
+        self.conv2 = create_conv2d(mid_chs, mid_chs, 3, stride=stride, depthwise=True, padding='same', **dd)
+        self.norm2 = nn.BatchNorm2d(mid_chs, eps=norm_eps, **dd)
+        self.act2 = act_layer()
+        self.se = SqueezeExcite(mid_chs, rd_chs=max(1, int(se_ratio * out_chs)), act_layer=se_act_layer, **dd) \
+            if se_ratio > 0 else nn.Identity()
+        self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=True, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.shortcut(x)
+        x = self.act1(self.norm1(self.conv1(self.pre_norm(x))))
+        x = self.act2(self.norm2(self.conv2(x)))
+        x = self.conv3(self.se(x))
+        return shortcut + self.drop_path(x)
