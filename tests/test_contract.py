@@ -83,7 +83,9 @@ def test_features_only_and_intermediates(name):
     feat = timm.create_model(name, features_only=True).eval()
     missing, unexpected = feat.load_state_dict(
         {'model.' + k: v for k, v in model.state_dict().items() if not k.startswith('head')}, strict=False)
-    assert not unexpected and not [k for k in missing if not k.startswith('model.head')]
+    # the getter prunes the final norm (timm: prune_norm=not norm), so a model with a real final norm drops its keys
+    assert not [k for k in unexpected if not k.startswith('model.norm.')]
+    assert not [k for k in missing if not k.startswith('model.head')]
     x = _x(64, 96)
     with torch.no_grad():
         outs = feat(x)

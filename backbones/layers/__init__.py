@@ -1,6 +1,7 @@
 """Blocks shared by several zoo families (timm.layers is used as is wherever it already has the piece)."""
 from .attention import Attention, sdpa
 from .bottleneck import Bottleneck, MixerFn
+from .channel_attention import ChannelAttention
 from .conv import ConvNormAct, LayerType, same_padding
 from .head import Head
 from .helpers import check_input
@@ -8,9 +9,11 @@ from .involution import Involution
 from .mbconv import MBConv, MBConvShortcut, avg_pool_same
 from .relpos import RelPosBias, rel_pos_index, resize_rel_pos_table
 from .res2 import Res2Split
+from .routing_attention import BiLevelRoutingAttention, routed_attention
 from .se import SqueezeExcite
 from .shortcut import Shortcut
 from .sk import SelectiveKernel, SelectiveKernelAttn, sk_attn_chs
 from .stage import Stage, drop_path_schedule
 from .stem import ConvStem, stem_pool
+from .subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
 from .window import crop, grid_partition, grid_reverse, pad_to_multiple, window_partition, window_reverse

@@ -25,8 +25,9 @@ def sdpa(
 ) -> torch.Tensor:
     """``softmax(q k^T * scale + attn_bias) v`` over ``[..., N, d]`` tensors.
 
-    ``fused`` runs ``F.scaled_dot_product_attention``; otherwise the same math in explicit ops (the softmax in
-    float32), which the counter and TorchScript see op by op. ``scale`` defaults to ``d ** -0.5``.
+    ``fused`` runs ``F.scaled_dot_product_attention``; otherwise the same math in explicit ops, which the counter
+    and TorchScript see op by op (the softmax in float32 for half-precision inputs). ``scale`` defaults to
+    ``d ** -0.5``.
     """
     if fused:
         if attn_bias is not None:
@@ -36,7 +37,10 @@ def sdpa(
     attn = (q * scale) @ k.transpose(-2, -1)
     if attn_bias is not None:
         attn = attn + attn_bias
-    attn = attn.float().softmax(dim=-1).to(q.dtype)
+    if attn.dtype == torch.float16 or attn.dtype == torch.bfloat16:
+        attn = attn.float().softmax(dim=-1).to(q.dtype)
+    else:
+        attn = attn.softmax(dim=-1)
     if dropout_p > 0.:
         attn = F.dropout(attn, p=dropout_p)
     return attn @ v
@@ -56,7 +60,8 @@ class Attention(nn.Module):
 
     ``forward(x, attn_bias, pre_proj)``: ``attn_bias`` is added to the logits, broadcastable to ``[B, heads, N, N]``
     (e.g. a relative position bias ``[heads, N, N]``); ``pre_proj`` (``[B, N, heads * head_dim]``) is added to the
-    merged heads before ``proj`` (e.g. BiFormer's LePE positional term).
+    merged heads before ``proj`` (e.g. BiFormer's LePE positional term). ``attend(x, attn_bias)`` stops before
+    ``proj`` (Twins' windowed attention crops its padding there).
     """
 
     def __init__(
@@ -88,17 +93,22 @@ class Attention(nn.Module):
         self.proj = nn.Linear(attn_dim, dim, bias=proj_bias, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def attend(self, x: torch.Tensor, attn_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Everything before ``proj``: ``[B, N, C]`` -> merged heads ``[B, N, heads * head_dim]`` (for subclasses
+        that rearrange tokens between the attention and the projection, e.g. windowed attention that crops)."""
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = sdpa(q, k, v, attn_bias, self.scale, self.attn_drop.p if self.training else 0., self.fused_attn)
+        return x.transpose(1, 2).reshape(B, N, -1)
+
     def forward(
             self,
             x: torch.Tensor,
             attn_bias: Optional[torch.Tensor] = None,
             pre_proj: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        x = sdpa(q, k, v, attn_bias, self.scale, self.attn_drop.p if self.training else 0., self.fused_attn)
-        x = x.transpose(1, 2).reshape(B, N, -1)
+        x = self.attend(x, attn_bias)
         if pre_proj is not None:
             x = x + pre_proj
         return self.proj_drop(self.proj(x))

@@ -14,7 +14,8 @@ class Head(nn.Module):
     """Global pooling, optional norm on the pooled vector, dropout and the linear classifier.
 
     ``forward(x, pre_logits=True)`` stops before ``fc`` and returns ``[B, hidden_size]``.
-    ``pool_type=''`` keeps the spatial map (then ``fc`` must be disabled with ``num_classes=0``).
+    ``pool_type=''`` keeps the spatial map (then ``fc`` must be disabled with ``num_classes=0``); a head norm is then
+    applied over the channels at every position.
     """
 
     def __init__(
@@ -33,6 +34,7 @@ class Head(nn.Module):
         self.drop_rate = drop_rate
         self._norm_layer = norm_layer
         self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
+        self.unpooled = not pool_type
         self.hidden_size = in_features * self.global_pool.feat_mult()
         self._check_pool(pool_type)
         self.norm = norm_layer(self.hidden_size, **dd) if norm_layer is not None else nn.Identity()
@@ -47,12 +49,16 @@ class Head(nn.Module):
         dd = dict(device=device, dtype=dtype)
         if pool_type is not None:
             self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
+            self.unpooled = not pool_type
             self._check_pool(pool_type)
             self.hidden_size = self.in_features * self.global_pool.feat_mult()
         self.fc = nn.Linear(self.hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
-        x = self.norm(x)
+        if self.unpooled:  # pool_type='': the norm acts on the channels at every position of the map
+            x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        else:
+            x = self.norm(x)
         x = self.drop(x)
         return x if pre_logits else self.fc(x)

@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 __all__ = ['RelPosBias', 'rel_pos_index', 'resize_rel_pos_table']
 
@@ -38,6 +39,9 @@ def resize_rel_pos_table(table: torch.Tensor, size: Tuple[int, int]) -> torch.Te
     return F.interpolate(table.unsqueeze(0), size=size, mode='bilinear', align_corners=False).squeeze(0)
 
 
+# an FX leaf (timm's tracer): forward compares the table's shape with the window, which under tracing are proxies
+# (the window is the traced feature-map size for global attention)
+@register_notrace_module
 class RelPosBias(nn.Module):
     """Learned ``[heads, 2*th-1, 2*tw-1]`` table; ``forward(window)`` -> bias ``[heads, N, N]`` for that window.
 

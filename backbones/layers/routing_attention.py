@@ -1,0 +1,153 @@
+"""Bi-level routing attention (BRA), BiFormer's sparse attention (Zhu et al., CVPR 2023, arXiv 2303.08810).
+
+The map is cut into an ``n_win x n_win`` grid of regions (``n_win`` is a region COUNT per side, so regions grow with
+the input). Each query region picks the ``topk`` key regions whose mean key is most similar to its mean query
+(coarse, region-level routing), then its tokens attend to the tokens of those regions only (fine, token-level
+attention, through ``F.scaled_dot_product_attention``). A depthwise conv of the value map (LePE) is added before the
+output projection.
+
+Sizes that do not divide into ``n_win`` regions are zero-padded at the bottom / right before the q/k/v projection
+and cropped after the attention: the padded tokens carry the projection bias and take part (unmasked) in the region
+means, the routing and the attention, exactly as the official ``auto_pad=True`` code (``ops/bra_legacy.py``) does;
+at divisible sizes nothing is padded.
+
+Routing gather: the selected regions' keys / values are taken with ONE ``index_select`` over the flattened
+``(batch * regions)`` axis, not a ``gather`` on an expanded view of every region.
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from timm.layers import register_notrace_function, use_fused_attn
+
+from .attention import sdpa
+from .window import pad_to_multiple, window_partition, window_reverse
+
+__all__ = ['BiLevelRoutingAttention', 'routed_attention']
+
+
+@register_notrace_function
+def routed_attention(
+        qkv: torch.Tensor,
+        qk_dim: int,
+        num_heads: int,
+        n_win: int,
+        topk: int,
+        scale: float,
+        fused: bool = True,
+) -> torch.Tensor:
+    """Region routing + token attention inside the routed regions.
+
+    Args:
+        qkv: ``[B, H, W, 2 * qk_dim + C]`` projected map (q, k, v along channels), H and W multiples of ``n_win``.
+        qk_dim: query / key width; the value width ``C`` is the rest.
+        num_heads: heads (contiguous, head-major channel split of q, k and v).
+        n_win: regions per side.
+        topk: key regions per query region (``<= n_win ** 2``).
+        scale: logit scale of both the routing and the token attention.
+        fused: run the token attention through ``F.scaled_dot_product_attention``.
+    Returns:
+        ``[B, H, W, C]`` attention output (before LePE and the projection).
+    """
+    B, H, W, C = qkv.shape
+    rh, rw = H // n_win, W // n_win
+    regions = n_win * n_win
+    n = rh * rw  # tokens per region
+    v_dim = C - 2 * qk_dim
+    x = window_partition(qkv, (rh, rw))  # [B * R, n, 2 * qk_dim + C], regions row-major, tokens row-major inside
+    q, kv = x[..., :qk_dim], x[..., qk_dim:]
+
+    # coarse level: region-to-region affinity of the mean query / key (no gradient through the routing)
+    q_r = q.mean(1).view(B, regions, qk_dim).detach()
+    k_r = kv[..., :qk_dim].mean(1).view(B, regions, qk_dim).detach()
+    route = torch.topk((q_r * scale) @ k_r.transpose(-2, -1), topk, dim=-1)[1]  # [B, R, topk], best first
+
+    # one index_select over the flattened (batch * regions) axis: the k/v tokens of each query region's routed regions
+    offset = torch.arange(B, device=route.device).view(B, 1, 1) * regions
+    kv = kv.index_select(0, (route + offset).reshape(-1)).reshape(B * regions, topk * n, qk_dim + v_dim)
+
+    # fine level: token attention of each region's queries over its topk * n routed keys, per head
+    q = q.reshape(B * regions, n, num_heads, qk_dim // num_heads).transpose(1, 2)
+    k = kv[..., :qk_dim].reshape(B * regions, topk * n, num_heads, qk_dim // num_heads).transpose(1, 2)
+    v = kv[..., qk_dim:].reshape(B * regions, topk * n, num_heads, v_dim // num_heads).transpose(1, 2)
+    out = sdpa(q, k, v, None, scale, 0., fused)  # [B * R, heads, n, v_dim / heads]
+    out = out.transpose(1, 2).reshape(B * regions, n, v_dim)
+    return window_reverse(out, (rh, rw), (H, W))
+
+
+@register_notrace_function
+def crop_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """The top-left ``H x W`` of a ``[B, H', W', C]`` map, ``H, W`` those of ``ref`` (undoes the region padding)."""
+    H, W = ref.shape[1], ref.shape[2]
+    if x.shape[1] == H and x.shape[2] == W:
+        return x
+    return x[:, :H, :W, :].contiguous()
+
+
+# leaves for every FX tracer, not only timm's (whose autowrap list covers module forwards of timm's own tracer)
+torch.fx.wrap('routed_attention')
+torch.fx.wrap('crop_like')
+torch.fx.wrap('pad_to_multiple')
+
+
+class BiLevelRoutingAttention(nn.Module):
+    """BRA over a channels-last map ``[B, H, W, C]`` -> ``[B, H, W, C]``.
+
+    ``qkv`` Linear (q, k: ``qk_dim`` each, v: ``dim``) -> pad to ``n_win`` regions -> :func:`routed_attention`
+    -> ``+ lepe(v)`` (depthwise ``side_dwconv x side_dwconv`` conv of the whole value map) -> crop -> ``proj``.
+
+    Args:
+        dim: token width ``C`` (also the value width).
+        num_heads: heads.
+        n_win: regions per side.
+        topk: routed regions per query region.
+        qk_dim: query / key width (default ``dim``).
+        qk_scale: logit scale; default ``qk_dim ** -0.5`` (the official BRA scales by the FULL q/k width, not by the
+            head width).
+        side_dwconv: LePE kernel size (0: no LePE).
+        qkv_bias: bias of the q/k/v projection.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            n_win: int = 7,
+            topk: int = 4,
+            qk_dim: Optional[int] = None,
+            qk_scale: Optional[float] = None,
+            side_dwconv: int = 5,
+            qkv_bias: bool = True,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        qk_dim = qk_dim or dim
+        assert qk_dim % num_heads == 0 and dim % num_heads == 0, 'widths must split evenly into heads'
+        assert 0 < topk <= n_win * n_win, f'topk must be in 1..n_win**2 = {n_win * n_win}, got {topk}'
+        self.dim = dim
+        self.qk_dim = qk_dim
+        self.num_heads = num_heads
+        self.n_win = n_win
+        self.topk = topk
+        self.scale = qk_scale if qk_scale is not None else qk_dim ** -0.5
+        self.fused_attn = use_fused_attn()
+        self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=qkv_bias, **dd)
+        if side_dwconv > 0:
+            self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim, **dd)
+        else:
+            self.lepe = None
+        self.proj = nn.Linear(dim, dim, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut_size = x  # only its H, W are used, to crop the padding away
+        x = pad_to_multiple(x, (self.n_win, self.n_win))
+        qkv = self.qkv(x)
+        out = routed_attention(
+            qkv, self.qk_dim, self.num_heads, self.n_win, self.topk, self.scale, self.fused_attn)
+        if self.lepe is not None:
+            v = qkv[..., 2 * self.qk_dim:].permute(0, 3, 1, 2)
+            out = out + self.lepe(v).permute(0, 2, 3, 1)
+        out = crop_like(out, shortcut_size)
+        return self.proj(out)
