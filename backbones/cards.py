@@ -40,6 +40,18 @@ MEASURED_FILE = 'measured.json'
 
 # one bibtex entry per family (key: Family.name)
 BIBTEX: Dict[str, str] = {
+    'biformer': """@inproceedings{zhu2023biformer,
+  title={BiFormer: Vision Transformer with Bi-Level Routing Attention},
+  author={Zhu, Lei and Wang, Xinjiang and Ke, Zhanghan and Zhang, Wayne and Lau, Rynson W.H.},
+  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year={2023}
+}""",
+    'davit': """@inproceedings{ding2022davit,
+  title={DaViT: Dual Attention Vision Transformers},
+  author={Ding, Mingyu and Xiao, Bin and Codella, Noel and Luo, Ping and Wang, Jingdong and Yuan, Lu},
+  booktitle={Proceedings of the European Conference on Computer Vision (ECCV)},
+  year={2022}
+}""",
     'involution': """@inproceedings{li2021involution,
   title={Involution: Inverting the Inherence of Convolution for Visual Recognition},
   author={Li, Duo and Hu, Jie and Wang, Changhu and Li, Xiangtai and She, Qi and Zhu, Lei and
@@ -47,6 +59,20 @@ BIBTEX: Dict[str, str] = {
   booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
   pages={12321--12330},
   year={2021}
+}""",
+    'maxvit': """@inproceedings{tu2022maxvit,
+  title={MaxViT: Multi-Axis Vision Transformer},
+  author={Tu, Zhengzhong and Talebi, Hossein and Zhang, Han and Yang, Feng and Milanfar, Peyman and Bovik, Alan and
+          Li, Yinxiao},
+  booktitle={European Conference on Computer Vision (ECCV)},
+  year={2022}
+}""",
+    'moat': """@inproceedings{yang2023moat,
+  title={MOAT: Alternating Mobile Convolution and Attention Brings Strong Vision Models},
+  author={Yang, Chenglin and Qiao, Siyuan and Yu, Qihang and Yuan, Xiaoding and Zhu, Yukun and Yuille, Alan and
+          Adam, Hartwig and Chen, Liang-Chieh},
+  booktitle={International Conference on Learning Representations (ICLR)},
+  year={2023}
 }""",
     'res2net': """@article{gao2021res2net,
   title={Res2Net: A New Multi-scale Backbone Architecture},
@@ -70,6 +96,13 @@ BIBTEX: Dict[str, str] = {
   booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
   pages={510--519},
   year={2019}
+}""",
+    'twins': """@inproceedings{chu2021twins,
+  title={Twins: Revisiting the Design of Spatial Attention in Vision Transformers},
+  author={Chu, Xiangxiang and Tian, Zhi and Wang, Yuqing and Zhang, Bo and Ren, Haibing and Wei, Xiaolin and
+          Xia, Huaxia and Shen, Chunhua},
+  booktitle={Advances in Neural Information Processing Systems (NeurIPS)},
+  year={2021}
 }""",
 }
 

@@ -53,7 +53,9 @@ def test_front_matter(name):
     assert {'image-classification', 'timm', 'backbones', fam.name} <= set(meta['tags'])
     assert 'transformers' not in meta['tags'] and 'transformers' not in cards.front_matter(text)
     tag = timm.models.get_pretrained_cfg(name).tag
-    assert meta.get('datasets') == (['imagenet-1k'] if 'in1k' in tag else None)
+    final_dataset = {'in1k': ['imagenet-1k'], 'in21k': ['imagenet-21k'], 'in22k': ['imagenet-22k']}
+    expected = next((v for k, v in final_dataset.items() if tag == k or tag.endswith('_' + k)), None)
+    assert meta.get('datasets') == expected  # the data the weights were last trained on (21k->1k: 1k)
     assert f'# Model card for {name}.{tag}' in text
     assert fam.arxiv_url in text and fam.repo_url in text
     assert f'](../configs/{fam.name}/{name}.yaml)' in text

@@ -136,15 +136,280 @@ REDNET = [
     ('model_ema', False, f'{SPEC} recipe lists no weight EMA'),
 ]
 
+# --- DaViT: arXiv 2204.03645 (shared/specs/davit.md has no training section: every value below is recalled) ---------
+DV_SRC = 'DaViT paper (arXiv 2204.03645) Sec. 4.1, ImageNet-1k training (recalled)'
+DV_AUG = 'DeiT/Swin augmentation that the DaViT paper says it follows (recalled)'
+DV_LARGE = ('ASSUMPTION: the paper pre-trains DaViT-L/H/G on larger data (IN-22k / image-text pairs) with no IN-1k '
+            'recipe; the T/S/B recipe stands in')
+
+
+def _davit_recipe(drop_path: float, drop_path_src: str):
+    return [
+        ('epochs', 300, f'{DV_SRC}: 300 epochs'),
+        ('batch_size', 2048, f'{DV_SRC}: global batch 2048'),
+        ('opt', 'adamw', f'{DV_SRC}: AdamW'),
+        ('opt_eps', 1.0e-8, 'not stated by the paper: timm / DeiT default'),
+        ('weight_decay', 0.05, f'{DV_SRC}: weight decay 0.05'),
+        ('lr', None, 'unset so that lr_base below applies'),
+        ('lr_base', 2.0e-3, f'{DV_SRC}: initial lr 2e-3 at batch 2048'),
+        ('lr_base_size', 2048, DV_SRC),
+        ('lr_base_scale', 'linear', 'linear scaling when the global batch differs from the paper\'s'),
+        ('sched', 'cosine', f'{DV_SRC}: cosine decay'),
+        ('warmup_epochs', 20, f'{DV_SRC}: 20 epochs of linear warmup'),
+        ('warmup_lr', 1.0e-6, 'DeiT main.py default warmup start lr 1e-6 (recalled; not stated for DaViT)'),
+        ('min_lr', 1.0e-5, 'DeiT main.py default final lr 1e-5 (recalled; not stated for DaViT)'),
+        ('cooldown_epochs', 0, 'cosine to min_lr over the whole run, no cooldown (recalled)'),
+        ('clip_grad', 5.0, 'Swin recipe: gradient-norm clipping 5.0 (recalled; not confirmed for DaViT)'),
+        ('img_size', 224, f'{DV_SRC}: 224x224 training crops'),
+        ('scale', [0.08, 1.0], f'{DV_AUG}: random-resized crop, timm default bounds'),
+        ('ratio', [0.75, 1.3333333333333333], f'{DV_AUG}: random-resized crop, timm default bounds'),
+        ('hflip', 0.5, f'{DV_AUG}: horizontal flip'),
+        ('color_jitter', 0.4, f'{DV_AUG}: DeiT colour jitter 0.4'),
+        ('train_interpolation', 'bicubic', f'{DV_AUG}: bicubic'),
+        ('aa', 'rand-m9-mstd0.5-inc1', f'{DV_AUG}: RandAugment m9, mstd 0.5'),
+        ('reprob', 0.25, f'{DV_AUG}: random erasing 0.25'),
+        ('remode', 'pixel', f'{DV_AUG}: random erasing mode pixel'),
+        ('mixup', 0.8, f'{DV_AUG}: mixup 0.8'),
+        ('cutmix', 1.0, f'{DV_AUG}: cutmix 1.0'),
+        ('smoothing', 0.1, f'{DV_AUG}: label smoothing 0.1'),
+        ('drop', 0.0, 'the paper uses no dropout (recalled)'),
+        ('drop_path', drop_path, drop_path_src),
+        ('model_ema', False, 'the paper uses no weight EMA (recalled)'),
+    ]
+
+
+DAVIT = {
+    'davit_t': _davit_recipe(0.1, f'{DV_SRC}: stochastic depth 0.1 for DaViT-Tiny'),
+    'davit_s': _davit_recipe(0.2, f'{DV_SRC}: stochastic depth 0.2 for DaViT-Small'),
+    'davit_b': _davit_recipe(0.4, f'{DV_SRC}: stochastic depth 0.4 for DaViT-Base'),
+    'davit_l': _davit_recipe(0.4, f'{DV_LARGE}; drop path = DaViT-Base\'s'),
+    'davit_h': _davit_recipe(0.4, f'{DV_LARGE}; drop path = DaViT-Base\'s'),
+    'davit_g': _davit_recipe(0.4, f'{DV_LARGE}; drop path = DaViT-Base\'s'),
+}
+
+# --- BiFormer: arXiv 2303.08810, official configs/train_args.yaml + main.py (shared/specs/biformer.md Sec. 2) -------
+BF_SPEC = 'shared/specs/biformer.md Sec. 2'
+BF_SRC = f'official repo rayleizhu/BiFormer configs/train_args.yaml / main.py ({BF_SPEC})'
+BF_DEIT = 'DeiT main.py default, which the DeiT-style official main.py keeps (recalled; not in the spec)'
+
+
+def _biformer_recipe(drop_path: float, drop_path_src: str):
+    return [
+        ('epochs', 300, f'{BF_SRC}: 300 epochs'),
+        ('batch_size', 1024, 'ASSUMPTION (recalled, not in the spec): DeiT-style 8 GPUs x 128 images'),
+        ('opt', 'adamw', f'{BF_SRC}: AdamW'),
+        ('opt_eps', 1.0e-8, BF_DEIT),
+        ('weight_decay', 0.05, f'{BF_SRC}: weight decay 0.05'),
+        ('lr', None, 'unset so that lr_base below applies'),
+        ('lr_base', 5.0e-4, f'{BF_SRC}: lr 5e-4'),
+        ('lr_base_size', 512, f'{BF_DEIT}: lr scaled linearly by global batch / 512'),
+        ('lr_base_scale', 'linear', 'linear scaling when the global batch differs'),
+        ('sched', 'cosine', f'{BF_SRC}: cosine schedule'),
+        ('warmup_epochs', 5, f'{BF_SRC}: 5 warm-up epochs'),
+        ('warmup_lr', 1.0e-6, BF_DEIT),
+        ('min_lr', 1.0e-5, BF_DEIT),
+        ('cooldown_epochs', 0, f'{BF_DEIT}: its 10 cooldown epochs lie after the 300-epoch loop and never run'),
+        ('img_size', 224, f'{BF_SPEC}: 224x224 training and evaluation'),
+        ('scale', [0.08, 1.0], f'{BF_DEIT}: random-resized crop, timm default bounds'),
+        ('ratio', [0.75, 1.3333333333333333], f'{BF_DEIT}: random-resized crop, timm default bounds'),
+        ('hflip', 0.5, f'{BF_DEIT}: horizontal flip'),
+        ('color_jitter', 0.4, f'{BF_DEIT}: colour jitter 0.4'),
+        ('train_interpolation', 'bicubic', f'{BF_SRC}: bicubic'),
+        ('aa', 'rand-m9-mstd0.5-inc1', f'{BF_SRC}: RandAugment rand-m9-mstd0.5-inc1'),
+        ('aug_repeats', 3, f'{BF_SRC}: repeated augmentation; 3 repeats is DeiT\'s RASampler (recalled)'),
+        ('reprob', 0.25, f'{BF_SRC}: random erasing 0.25'),
+        ('remode', 'pixel', f'{BF_DEIT}: random erasing mode pixel'),
+        ('mixup', 0.8, f'{BF_SRC}: mixup 0.8'),
+        ('cutmix', 1.0, f'{BF_SRC}: cutmix 1.0'),
+        ('smoothing', 0.1, f'{BF_SRC}: label smoothing 0.1'),
+        ('drop', 0.0, 'shared/specs/biformer.md Sec. 3: no dropout (drop_rate is unused by the official model)'),
+        ('drop_path', drop_path, drop_path_src),
+        ('model_ema', True, f'{BF_SRC}: EMA on (the official evaluation reports the non-EMA model)'),
+        ('model_ema_decay', 0.99996, f'{BF_SRC}: EMA decay 0.99996'),
+    ]
+
+
+_BF_DP_DEFAULT = f'{BF_SRC}: CLI default drop path 0.1; the repo states no value for this variant'
+BIFORMER = {
+    'biformer_tiny': _biformer_recipe(0.1, _BF_DP_DEFAULT),
+    'biformer_small': _biformer_recipe(
+        0.15, f'official README ({BF_SPEC}): its example trains BiFormer-S with drop path 0.15'),
+    'biformer_base': _biformer_recipe(0.1, _BF_DP_DEFAULT),
+    'biformer_stl': _biformer_recipe(0.1, _BF_DP_DEFAULT + ' (ablation model; its recipe is assumed to be T/S/B\'s)'),
+}
+
+# --- Twins: arXiv 2104.13840 (shared/specs/twins.md has no training section: every value below is recalled) ----------
+TW_SRC = 'Twins paper (arXiv 2104.13840) Sec. 4.1, ImageNet-1k classification (recalled)'
+TW_DEIT = 'DeiT recipe, which the Twins paper follows (its official repo is built on DeiT\'s main.py; recalled)'
+
+
+def _twins_recipe(drop_path: float, size: str):
+    return [
+        ('epochs', 300, f'{TW_SRC}: 300 epochs'),
+        ('batch_size', 1024, f'{TW_SRC}: global batch 1024'),
+        ('opt', 'adamw', f'{TW_SRC}: AdamW'),
+        ('opt_eps', 1.0e-8, f'{TW_DEIT}: AdamW eps 1e-8'),
+        ('weight_decay', 0.05, f'{TW_SRC}: weight decay 0.05'),
+        ('lr', None, 'unset so that lr_base below applies'),
+        ('lr_base', 1.0e-3, f'{TW_SRC}: initial lr 1e-3 at batch 1024'),
+        ('lr_base_size', 1024, TW_SRC),
+        ('lr_base_scale', 'linear', 'linear scaling when the global batch differs from the paper\'s'),
+        ('sched', 'cosine', f'{TW_SRC}: cosine decay'),
+        ('warmup_epochs', 5, f'{TW_SRC}: 5 epochs of linear warmup'),
+        ('warmup_lr', 1.0e-6, f'{TW_DEIT}: warmup start lr 1e-6'),
+        ('min_lr', 1.0e-5, f'{TW_DEIT}: final lr 1e-5'),
+        ('cooldown_epochs', 0, 'cosine to min_lr over the 300 epochs, no cooldown (recalled)'),
+        ('img_size', 224, f'{TW_SRC}: 224x224 training crops'),
+        ('scale', [0.08, 1.0], f'{TW_DEIT}: random-resized crop, timm default bounds'),
+        ('ratio', [0.75, 1.3333333333333333], f'{TW_DEIT}: random-resized crop, timm default bounds'),
+        ('hflip', 0.5, f'{TW_DEIT}: horizontal flip'),
+        ('color_jitter', 0.4, f'{TW_DEIT}: colour jitter 0.4'),
+        ('train_interpolation', 'bicubic', f'{TW_DEIT}: bicubic'),
+        ('aa', 'rand-m9-mstd0.5-inc1', f'{TW_DEIT}: RandAugment m9, mstd 0.5'),
+        ('aug_repeats', 3, f'{TW_DEIT}: repeated augmentation on by default, 3 repeats'),
+        ('reprob', 0.25, f'{TW_DEIT}: random erasing 0.25'),
+        ('remode', 'pixel', f'{TW_DEIT}: random erasing mode pixel'),
+        ('mixup', 0.8, f'{TW_DEIT}: mixup 0.8'),
+        ('cutmix', 1.0, f'{TW_DEIT}: cutmix 1.0'),
+        ('smoothing', 0.1, f'{TW_DEIT}: label smoothing 0.1'),
+        ('drop', 0.0, 'the paper uses no dropout (recalled)'),
+        ('drop_path', drop_path, f'{TW_SRC}: stochastic depth 0.2 / 0.3 / 0.5 for the small / base / large models '
+                                 f'({size})'),
+        ('model_ema', False, 'the paper reports no weight EMA (recalled)'),
+    ]
+
+
+TWINS = {
+    'twins_pcpvt_s': _twins_recipe(0.2, 'small'),
+    'twins_pcpvt_b': _twins_recipe(0.3, 'base'),
+    'twins_pcpvt_l': _twins_recipe(0.5, 'large'),
+    'twins_svt_s': _twins_recipe(0.2, 'small'),
+    'twins_svt_b': _twins_recipe(0.3, 'base'),
+    'twins_svt_l': _twins_recipe(0.5, 'large'),
+}
+
+# --- MOAT: arXiv 2210.01820 (shared/specs/moat.md has no training section: only drop path / sizes come from it) ------
+MO_SPEC = 'shared/specs/moat.md variant table'
+MO_SRC = 'MOAT paper (arXiv 2210.01820) appendix, ImageNet-1k setting, which follows CoAtNet / MaxViT (recalled)'
+MOAT_22K_NOTE = ('# NOTE: the released weights of this variant were pre-trained on ImageNet-22k and fine-tuned on\n'
+                 '# 1k at {size}; neither recipe is in the spec. The ImageNet-1k-only recipe at 224 below stands in\n'
+                 '# (the README plots IN-1k-only 224 results for MOAT-2/3), with the spec\'s fine-tuning drop path.\n')
+
+
+def _moat_recipe(drop_path: float, img_size: int, drop_path_src: str):
+    return [
+        ('epochs', 300, f'{MO_SRC}: 300 epochs'),
+        ('batch_size', 4096, f'{MO_SRC}: global batch 4096'),
+        ('opt', 'adamw', f'{MO_SRC}: AdamW'),
+        ('opt_eps', 1.0e-8, TIMM_DEFAULT),
+        ('weight_decay', 0.05, f'{MO_SRC}: weight decay 0.05'),
+        ('lr', None, 'unset so that lr_base below applies'),
+        ('lr_base', 3.0e-3, f'{MO_SRC}: peak lr 3e-3 at batch 4096'),
+        ('lr_base_size', 4096, MO_SRC),
+        ('lr_base_scale', 'linear', 'linear scaling when the global batch differs from the paper\'s'),
+        ('sched', 'cosine', f'{MO_SRC}: cosine decay'),
+        ('warmup_epochs', 32, f'{MO_SRC}: 10k warm-up steps = 32 epochs at 1281167/4096 steps per epoch'),
+        ('warmup_lr', 1.0e-5, TIMM_DEFAULT),
+        ('min_lr', 1.0e-5, f'{MO_SRC}: final lr 1e-5'),
+        ('cooldown_epochs', 0, 'cosine over the whole run, no cooldown (recalled)'),
+        ('img_size', img_size, f'{MO_SPEC}: training / evaluation resolution of the IN-1k models'),
+        ('scale', [0.08, 1.0], 'Inception-style random-resized crop of the TF ImageNet input pipeline (recalled)'),
+        ('ratio', [0.75, 1.3333333333333333], 'Inception-style random-resized crop (recalled)'),
+        ('hflip', 0.5, 'random horizontal flip (recalled)'),
+        ('color_jitter', 0.0, 'no colour jitter in the CoAtNet / MaxViT-style TF pipeline (recalled)'),
+        ('train_interpolation', 'bicubic', 'TF pipeline resizes bicubically (recalled)'),
+        ('aa', 'rand-m15-n2', f'{MO_SRC}: RandAugment, 2 layers, magnitude 15 (TF scale; recalled)'),
+        ('reprob', 0.0, 'no random erasing in the TF pipeline (recalled)'),
+        ('mixup', 0.8, f'{MO_SRC}: mixup 0.8'),
+        ('cutmix', 0.0, f'{MO_SRC}: mixup only, no cutmix'),
+        ('smoothing', 0.1, f'{MO_SRC}: label smoothing 0.1'),
+        ('drop', 0.0, 'shared/specs/moat.md: the official head has no dropout'),
+        ('drop_path', drop_path, drop_path_src),
+        ('model_ema', False, 'not stated (the official loader\'s handling of /ExponentialMovingAverage names hints at '
+                             'EMA during training; decay unknown, shared/specs/moat.md)'),
+    ]
+
+
+_MO_DP = f'{MO_SPEC}: drop path = 1 - survival_prob of the official get_model config'
+_MO_DP_22K = f'{MO_SPEC}: drop path of the official 22k->1k fine-tuning config (see NOTE)'
+_MOAT_VARIANTS = {  # zoo base name: (drop path, training size, drop path source)
+    'moat_0': (0.2, 224, _MO_DP), 'moat_1': (0.3, 224, _MO_DP), 'moat_2': (0.3, 224, _MO_DP_22K),
+    'moat_3': (0.6, 224, _MO_DP_22K), 'moat_4': (0.7, 224, _MO_DP_22K), 'tiny_moat_0': (0.0, 256, _MO_DP),
+    'tiny_moat_1': (0.0, 256, _MO_DP), 'tiny_moat_2': (0.0, 256, _MO_DP), 'tiny_moat_3': (0.1, 256, _MO_DP),
+}
+MOAT = {name + pe: _moat_recipe(*args) for name, args in _MOAT_VARIANTS.items() for pe in ('', '_no_pe')}
+
+# --- MaxViT: arXiv 2204.01697 (shared/specs/maxvit.md: sizes, windows and survival probabilities only) ------------
+MV_SPEC = 'shared/specs/maxvit.md Sec. 4'
+MV_SRC = 'MaxViT paper (arXiv 2204.01697) Sec. 4.1 / appendix, ImageNet-1k training (recalled)'
+MV_FT_NOTE = ('# NOTE: the released {res} weights were fine-tuned from the 224 model (window {window}, the 13x13\n'
+              '# relative tables resized; official hp/vision_i1k.py); that fine-tuning recipe is not in the spec.\n'
+              '# The ImageNet-1k pre-training recipe below stands in, run at {res}.\n')
+MV_21K_NOTE = ('# NOTE: MaxViT-XL has ImageNet-21k (pre-)training only in the official release; its recipe is not\n'
+               '# in the spec. The ImageNet-1k recipe below stands in.\n')
+
+
+def _maxvit_recipe(drop_path: float, drop_path_src: str, img_size: int = 224):
+    return [
+        ('epochs', 300, f'{MV_SRC}: 300 epochs'),
+        ('batch_size', 4096, f'{MV_SRC}: global batch 4096'),
+        ('opt', 'adamw', f'{MV_SRC}: AdamW'),
+        ('opt_eps', 1.0e-8, TIMM_DEFAULT),
+        ('weight_decay', 0.05, f'{MV_SRC}: weight decay 0.05'),
+        ('lr', None, 'unset so that lr_base below applies'),
+        ('lr_base', 3.0e-3, f'{MV_SRC}: peak lr 3e-3 at batch 4096'),
+        ('lr_base_size', 4096, MV_SRC),
+        ('lr_base_scale', 'linear', 'linear scaling when the global batch differs from the paper\'s'),
+        ('sched', 'cosine', f'{MV_SRC}: cosine decay'),
+        ('warmup_epochs', 32, f'{MV_SRC}: 10k linear warm-up steps = 32 epochs at 1281167/4096 steps per epoch'),
+        ('warmup_lr', 1.0e-5, TIMM_DEFAULT),
+        ('min_lr', 1.0e-5, TIMM_DEFAULT),
+        ('cooldown_epochs', 0, 'cosine over the whole run, no cooldown (recalled)'),
+        ('img_size', img_size, f'{MV_SRC}: 224x224 pre-training (window 7)' if img_size == 224 else
+                               f'{MV_SPEC}: this variant\'s resolution (window {img_size // 32}); see NOTE'),
+        ('scale', [0.08, 1.0], 'Inception-style random-resized crop of the TF ImageNet input pipeline (recalled)'),
+        ('ratio', [0.75, 1.3333333333333333], 'Inception-style random-resized crop (recalled)'),
+        ('hflip', 0.5, 'random horizontal flip (recalled)'),
+        ('color_jitter', 0.0, 'no colour jitter in the official TF pipeline (recalled)'),
+        ('train_interpolation', 'bicubic', 'TF pipeline resizes bicubically (recalled)'),
+        ('aa', 'rand-m15-n2', f'{MV_SRC}: RandAugment, 2 layers, magnitude 15 (TF scale; recalled)'),
+        ('reprob', 0.0, 'no random erasing in the TF pipeline (recalled)'),
+        ('mixup', 0.8, f'{MV_SRC}: mixup 0.8'),
+        ('cutmix', 0.0, f'{MV_SRC}: mixup only, no cutmix'),
+        ('smoothing', 0.1, f'{MV_SRC}: label smoothing 0.1'),
+        ('drop', 0.0, f'{MV_SPEC}: the official head has no dropout'),
+        ('drop_path', drop_path, drop_path_src),
+        ('model_ema', False, 'not stated in the spec (recalled: no EMA for the IN-1k models)'),
+    ]
+
+
+_MV_DP = {
+    'tiny': (0.2, f'{MV_SPEC}: survival probability 0.8 (MaxViT-T)'),
+    'small': (0.3, f'{MV_SPEC}: survival probability 0.7 (MaxViT-S)'),
+    'base': (0.4, f'{MV_SPEC}: survival probability 0.6 (MaxViT-B)'),
+    'large': (0.6, f'{MV_SPEC}: survival probability 0.4 (MaxViT-L)'),
+    'xlarge': (0.6, f'ASSUMPTION: {MV_SPEC} gives no XL value; MaxViT-L\'s survival probability 0.4'),
+}
+MAXVIT = {f'maxvit_{size}{suffix}': _maxvit_recipe(*dp, img_size=res)
+          for size, dp in _MV_DP.items() for suffix, res in (('', 224), ('_384', 384), ('_512', 512))}
+
 PAPERS = {
+    'biformer': 'BiFormer: Vision Transformer with Bi-Level Routing Attention (Zhu et al., arXiv 2303.08810)',
     'senet': 'Squeeze-and-Excitation Networks (Hu et al., arXiv 1709.01507)',
     'sknet': 'Selective Kernel Networks (Li et al., arXiv 1903.06586)',
     'res2net': 'Res2Net (Gao et al., arXiv 1904.01169)',
+    'davit': 'DaViT: Dual Attention Vision Transformers (Ding et al., arXiv 2204.03645)',
     'involution': 'Involution / RedNet (Li et al., arXiv 2103.06255)',
+    'maxvit': 'MaxViT: Multi-Axis Vision Transformer (Tu et al., arXiv 2204.01697)',
+    'moat': ('MOAT: Alternating Mobile Convolution and Attention Brings Strong Vision Models '
+             '(Yang et al., arXiv 2210.01820)'),
+    'twins': 'Twins: Revisiting the Design of Spatial Attention in Vision Transformers (Chu et al., arXiv 2104.13840)',
 }
 
 
 def recipe_for(model: str, family: str):
+    if family == 'biformer':
+        return BIFORMER[model]
     if family == 'senet':
         return SENET154 if model == 'senet_154' else SENET
     if family == 'sknet':
@@ -153,6 +418,14 @@ def recipe_for(model: str, family: str):
         return RES2NET
     if family == 'involution':
         return REDNET
+    if family == 'davit':
+        return DAVIT[model]
+    if family == 'twins':
+        return TWINS[model]
+    if family == 'moat':
+        return MOAT[model]
+    if family == 'maxvit':
+        return MAXVIT[model]
     raise KeyError(f'no recipe for family {family!r} ({model})')
 
 
@@ -164,6 +437,13 @@ def render(model: str, family: str) -> str:
     if model == 'senet_154':
         text += ('# NOTE: SENet-154 also froze all BN layers for the last few epochs (appendix); '
                  'timm has no such flag.\n')
+    if family == 'moat' and model.startswith(('moat_2', 'moat_3', 'moat_4')):
+        text += MOAT_22K_NOTE.format(size=384 if model.startswith('moat_2') else 512)
+    if family == 'maxvit' and model.endswith(('_384', '_512')):
+        res = int(model[-3:])
+        text += MV_FT_NOTE.format(res=res, window=res // 32)
+    if model.startswith('maxvit_xlarge'):
+        text += MV_21K_NOTE
     text += f'model: {model}  # the zoo variant this recipe trains (file name)\n'
     for key, value, src in recipe_for(model, family):
         dumped = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()[1:-1]

@@ -1,0 +1,666 @@
+"""MOAT: mobile convolution (MBConv) and attention alternating inside one block.
+
+Paper: "MOAT: Alternating Mobile Convolution and Attention Brings Strong Vision Models", Chenglin Yang, Siyuan Qiao,
+Qihang Yu, Xiaoding Yuan, Yukun Zhu, Alan Yuille, Hartwig Adam, Liang-Chieh Chen (ICLR 2023),
+https://arxiv.org/abs/2210.01820.
+Official code: TensorFlow / Keras, https://github.com/google-research/deeplab2 (commit 64bc1c1a),
+``model/pixel_encoder/moat.py``, ``model/layers/moat_blocks.py``, ``model/layers/moat_attention.py``; Apache-2.0.
+
+Network: a two-conv stem (3x3/2 -> BN -> GELU -> 3x3, no norm after the last conv), two stages of pre-norm MBConv
+blocks (with SE) and two stages of MOAT blocks, each a pre-norm MBConv without SE followed by
+``x + Attn(LN(x))`` (no MLP), then mean pooling -> LayerNorm -> Linear. Everything is as in the official code:
+TensorFlow "SAME" padding (asymmetric at stride 2), BN eps 1e-3, exact GELU, SE with SiLU, an average-pool shortcut
+that excludes the padding (``backbones.layers.mbconv``), per-head relative position tables ``[heads, 2P-1, 2P-1]``
+indexed by key - query and resized bilinearly to the current window on every forward (``backbones.layers.relpos``),
+and the official stochastic-depth schedule ``rate * b / num_blocks``.
+
+What differs from the official code:
+
+* Any input size. The official model fixes its global-attention window (the feature map) when it is built; here a
+  global-attention block takes the current feature map as its window and resizes the table to it in each forward
+  (identical numbers at the build size). The stride-2 convs and pools give ``ceil(n / 2)`` like TF, so every input
+  size works with the released (global-attention) configurations.
+* Window attention (``window_sizes``, the official ``window_size``, only used by non-default configurations)
+  requires feature maps that divide by the window, exactly as the official reshape does: other sizes raise a
+  ``ValueError`` naming the valid input sizes instead of padding (the official code has no padding path, so padded
+  numbers would match nothing).
+* The position bias is computed from the table parameter at every forward, as in TF1 graph mode (where the released
+  checkpoints were trained); the official TF2/Keras model freezes it at build time (see specs, pitfall 5).
+
+Weights: the official ImageNet checkpoints are TF1 checkpoints packed as ``.tar.gz`` (URLs in each cfg's ``notes``);
+they cannot be read without TensorFlow. Read one with TensorFlow into a ``{variable name: array}`` dict::
+
+    r = tf.train.load_checkpoint('moat0_imagenet_1k_224_w_position_embedding/model.ckpt')  # TF side
+    sd = {n: r.get_tensor(n) for n in r.get_variable_to_shape_map()}
+    torch_sd = checkpoint_filter_fn(sd, timm.create_model('moat_0'))  # converts TF layouts, checks every key
+
+``checkpoint_filter_fn`` also accepts that dict saved as safetensors / torch file (``pretrained_cfg_overlay``).
+"""
+import re
+from functools import partial
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from timm.layers import DropPath, create_conv2d, register_notrace_function
+from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models._features import feature_take_indices
+
+from .._checkpoint import CheckpointMismatchError, convert_state_dict, unwrap_state_dict
+from .._features import StageFeatureMixin, stage_feature_info
+from .._registry import Family, register_family, register_zoo_model, zoo_cfg
+from ..layers.attention import Attention
+from ..layers.head import Head
+from ..layers.helpers import check_input
+from ..layers.mbconv import MBConv
+from ..layers.relpos import RelPosBias
+from ..layers.stage import Stage
+from ..layers.window import window_partition, window_reverse
+
+__all__ = ['MOAT', 'MoatBlock', 'MoatStem', 'checkpoint_filter_fn', 'convert_tf_state_dict']
+
+FAMILY = register_family(Family(
+    name='moat',
+    paper='MOAT: Alternating Mobile Convolution and Attention Brings Strong Vision Models',
+    arxiv='2210.01820',
+    repo='google-research/deeplab2',
+    license='apache-2.0',
+    module=__name__,
+    oracle='official deeplab2 TensorFlow MOAT run in TF1 graph mode, fixtures in tests/fixtures/moat',
+    weights='official TF1 checkpoints (.tar.gz, need TensorFlow to read; converted by checkpoint_filter_fn)',
+))
+
+BN_EPS = 1e-3  # Keras BatchNormalization default, used by the official code
+LN_EPS = 1e-5  # official ln_epsilon
+
+
+class MoatStem(nn.Sequential):
+    """``conv0`` (3x3/2) -> ``norm0`` -> ``act0`` -> ``conv1`` (3x3) ... : one conv per width, BN + GELU between
+    consecutive convs and nothing after the last one. Convs have biases and TF "SAME" padding."""
+
+    def __init__(self, in_chs: int, widths: Sequence[int], device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        prev = in_chs
+        for i, w in enumerate(widths):
+            if i > 0:
+                self.add_module(f'norm{i - 1}', nn.BatchNorm2d(prev, eps=BN_EPS, **dd))
+                self.add_module(f'act{i - 1}', nn.GELU())
+            self.add_module(f'conv{i}', create_conv2d(
+                prev, w, 3, stride=2 if i == 0 else 1, padding='same', bias=True, **dd))
+            prev = w
+        self.out_chs = prev
+        self.reduction = 2
+
+
+class MoatBlock(nn.Module):
+    """``x = mbconv(x)`` (pre-norm MBConv, no SE, carries the stride), then ``x + drop_path(attn(norm(x)))``.
+
+    Args:
+        in_chs, out_chs, stride: of the MBConv part.
+        head_dim: width per head (heads = ``out_chs // head_dim``).
+        window: attention window ``(wh, ww)``; ``None`` = global attention over the current feature map.
+        pos_embed_size: P of the ``[heads, 2P-1, 2P-1]`` relative position table; ``None`` = no position bias.
+        expand_ratio, pool_size: of the MBConv part.
+        drop_path: stochastic depth of both residual branches (independent masks).
+    """
+    window: Optional[Tuple[int, int]]
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            stride: int = 1,
+            head_dim: int = 32,
+            window: Optional[Tuple[int, int]] = None,
+            pos_embed_size: Optional[int] = None,
+            expand_ratio: float = 4.,
+            pool_size: int = 2,
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.mbconv = MBConv(
+            in_chs, out_chs, stride, expand_ratio=expand_ratio, se_ratio=0., act_layer=nn.GELU, norm_eps=BN_EPS,
+            pool_size=pool_size, drop_path=drop_path, **dd)
+        self.window = (int(window[0]), int(window[1])) if window is not None else None
+        self.norm = nn.LayerNorm(out_chs, eps=LN_EPS, **dd)
+        self.attn = Attention(out_chs, head_dim=head_dim, qkv_bias=True, **dd)
+        self.rel_pos = RelPosBias(self.attn.num_heads, (pos_embed_size, pos_embed_size), key_minus_query=True, **dd) \
+            if pos_embed_size else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.mbconv(x)
+        y = self.norm(x.permute(0, 2, 3, 1))  # [B, H, W, C]
+        B, H, W, C = y.shape
+        window = self.window
+        if window is None:  # global attention: the window is the current feature map
+            bias = self.rel_pos((H, W)) if self.rel_pos is not None else None
+            y = self.attn(y.reshape(B, H * W, C), bias).reshape(B, H, W, C)
+        else:  # divisibility was checked on the input (MOAT._check_input)
+            bias = self.rel_pos(window) if self.rel_pos is not None else None
+            y = window_reverse(self.attn(window_partition(y, window), bias), window, (H, W))
+        return x + self.drop_path(y.permute(0, 3, 1, 2))
+
+
+def _mbconv_block(in_chs, out_chs, stride, drop_path, expand_ratio, se_ratio, pool_size, device=None, dtype=None):
+    return MBConv(
+        in_chs, out_chs, stride, expand_ratio=expand_ratio, se_ratio=se_ratio, act_layer=nn.GELU,
+        se_act_layer=nn.SiLU, norm_eps=BN_EPS, pool_size=pool_size, drop_path=drop_path, device=device, dtype=dtype)
+
+
+def moat_drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> List[List[float]]:
+    """The official schedule: block ``b`` of ``n`` (0-based, over the whole net) gets ``rate * b / n``, so the last
+    block has ``rate * (n - 1) / n`` (timm's linspace would give it ``rate``)."""
+    n = sum(depths)
+    rates = [drop_path_rate * b / n for b in range(n)]
+    out, start = [], 0
+    for d in depths:
+        out.append(rates[start:start + d])
+        start += d
+    return out
+
+
+@register_notrace_function
+def check_moat_input(
+        x: torch.Tensor,
+        in_chans: int,
+        windowed: List[Tuple[int, int, int, int]],
+        model: str = 'MOAT',
+) -> Tuple[int, int]:
+    """Channel / rank check, then, for each window-attention stage ``(stage, reduction, wh, ww)``, that its feature
+    map ``ceil(side / reduction)`` divides by the window (what the official window reshape needs)."""
+    h, w = check_input(x, in_chans, 1, model)
+    for stage, reduction, wh, ww in windowed:
+        fh, fw = -(-h // reduction), -(-w // reduction)
+        if fh % wh != 0 or fw % ww != 0:
+            raise ValueError(
+                f'{model}: stage {stage} uses {wh}x{ww} window attention without padding (as the official code), so '
+                f'its feature map ceil(H/{reduction}) x ceil(W/{reduction}) must divide by the window; input {h}x{w} '
+                f'gives {fh}x{fw}. Valid inputs include H a multiple of {reduction * wh} and W a multiple of '
+                f'{reduction * ww} (nearest larger: {-(-fh // wh) * wh * reduction}x{-(-fw // ww) * ww * reduction}); '
+                f'or use global attention (window_sizes=None), which takes any size.')
+    return h, w
+
+
+torch.fx.wrap('check_moat_input')  # a leaf for every FX tracer, not only timm's
+
+
+class MOAT(StageFeatureMixin, nn.Module):
+    """MOAT / tiny-MOAT.
+
+    Args (official ``MOAT`` config names in brackets):
+        depths: blocks per stage [``num_blocks``].
+        embed_dims: output width of each stage [``hidden_size``].
+        stem_widths: width of each stem conv [``stem_size``].
+        block_types: ``'mbconv'`` or ``'moat'`` per stage [``block_type``].
+        stage_strides: stride of each stage's first block [``stage_stride``].
+        head_dim: width per attention head [``head_size``].
+        window_sizes: per stage, ``None`` (global attention) or an attention window ``(wh, ww)`` / int
+            [``window_size``; the released models use global attention].
+        pos_embed_sizes: per stage, P of the relative position table (the table is resized to every window)
+            [``position_embedding_size``].
+        rel_pos: relative position bias on/off [``relative_position_embedding_type`` '2d_multi_head' / None].
+        global_attn_at_stage_end: the last block of each MOAT stage uses global attention
+            [``global_attention_at_end_of_moat_stage``].
+        expand_ratio: MBConv hidden width over the output width [``expansion_rate``].
+        se_ratio: SE width over the output width, MBConv stages only [``se_ratio``].
+        pool_size: kernel of the shortcut average pool of downsampling blocks [``pool_size``; 2 for
+            classification, the class default; ``get_model`` uses 3].
+        num_classes, in_chans, global_pool, drop_rate: timm's usual meaning (the official head has no dropout).
+        drop_path_rate: stochastic depth (``1 - survival_prob``), rising as ``rate * b / num_blocks``.
+    """
+    _windowed: List[Tuple[int, int, int, int]]  # (stage, reduction, wh, ww) of every window-attention stage
+
+    def __init__(
+            self,
+            depths: Sequence[int] = (2, 3, 7, 2),
+            embed_dims: Sequence[int] = (96, 192, 384, 768),
+            stem_widths: Sequence[int] = (64, 64),
+            block_types: Sequence[str] = ('mbconv', 'mbconv', 'moat', 'moat'),
+            stage_strides: Sequence[int] = (2, 2, 2, 2),
+            head_dim: int = 32,
+            window_sizes: Sequence[Optional[Union[int, Tuple[int, int]]]] = (None, None, None, None),
+            pos_embed_sizes: Sequence[Optional[int]] = (None, None, 14, 7),
+            rel_pos: bool = True,
+            global_attn_at_stage_end: bool = False,
+            expand_ratio: float = 4.,
+            se_ratio: float = 0.25,
+            pool_size: int = 2,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        num_stages = len(depths)
+        for arg, v in (('embed_dims', embed_dims), ('block_types', block_types), ('stage_strides', stage_strides),
+                       ('window_sizes', window_sizes), ('pos_embed_sizes', pos_embed_sizes)):
+            if len(v) != num_stages:
+                raise ValueError(f'MOAT: {arg} has {len(v)} entries, expected one per stage ({num_stages})')
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self._model_name = 'MOAT'
+        self.grad_checkpointing = False
+
+        self.stem = MoatStem(in_chans, stem_widths, **dd)
+        prev_chs, reduction = self.stem.out_chs, self.stem.reduction
+        dprs = moat_drop_path_rates(drop_path_rate, depths)
+        stages, reductions = [], []
+        windowed: List[Tuple[int, int, int, int]] = []
+        for i in range(num_stages):
+            reduction *= stage_strides[i]
+            window = _pair(window_sizes[i])
+            blocks = []
+            for j in range(depths[i]):
+                in_chs, stride = (prev_chs, stage_strides[i]) if j == 0 else (embed_dims[i], 1)
+                if block_types[i] == 'mbconv':
+                    blocks.append(_mbconv_block(
+                        in_chs, embed_dims[i], stride, dprs[i][j], expand_ratio, se_ratio, pool_size, **dd))
+                elif block_types[i] == 'moat':
+                    last = j == depths[i] - 1
+                    block_window = None if global_attn_at_stage_end and last else window
+                    if block_window is not None and (i, reduction, *block_window) not in windowed:
+                        windowed.append((i, reduction, *block_window))
+                    blocks.append(MoatBlock(
+                        in_chs, embed_dims[i], stride, head_dim=head_dim, window=block_window,
+                        pos_embed_size=pos_embed_sizes[i] if rel_pos else None, expand_ratio=expand_ratio,
+                        pool_size=pool_size, drop_path=dprs[i][j], **dd))
+                else:
+                    raise ValueError(f"MOAT: unknown block type {block_types[i]!r}, expected 'mbconv' or 'moat'")
+            stages.append(Stage(blocks))
+            prev_chs = embed_dims[i]
+            reductions.append(reduction)
+        self.stages = nn.Sequential(*stages)
+        self._windowed = windowed
+        self.feature_info = stage_feature_info(list(embed_dims), reductions)
+        self.num_features = prev_chs
+        self.norm = nn.Identity()  # the official head normalises the pooled vector, not the map
+        self.head = Head(
+            prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate,
+            norm_layer=partial(nn.LayerNorm, eps=LN_EPS), **dd)
+        self.head_hidden_size = self.head.hidden_size
+
+        self.init_weights()
+
+    @torch.jit.ignore
+    def init_weights(self):
+        """The official init: normal(0, 0.02) (not truncated) for every conv / dense kernel and position table,
+        zero biases, BN / LN at identity."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, RelPosBias):
+                nn.init.normal_(m.relative_position_bias_table, std=0.02)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """The relative position tables (timm's convention for MaxViT-style tables; the official training code is
+        not released, so this is not an official setting)."""
+        return {n for n, _ in self.named_parameters() if n.endswith('relative_position_bias_table')}
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """As :class:`StageFeatureMixin`; the head's LayerNorm goes with the head (it is sized for the last stage, and
+        the pruned model returns the raw stage features)."""
+        _, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        if prune_head or prune_end:
+            self.head.norm = nn.Identity()
+        return super().prune_intermediate_layers(indices, prune_norm, prune_head or prune_end)
+
+    def _check_input(self, x: torch.Tensor):
+        check_moat_input(x, self.in_chans, self._windowed, self._model_name)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _pair(v) -> Optional[Tuple[int, int]]:
+    if v is None:
+        return None
+    if isinstance(v, int):
+        return v, v
+    return int(v[0]), int(v[1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# official TensorFlow checkpoints -> ours
+
+_BN = {'gamma': 'weight', 'beta': 'bias', 'moving_mean': 'running_mean', 'moving_variance': 'running_var'}
+# block sub-name -> (our name inside the MBConv part, or None for the attention part)
+_TF_MBCONV = {
+    'shortcut_conv/kernel': 'shortcut.conv.weight', 'shortcut_conv/bias': 'shortcut.conv.bias',
+    'expand_conv/kernel': 'conv1.weight',
+    'depthwise_conv/depthwise_kernel': 'conv2.weight',
+    'se/reduce_conv2d/kernel': 'se.fc1.weight', 'se/reduce_conv2d/bias': 'se.fc1.bias',
+    'se/expand_conv2d/kernel': 'se.fc2.weight', 'se/expand_conv2d/bias': 'se.fc2.bias',
+    'shrink_conv/kernel': 'conv3.weight', 'shrink_conv/bias': 'conv3.bias',
+    **{f'{tf}/{k}': f'{ours}.{v}' for tf, ours in (('pre_norm', 'pre_norm'), ('expand_norm', 'norm1'),
+                                                   ('depthwise_norm', 'norm2')) for k, v in _BN.items()},
+}
+_TF_ATTN = {
+    'attention_norm/gamma': 'norm.weight', 'attention_norm/beta': 'norm.bias',
+    'attention/relative_position_embedding': 'rel_pos.relative_position_bias_table',
+    'attention/o/weight': 'attn.proj.weight', 'attention/o/bias': 'attn.proj.bias',
+}
+_EMA_SUFFIX = '/ExponentialMovingAverage'
+# TF training state that is not part of the model: dropped
+_TF_BOOKKEEPING = re.compile(
+    r'(^global_step$|^_CHECKPOINTABLE_OBJECT_GRAPH$|^optimizer/|/(Momentum|Adam|Adam_1|RMSProp|RMSProp_1|LARS)$)')
+
+
+def _tf_layout(name: str, v: torch.Tensor) -> torch.Tensor:
+    """TF layout -> PyTorch layout, by variable kind (see specs/moat.md, Checkpoint layout)."""
+    if name.endswith('depthwise_kernel'):  # [kh, kw, C, 1] -> [C, 1, kh, kw]
+        return v.permute(2, 3, 0, 1)
+    if name.endswith('logits_head/kernel'):  # [1, 1, C, classes] -> Linear [classes, C]
+        return v[0, 0].t()
+    if name.endswith('kernel'):  # HWIO -> OIHW
+        return v.permute(3, 2, 0, 1)
+    if name.endswith('attention/o/weight'):  # [N, K, C] -> Linear [C, N*K]
+        return v.reshape(-1, v.shape[-1]).t()
+    return v
+
+
+def _is_tf_layout(sd: Mapping) -> bool:
+    return any('/' in k for k in sd)
+
+
+def convert_tf_state_dict(
+        state_dict: Mapping[str, Union[torch.Tensor, np.ndarray]],
+        model: nn.Module,
+        use_ema: bool = False,
+) -> Dict[str, torch.Tensor]:
+    """Official TF variable names and layouts -> our keys and layouts (no checking; see :func:`checkpoint_filter_fn`).
+
+    Accepts TF1 names (``moat/block_02_13/attention/q/weight``), the TF2/Keras stem names without the
+    ``moat/stem/`` scope (``conv_0/kernel``), Keras ``variable.name`` forms (``...:0``), and
+    ``<name>/ExponentialMovingAverage`` shadow copies: by default the plain variables are used, as the official
+    loader does, and a shadow copy only fills in a variable that is missing; ``use_ema=True`` prefers the shadow
+    copies. Optimizer slots and ``global_step`` are dropped. Keys that match no
+    rule are returned unchanged (so the strict check lists them).
+    """
+    plain, ema = {}, {}
+    for k, v in state_dict.items():
+        k = k[:-2] if k.endswith(':0') else k  # Keras variable.name form
+        if _TF_BOOKKEEPING.search(k):
+            continue
+        if k.endswith(_EMA_SUFFIX):
+            ema[k[:-len(_EMA_SUFFIX)]] = v
+        else:
+            plain[k] = v
+    merged = {**plain, **ema} if use_ema else {**ema, **plain}
+
+    ours = model.state_dict()
+    out: Dict[str, torch.Tensor] = {}
+    qkv: Dict[str, Dict[str, torch.Tensor]] = {}  # our block prefix -> {'q/weight': ..., ...}
+    for k, v in merged.items():
+        v = _numpy_to_torch(v)
+        name = k[len('moat/'):] if k.startswith('moat/') else k
+        new = None
+        m = re.fullmatch(r'(?:stem/)?(conv|norm)_(\d+)/(\w+)', name)
+        if m:
+            kind, i, leaf = m.groups()
+            new = f'stem.{kind}{i}.' + ({'kernel': 'weight', 'bias': 'bias'} if kind == 'conv' else _BN).get(leaf, leaf)
+        elif re.fullmatch(r'final_layer_norm/(gamma|beta)', name):
+            new = 'head.norm.' + _BN[name.split('/')[1]]
+        elif re.fullmatch(r'logits_head/(kernel|bias)', name):
+            new = 'head.fc.' + ('weight' if name.endswith('kernel') else 'bias')
+        else:
+            m = re.fullmatch(r'block_(\d+)_(\d+)/(.+)', name)
+            if m:
+                prefix = f'stages.{int(m[1])}.blocks.{int(m[2])}.'
+                sub = m[3]
+                moat = f'{prefix}mbconv.pre_norm.weight' in ours
+                qm = re.fullmatch(r'attention/([qkv])/(weight|bias)', sub)
+                if qm:  # [C, N, K] / [N, K] -> rows of the fused qkv Linear (head-major)
+                    t = v.reshape(v.shape[0], -1).t() if qm[2] == 'weight' else v.reshape(-1)
+                    qkv.setdefault(prefix, {})[f'{qm[1]}/{qm[2]}'] = t
+                    continue
+                if sub in _TF_MBCONV:
+                    new = prefix + ('mbconv.' if moat else '') + _TF_MBCONV[sub]
+                elif sub in _TF_ATTN:
+                    new = prefix + _TF_ATTN[sub]
+        if new is None:
+            out[k] = v  # unknown: left for the strict check to report
+        else:
+            out[new] = _tf_layout(name, v)
+    for prefix, parts in qkv.items():
+        for kind in ('weight', 'bias'):
+            got = [parts.get(f'{c}/{kind}') for c in 'qkv']
+            if all(t is not None for t in got):
+                out[f'{prefix}attn.qkv.{kind}'] = torch.cat(got, 0)
+            else:  # incomplete: report the TF names that are there
+                for c, t in zip('qkv', got):
+                    if t is not None:
+                        out[f'{prefix}attention/{c}/{kind} (no matching q/k/v)'] = t
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def _numpy_to_torch(obj):
+    """numpy arrays (what ``tf.train.load_checkpoint`` returns) -> tensors, inside (nested) mappings too."""
+    if isinstance(obj, Mapping):
+        return {k: _numpy_to_torch(v) for k, v in obj.items()}
+    return torch.from_numpy(np.array(obj)) if isinstance(obj, np.ndarray) else obj
+
+
+def checkpoint_filter_fn(state_dict, model, use_ema: bool = False):
+    """Accepts our layout (passed through) or the official TF layout (``{TF variable name: array}``, numpy arrays
+    or tensors, as read with ``tf.train.load_checkpoint``, possibly inside a ``{'state_dict': ...}`` container; see
+    :func:`convert_tf_state_dict`), and checks that the result fits ``model`` exactly (BN moving statistics
+    included: the official loader skips them, we do not)."""
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointMismatchError(f'expected a state dict (a mapping), got {type(state_dict).__name__}')
+    state_dict = unwrap_state_dict(_numpy_to_torch(state_dict))
+    if _is_tf_layout(state_dict):
+        state_dict = convert_tf_state_dict(state_dict, model, use_ema=use_ema)
+    return convert_state_dict(state_dict, model, [], FAMILY.name, first_conv='stem.conv0')
+
+
+def _create_moat(variant, pretrained=False, **kwargs):
+    return build_model_with_cfg(
+        MOAT, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        **kwargs,
+    )
+
+
+_CKPT = 'https://storage.googleapis.com/gresearch/tf-deeplab/checkpoint'
+_OPT2 = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # (x - 127.5) / 127.5 on 0..255 images (README "option 2")
+
+
+def _cfg(ckpt: str, size: int, pe: bool = True, **kwargs):
+    tarball = f'{_CKPT}/{ckpt}_{"w" if pe else "wo"}_position_embedding.tar.gz'
+    notes = (
+        f'official TF1 checkpoint (needs TensorFlow to read; convert the variables with checkpoint_filter_fn): '
+        f'{tarball}',
+        'crop_pct / interpolation are not stated by the official README: '
+        + ('crop_pct 1.0 (full image, as for fine-tuned high-resolution models)' if size > 256 else
+           'crop_pct 0.875 (the usual ImageNet centre crop)') + ' and bicubic are assumptions',
+    )
+    return zoo_cfg(
+        FAMILY, first_conv='stem.conv0', classifier='head.fc', notes=notes,
+        input_size=(3, size, size), pool_size=(size // 32, size // 32), interpolation='bicubic',
+        crop_pct=1.0 if size > 256 else 0.875, **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'moat_0.in1k': _cfg('moat0_imagenet_1k_224', 224),
+    'moat_1.in1k': _cfg('moat1_imagenet_1k_224', 224),
+    'moat_2.in22k_ft_in1k': _cfg('moat2_imagenet_22k_and_1k_384', 384, **_OPT2),
+    'moat_3.in22k_ft_in1k': _cfg('moat3_imagenet_22k_and_1k_512', 512, **_OPT2),
+    'moat_4.in22k_ft_in1k': _cfg('moat4_imagenet_22k_and_1k_512', 512, **_OPT2),
+    'tiny_moat_0.in1k': _cfg('tiny_moat0_imagenet_1k_256', 256),
+    'tiny_moat_1.in1k': _cfg('tiny_moat1_imagenet_1k_256', 256),
+    'tiny_moat_2.in1k': _cfg('tiny_moat2_imagenet_1k_256', 256),
+    'tiny_moat_3.in1k': _cfg('tiny_moat3_imagenet_1k_256', 256),
+    'moat_0_no_pe.in1k': _cfg('moat0_imagenet_1k_224', 224, pe=False),
+    'moat_1_no_pe.in1k': _cfg('moat1_imagenet_1k_224', 224, pe=False),
+    'moat_2_no_pe.in22k_ft_in1k': _cfg('moat2_imagenet_22k_and_1k_384', 384, pe=False, **_OPT2),
+    'moat_3_no_pe.in22k_ft_in1k': _cfg('moat3_imagenet_22k_and_1k_512', 512, pe=False, **_OPT2),
+    'moat_4_no_pe.in22k_ft_in1k': _cfg('moat4_imagenet_22k_and_1k_512', 512, pe=False, **_OPT2),
+    'tiny_moat_0_no_pe.in1k': _cfg('tiny_moat0_imagenet_1k_256', 256, pe=False),
+    'tiny_moat_1_no_pe.in1k': _cfg('tiny_moat1_imagenet_1k_256', 256, pe=False),
+    'tiny_moat_2_no_pe.in1k': _cfg('tiny_moat2_imagenet_1k_256', 256, pe=False),
+    'tiny_moat_3_no_pe.in1k': _cfg('tiny_moat3_imagenet_1k_256', 256, pe=False),
+})
+
+_MOAT01 = dict(stem_widths=(64, 64), embed_dims=(96, 192, 384, 768))
+_MOAT2 = dict(depths=(2, 6, 14, 2), stem_widths=(128, 128), embed_dims=(128, 256, 512, 1024))
+_MOAT3 = dict(depths=(2, 12, 28, 2), stem_widths=(160, 160), embed_dims=(160, 320, 640, 1280))
+_MOAT4 = dict(depths=(2, 12, 28, 2), stem_widths=(256, 256), embed_dims=(256, 512, 1024, 2048))
+
+
+def _tiny(w):
+    return dict(depths=(2, 3, 7, 2), stem_widths=(w, w), embed_dims=(w, 2 * w, 4 * w, 8 * w))
+
+
+_SRC = 'official model-zoo README (MAdds)'
+_SRC_PE = 'official model-zoo README, the no-PE row (see notes)'
+_PE_NOTE = (
+    'The README lists {} GMACs with position embedding. Its PE minus no-PE differences (0 / 0 / 0.5 / 4.9 / 7.9 G for '
+    'MOAT-0..4) track the one-hot einsums with which the official code expands the position tables, a weight-only '
+    'computation (they are ~1/8 of those einsums\' TF-profiler cost, specs/moat.md; our inference). '
+    'This implementation gathers the table entries (no MACs), so its network MACs are those of the no-PE row.')
+_SRC_TINY0 = 'official code, TF-profiler MAdds of tiny-MOAT-0 without PE (specs/moat.md)'
+_TINY0_NOTE = ('The README lists 1.1 GMACs (rounded to 0.1 G); 1.08 is the official code\'s measured MAdds without '
+               'PE (with PE the profiler adds the table-expansion einsums: 1.15, see the MOAT-2/3/4 notes).')
+_NO_PE = dict(rel_pos=False)
+
+
+@register_zoo_model(params=27_846_892, gmacs=5.7, top1=83.3, gmacs_source=_SRC)
+def moat_0(pretrained=False, **kwargs) -> MOAT:
+    """MOAT-0 (ImageNet-1k, 224)."""
+    model_args = dict(depths=(2, 3, 7, 2), **_MOAT01)
+    return _create_moat('moat_0', pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model(params=41_598_448, gmacs=9.1, top1=84.2, gmacs_source=_SRC)
+def moat_1(pretrained=False, **kwargs) -> MOAT:
+    """MOAT-1 (ImageNet-1k, 224)."""
+    model_args = dict(depths=(2, 6, 14, 2), **_MOAT01)
+    return _create_moat('moat_1', pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model(params=73_422_408, gmacs=53.8, top1=87.5, gmacs_source=_SRC_PE, notes=_PE_NOTE.format(54.3))
+def moat_2(pretrained=False, **kwargs) -> MOAT:
+    """MOAT-2 (ImageNet-22k -> 1k, 384)."""
+    return _create_moat('moat_2', pretrained, **dict(_MOAT2, **kwargs))
+
+
+@register_zoo_model(params=189_958_040, gmacs=266.1, top1=88.4, gmacs_source=_SRC_PE, notes=_PE_NOTE.format(271.0))
+def moat_3(pretrained=False, **kwargs) -> MOAT:
+    """MOAT-3 (ImageNet-22k -> 1k, 512)."""
+    return _create_moat('moat_3', pretrained, **dict(_MOAT3, **kwargs))
+
+
+@register_zoo_model(params=483_214_184, gmacs=640.6, top1=89.1, gmacs_source=_SRC_PE, notes=_PE_NOTE.format(648.5))
+def moat_4(pretrained=False, **kwargs) -> MOAT:
+    """MOAT-4 (ImageNet-22k -> 1k, 512)."""
+    return _create_moat('moat_4', pretrained, **dict(_MOAT4, **kwargs))
+
+
+@register_zoo_model(params=3_355_348, gmacs=1.08, top1=76.6, gmacs_source=_SRC_TINY0, notes=_TINY0_NOTE)
+def tiny_moat_0(pretrained=False, **kwargs) -> MOAT:
+    """tiny-MOAT-0 (ImageNet-1k, 256)."""
+    return _create_moat('tiny_moat_0', pretrained, **dict(_tiny(32), **kwargs))
+
+
+@register_zoo_model(params=5_122_895, gmacs=1.6, top1=79.2, gmacs_source=_SRC)
+def tiny_moat_1(pretrained=False, **kwargs) -> MOAT:
+    """tiny-MOAT-1 (ImageNet-1k, 256)."""
+    return _create_moat('tiny_moat_1', pretrained, **dict(_tiny(40), **kwargs))
+
+
+@register_zoo_model(params=9_772_741, gmacs=3.0, top1=81.7, gmacs_source=_SRC)
+def tiny_moat_2(pretrained=False, **kwargs) -> MOAT:
+    """tiny-MOAT-2 (ImageNet-1k, 256)."""
+    return _create_moat('tiny_moat_2', pretrained, **dict(_tiny(56), **kwargs))
+
+
+@register_zoo_model(params=19_534_390, gmacs=6.0, top1=83.3, gmacs_source=_SRC)
+def tiny_moat_3(pretrained=False, **kwargs) -> MOAT:
+    """tiny-MOAT-3 (ImageNet-1k, 256)."""
+    return _create_moat('tiny_moat_3', pretrained, **dict(_tiny(80), **kwargs))
+
+
+@register_zoo_model(params=27_777_544, gmacs=5.7, top1=83.0, gmacs_source=_SRC)
+def moat_0_no_pe(pretrained=False, **kwargs) -> MOAT:
+    """MOAT-0 without relative position bias (ImageNet-1k, 224)."""
+    model_args = dict(depths=(2, 3, 7, 2), **_MOAT01, **_NO_PE)
+    return _create_moat('moat_0_no_pe', pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model(params=41_467_864, gmacs=9.1, top1=84.1, gmacs_source=_SRC)
+def moat_1_no_pe(pretrained=False, **kwargs) -> MOAT:
+    """MOAT-1 without relative position bias (ImageNet-1k, 224)."""
+    model_args = dict(depths=(2, 6, 14, 2), **_MOAT01, **_NO_PE)
+    return _create_moat('moat_1_no_pe', pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model(params=73_248_296, gmacs=53.8, top1=87.2, gmacs_source=_SRC)
+def moat_2_no_pe(pretrained=False, **kwargs) -> MOAT:
+    """MOAT-2 without relative position bias (ImageNet-22k -> 1k, 384)."""
+    return _create_moat('moat_2_no_pe', pretrained, **dict(_MOAT2, **_NO_PE, **kwargs))
+
+
+@register_zoo_model(params=189_536_280, gmacs=266.1, top1=88.2, gmacs_source=_SRC)
+def moat_3_no_pe(pretrained=False, **kwargs) -> MOAT:
+    """MOAT-3 without relative position bias (ImageNet-22k -> 1k, 512)."""
+    return _create_moat('moat_3_no_pe', pretrained, **dict(_MOAT3, **_NO_PE, **kwargs))
+
+
+@register_zoo_model(params=482_539_368, gmacs=640.6, top1=88.9, gmacs_source=_SRC)
+def moat_4_no_pe(pretrained=False, **kwargs) -> MOAT:
+    """MOAT-4 without relative position bias (ImageNet-22k -> 1k, 512)."""
+    return _create_moat('moat_4_no_pe', pretrained, **dict(_MOAT4, **_NO_PE, **kwargs))
+
+
+@register_zoo_model(params=3_332_232, gmacs=1.08, top1=76.0, gmacs_source=_SRC_TINY0, notes=_TINY0_NOTE)
+def tiny_moat_0_no_pe(pretrained=False, **kwargs) -> MOAT:
+    """tiny-MOAT-0 without relative position bias (ImageNet-1k, 256)."""
+    return _create_moat('tiny_moat_0_no_pe', pretrained, **dict(_tiny(32), **_NO_PE, **kwargs))
+
+
+@register_zoo_model(params=5_094_000, gmacs=1.6, top1=78.9, gmacs_source=_SRC)
+def tiny_moat_1_no_pe(pretrained=False, **kwargs) -> MOAT:
+    """tiny-MOAT-1 without relative position bias (ImageNet-1k, 256)."""
+    return _create_moat('tiny_moat_1_no_pe', pretrained, **dict(_tiny(40), **_NO_PE, **kwargs))
+
+
+@register_zoo_model(params=9_732_288, gmacs=3.0, top1=81.3, gmacs_source=_SRC)
+def tiny_moat_2_no_pe(pretrained=False, **kwargs) -> MOAT:
+    """tiny-MOAT-2 without relative position bias (ImageNet-1k, 256)."""
+    return _create_moat('tiny_moat_2_no_pe', pretrained, **dict(_tiny(56), **_NO_PE, **kwargs))
+
+
+@register_zoo_model(params=19_476_600, gmacs=6.0, top1=83.0, gmacs_source=_SRC)
+def tiny_moat_3_no_pe(pretrained=False, **kwargs) -> MOAT:
+    """tiny-MOAT-3 without relative position bias (ImageNet-1k, 256)."""
+    return _create_moat('tiny_moat_3_no_pe', pretrained, **dict(_tiny(80), **_NO_PE, **kwargs))

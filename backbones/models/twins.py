@@ -1,0 +1,367 @@
+"""Twins: Twins-PCPVT and Twins-SVT.
+
+Paper: "Twins: Revisiting the Design of Spatial Attention in Vision Transformers", Xiangxiang Chu, Zhi Tian,
+Yuqing Wang, Bo Zhang, Haibing Ren, Xiaolin Wei, Huaxia Xia, Chunhua Shen (NeurIPS 2021),
+https://arxiv.org/abs/2104.13840. Official code: https://github.com/Meituan-AutoML/Twins (``gvt.py``: ``CPVTV2`` =
+PCPVT, ``ALTGVT`` = SVT), Apache-2.0.
+
+Four stages (strides 4-8-16-32). Each stage: a patch embedding (conv ``k = s`` = 4, then 2; LayerNorm eps 1e-5),
+then pre-norm transformer blocks (LayerNorm eps 1e-6, exact-GELU MLP); the first block of every stage is followed
+by the PEG, ``x + DWConv3x3(x)`` (conditional position encoding; no absolute position embedding, no class token).
+Head: LayerNorm (1e-6) -> global average -> Linear.
+
+- Twins-PCPVT: every block uses global sub-sampled attention (GSA, sub-sampling 8-4-2-1).
+- Twins-SVT: blocks alternate locally-grouped attention (LSA, 7x7 windows; even index) and GSA (odd index).
+
+Both attentions live in ``backbones/layers/subsampled_attention.py``. What differs from the official code:
+
+- the blocks run on channels-last maps ``[B, H, W, C]`` (the official ones on tokens + a size), and stage outputs
+  are NCHW maps, so ``forward_features`` returns ``[B, C, H/32, W/32]`` (timm's Twins returns tokens); same numbers;
+- the official LSA needs every stage map to divide by 7 (inputs 224, 448, ...); here, as in timm's Twins, a map
+  that does not divide is zero-padded on the bottom / right before the ``qkv`` projection and cropped after the
+  attention. Identical to the official code wherever that runs;
+- input sides must be multiples of 32 (the total stride; a ``ValueError`` otherwise). timm's model also runs at
+  other sizes, where its strided convs silently drop the last rows / columns;
+- grad checkpointing is supported (timm's Twins refuses it).
+
+Weights: the official in1k checkpoints (Google Drive; a state dict, possibly inside ``{'model': ...}``) and timm's
+hub copies of them (``timm/twins_*.in1k``, the default here) share one key layout, converted by
+``checkpoint_filter_fn``.
+"""
+from functools import partial
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath, LayerNorm2d, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models._features import feature_take_indices
+
+from .._checkpoint import convert_state_dict
+from .._features import StageFeatureMixin, stage_feature_info
+from .._registry import Family, register_family, register_zoo_model, zoo_cfg
+from ..layers.head import Head
+from ..layers.helpers import check_input
+from ..layers.stage import Stage, drop_path_schedule
+from ..layers.subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
+
+__all__ = ['Twins']
+
+FAMILY = register_family(Family(
+    name='twins',
+    paper='Twins: Revisiting the Design of Spatial Attention in Vision Transformers',
+    arxiv='2104.13840',
+    repo='Meituan-AutoML/Twins',
+    license='apache-2.0',
+    module=__name__,
+    oracle="timm twins_* models (the official key layout; random non-trivial weights through checkpoint_filter_fn)",
+    weights="official in1k weights, from timm's hub copies (timm/twins_*.in1k)",
+))
+
+
+class PatchEmbed(nn.Module):
+    """Conv ``k = s = patch_size`` (with bias) on an NCHW map -> channels-last ``[B, H', W', C]`` -> LayerNorm
+    (PyTorch default eps 1e-5, as in the official code) -> dropout (official ``pos_drop``)."""
+
+    def __init__(self, in_chs: int, out_chs: int, patch_size: int, drop: float = 0., device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.proj = nn.Conv2d(in_chs, out_chs, kernel_size=patch_size, stride=patch_size, **dd)
+        self.norm = nn.LayerNorm(out_chs, eps=1e-5, **dd)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.norm(self.proj(x).permute(0, 2, 3, 1)))
+
+
+class PosConv(nn.Module):
+    """PEG (position encoding generator, CPVT): ``x + DWConv3x3(x)`` (with bias) on a channels-last map."""
+
+    def __init__(self, dim: int, device=None, dtype=None):
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class TwinsBlock(nn.Module):
+    """Pre-norm transformer block on ``[B, H, W, C]``: ``x + attn(norm1(x))``, ``x + mlp(norm2(x))``, then the
+    PEG when ``pos_conv`` (first block of a stage).
+
+    ``window_size`` set: LSA with that window; ``None``: GSA with ``sr_ratio``.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            mlp_ratio: float = 4.,
+            sr_ratio: int = 1,
+            window_size: Optional[int] = None,
+            pos_conv: bool = False,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.norm1 = norm_layer(dim, **dd)
+        if window_size is not None:
+            self.attn = LocallyGroupedAttention(
+                dim, num_heads, window_size, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
+        else:
+            self.attn = GlobalSubsampledAttention(
+                dim, num_heads, sr_ratio, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.peg = PosConv(dim, **dd) if pos_conv else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return self.peg(x)
+
+
+class TwinsStage(Stage):
+    """``downsample`` (the patch embedding: NCHW in, channels-last out) -> blocks on ``[B, H, W, C]`` -> NCHW."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return x.permute(0, 3, 1, 2)
+
+
+class Twins(StageFeatureMixin, nn.Module):
+    """Twins-PCPVT (``window_sizes=None``) and Twins-SVT.
+
+    Args:
+        depths: blocks per stage.
+        embed_dims: stage widths.
+        num_heads: attention heads per stage.
+        mlp_ratios: MLP expansion per stage.
+        sr_ratios: GSA sub-sampling per stage.
+        window_sizes: LSA window per stage (SVT: blocks alternate LSA / GSA, LSA first); ``None``: GSA only (PCPVT).
+        patch_size: first patch embedding's stride (later ones are 2).
+        num_classes, in_chans, global_pool, drop_rate, drop_path_rate: timm's usual meaning.
+        pos_drop_rate, proj_drop_rate, attn_drop_rate: dropout after the patch embeddings / on the attention and
+            MLP outputs / on the attention weights (official ``drop_rate`` / ``attn_drop_rate``).
+    """
+
+    def __init__(
+            self,
+            depths: Sequence[int] = (3, 4, 6, 3),
+            embed_dims: Sequence[int] = (64, 128, 320, 512),
+            num_heads: Sequence[int] = (1, 2, 5, 8),
+            mlp_ratios: Sequence[float] = (8, 8, 4, 4),
+            sr_ratios: Sequence[int] = (8, 4, 2, 1),
+            window_sizes: Optional[Sequence[int]] = None,
+            patch_size: int = 4,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        num_stages = len(depths)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.input_divisor = patch_size * 2 ** (num_stages - 1)
+        self._model_name = type(self).__name__
+        self.grad_checkpointing = False
+
+        self.stem = nn.Identity()  # stage 0's patch embedding is the stem (group_matcher names it so)
+        dprs = drop_path_schedule(drop_path_rate, depths)
+        stages, reductions = [], []
+        prev_chs, reduction = in_chans, 1
+        for i in range(num_stages):
+            stride = patch_size if i == 0 else 2
+            reduction *= stride
+            blocks = [TwinsBlock(
+                embed_dims[i],
+                num_heads[i],
+                mlp_ratio=mlp_ratios[i],
+                sr_ratio=sr_ratios[i],
+                window_size=window_sizes[i] if window_sizes is not None and j % 2 == 0 else None,
+                pos_conv=j == 0,
+                proj_drop=proj_drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dprs[i][j],
+                **dd,
+            ) for j in range(depths[i])]
+            embed = PatchEmbed(prev_chs, embed_dims[i], stride, drop=pos_drop_rate, **dd)
+            stages.append(TwinsStage(blocks, downsample=embed))
+            prev_chs = embed_dims[i]
+            reductions.append(reduction)
+        self.stages = nn.Sequential(*stages)
+        self.feature_info = stage_feature_info(list(embed_dims), reductions)
+        self.num_features = prev_chs
+        self.norm = LayerNorm2d(prev_chs, eps=1e-6, **dd)
+        self.head = Head(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
+        self.head_hidden_size = self.head.hidden_size
+
+        self.init_weights()
+
+    @torch.jit.ignore
+    def init_weights(self):
+        """The official init: Linear trunc-normal(0.02), conv normal(0, sqrt(2 / fan_out)), zero biases."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0., (2. / fan_out) ** 0.5)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {n for n, _ in self.named_parameters() if '.peg.' in n}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        matcher = super().group_matcher(coarse)
+        matcher['stem'] = r'^stages\.0\.downsample'  # the first patch embedding (matched before 'blocks')
+        return matcher
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """As the mixin, but the final norm and the head (sized for the last stage) go when stages are cut."""
+        _, max_index = feature_take_indices(len(self.stages), indices)
+        if max_index < len(self.stages) - 1:
+            prune_norm = prune_head = True
+        return super().prune_intermediate_layers(indices, prune_norm, prune_head)
+
+    def _check_input(self, x: torch.Tensor):
+        check_input(x, self.in_chans, self.input_divisor, self._model_name)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# official / timm layout (identical) -> ours
+_OFFICIAL_RULES = [
+    (r'^patch_embeds\.(\d+)\.', r'stages.\1.downsample.'),
+    (r'^blocks\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.'),
+    (r'^pos_block\.(\d+)\.proj\.0\.', r'stages.\1.blocks.0.peg.proj.'),
+    (r'^head\.(weight|bias)$', r'head.fc.\1'),
+]
+
+
+def checkpoint_filter_fn(state_dict, model):
+    """Accepts our layout, the official one (``{'model': ...}`` from ``gvt.py``) and timm's (the same keys)."""
+    return convert_state_dict(state_dict, model, _OFFICIAL_RULES, FAMILY.name, first_conv='stages.0.downsample.proj')
+
+
+def _create_twins(variant, pretrained=False, **kwargs):
+    return build_model_with_cfg(
+        Twins, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _cfg(hf_hub_id, **kwargs):
+    return zoo_cfg(
+        FAMILY, hf_hub_id=hf_hub_id, crop_pct=0.9, interpolation='bicubic',
+        first_conv='stages.0.downsample.proj', classifier='head.fc', **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'twins_pcpvt_s.in1k': _cfg('timm/twins_pcpvt_small.in1k'),
+    'twins_pcpvt_b.in1k': _cfg('timm/twins_pcpvt_base.in1k'),
+    'twins_pcpvt_l.in1k': _cfg('timm/twins_pcpvt_large.in1k'),
+    'twins_svt_s.in1k': _cfg('timm/twins_svt_small.in1k'),
+    'twins_svt_b.in1k': _cfg('timm/twins_svt_base.in1k'),
+    'twins_svt_l.in1k': _cfg('timm/twins_svt_large.in1k'),
+})
+
+_PCPVT = dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 2, 1))
+_SVT = dict(mlp_ratios=(4, 4, 4, 4), sr_ratios=(8, 4, 2, 1), window_sizes=(7, 7, 7, 7))
+
+
+def _counts(timm_name: str, gmacs: float, readme: float, readme_like: float) -> Dict:
+    """Registry figures for GMACs. ``gmacs``: specs/twins.md's fvcore count of timm's ``timm_name`` (the same
+    network and layout) WITH the attention matmuls, the zoo's convention; ``readme``: the official README figure,
+    which matches the count without them (``readme_like``) and is more than 2 % below ``gmacs``."""
+    return dict(
+        gmacs=gmacs,
+        gmacs_source=f'fvcore count with attention matmuls of timm {timm_name} (specs/twins.md); '
+                     f'official README: {readme}',
+        notes=f'official README {readme} GFLOPs (MACs) = the count without the q.k^T and attn.v matmuls '
+              f'({readme_like}); with them {gmacs} (+{100 * (gmacs - readme) / readme:.1f} %)',
+    )
+
+
+@register_zoo_model(params=24_106_216, top1=81.2, **_counts('twins_pcpvt_small', 3.827, 3.7, 3.684))
+def twins_pcpvt_s(pretrained=False, **kwargs) -> Twins:
+    """Twins-PCPVT-S (official ``pcpvt_small_v0``)."""
+    model_args = dict(depths=(3, 4, 6, 3), **_PCPVT)
+    return _create_twins('twins_pcpvt_s', pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model(params=43_828_456, top1=82.7, **_counts('twins_pcpvt_base', 6.679, 6.4, 6.462))
+def twins_pcpvt_b(pretrained=False, **kwargs) -> Twins:
+    """Twins-PCPVT-B (official ``pcpvt_base_v0``)."""
+    model_args = dict(depths=(3, 4, 18, 3), **_PCPVT)
+    return _create_twins('twins_pcpvt_b', pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model(params=60_989_672, top1=83.1, **_counts('twins_pcpvt_large', 9.844, 9.5, 9.533))
+def twins_pcpvt_l(pretrained=False, **kwargs) -> Twins:
+    """Twins-PCPVT-L (official ``pcpvt_large_v0``)."""
+    model_args = dict(depths=(3, 8, 27, 3), **_PCPVT)
+    return _create_twins('twins_pcpvt_l', pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model(params=24_060_776, top1=81.7, **_counts('twins_svt_small', 2.942, 2.8, 2.824))
+def twins_svt_s(pretrained=False, **kwargs) -> Twins:
+    """Twins-SVT-S (official ``alt_gvt_small``)."""
+    model_args = dict(depths=(2, 2, 10, 4), embed_dims=(64, 128, 256, 512), num_heads=(2, 4, 8, 16), **_SVT)
+    return _create_twins('twins_svt_s', pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model(params=56_070_952, top1=83.2, **_counts('twins_svt_base', 8.590, 8.3, 8.361))
+def twins_svt_b(pretrained=False, **kwargs) -> Twins:
+    """Twins-SVT-B (official ``alt_gvt_base``)."""
+    model_args = dict(depths=(2, 2, 18, 2), embed_dims=(96, 192, 384, 768), num_heads=(3, 6, 12, 24), **_SVT)
+    return _create_twins('twins_svt_b', pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model(params=99_271_400, top1=83.7, **_counts('twins_svt_large', 15.148, 14.8, 14.843))
+def twins_svt_l(pretrained=False, **kwargs) -> Twins:
+    """Twins-SVT-L (official ``alt_gvt_large``)."""
+    model_args = dict(depths=(2, 2, 18, 2), embed_dims=(128, 256, 512, 1024), num_heads=(4, 8, 16, 32), **_SVT)
+    return _create_twins('twins_svt_l', pretrained, **dict(model_args, **kwargs))

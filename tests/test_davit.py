@@ -1,0 +1,272 @@
+"""DaViT: parity with timm's davit_* (random non-trivial weights through our filter), the official key layout,
+official counts, the channel attention against its definition, any-size input."""
+import re
+
+import pytest
+import timm
+import torch
+from _oracle import load_converted, random_model
+from timm.models.davit import checkpoint_filter_fn as timm_filter_fn
+
+import backbones
+from backbones._checkpoint import CheckpointMismatchError
+from backbones.flops import count
+from backbones.layers.channel_attention import ChannelAttention
+from backbones.models.davit import checkpoint_filter_fn
+
+ORACLES = {  # ours -> (timm entrypoint, kwargs making it the same network)
+    'davit_t': ('davit_tiny', {}),
+    'davit_s': ('davit_small', {}),
+    'davit_b': ('davit_base', {}),
+    'davit_l': ('davit_large', dict(window_size=12)),
+    'davit_h': ('davit_huge', {}),
+    'davit_g': ('davit_giant', {}),
+}
+# reduced widths (heads of 8 channels) given to both timm and ours: cheap full-depth forwards
+NARROW = dict(embed_dims=(16, 32, 64, 128), num_heads=(2, 4, 8, 16))
+ATOL = 1e-5
+
+
+def _max_diff(oracle, model, size):
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        expected, got = oracle(x), model(x)
+    assert expected.shape == got.shape
+    return (expected - got).abs().max().item()
+
+
+# ---------------------------------------------------------------- parity with timm's davit_* (timm layout)
+
+def _pair(name, **kwargs):
+    """(timm oracle with random non-trivial weights, ours holding them through checkpoint_filter_fn)."""
+    timm_name, timm_kwargs = ORACLES[name]
+    oracle = random_model(timm_name, **timm_kwargs, **kwargs)
+    return oracle, load_converted(name, oracle.state_dict(), checkpoint_filter_fn, **kwargs)
+
+
+def test_parity_davit_t_224():
+    assert _max_diff(*_pair('davit_t'), (224, 224)) <= ATOL
+
+
+@pytest.fixture(scope='module')
+def narrow_t():
+    return _pair('davit_t', **NARROW)
+
+
+@pytest.mark.parametrize('size', [
+    (160, 224),  # non-square: stage maps 40x56 .. 5x7, windows pad
+    (336, 336),  # 1.5x the default: 84 .. 11 (the last downsample pads 21 -> 22), windows pad
+    (100, 75),  # odd sides: the stem and the stride-2 convs zero-pad too
+])
+def test_parity_davit_t_reduced_width(narrow_t, size):
+    """davit_t's depths, widths 16..128 (heads of 8 channels): the same code paths at a fraction of the cost."""
+    assert _max_diff(*narrow_t, size) <= ATOL
+
+
+@pytest.mark.parametrize('size', [(384, 384), (136, 200)])
+def test_parity_window12_reduced_width(size):
+    """davit_l's window 12 (timm: davit_large with window_size=12), reduced widths and depths."""
+    oracle, model = _pair('davit_l', depths=(1, 1, 1, 1), **NARROW)
+    assert oracle.stages[0].blocks[0][0].window_size == model.stages[0].blocks[0][0].window_size == (12, 12)
+    assert _max_diff(oracle, model, size) <= ATOL
+
+
+def test_timm_checkpoint_file_loads_through_timm(tmp_path):
+    """timm's hub weights (timm layout, e.g. timm/davit_tiny.msft_in1k) load through timm's own pretrained path."""
+    from safetensors.torch import save_file
+    oracle = random_model('davit_tiny', **NARROW)
+    path = tmp_path / 'model.safetensors'
+    save_file({k: v.contiguous() for k, v in oracle.state_dict().items()}, str(path))
+    model = timm.create_model('davit_t', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **NARROW)
+    assert _max_diff(oracle, model.eval(), (64, 64)) <= ATOL
+
+
+# ---------------------------------------------------------------- the official layout
+
+def _to_official(key: str) -> str:
+    """timm / our key -> the official dingmyu/davit key (the inverse of the mapping timm's filter documents)."""
+    for pattern, repl in [
+        (r'^stem\.conv\.', 'patch_embeds.0.proj.'),
+        (r'^stem\.norm\.', 'patch_embeds.0.norm.'),
+        (r'^stages\.(\d+)\.downsample\.conv\.', r'patch_embeds.\1.proj.'),
+        (r'^stages\.(\d+)\.downsample\.norm\.', r'patch_embeds.\1.norm.'),
+        (r'^stages\.(\d+)\.blocks\.', r'main_blocks.\1.'),
+        (r'\.cpe1\.', '.cpe.0.'),
+        (r'\.cpe2\.', '.cpe.1.'),
+        (r'^head\.norm\.', 'norms.'),
+        (r'^head\.fc\.', 'head.'),
+    ]:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def _official_state_dict(timm_sd):
+    official = {_to_official(k): v for k, v in timm_sd.items()}
+    # our inverse is right iff timm's own filter (the documentation of the official names) maps it back exactly
+    back = timm_filter_fn({'state_dict': dict(official)}, None)
+    assert list(back) == list(timm_sd)
+    return official
+
+
+def test_official_layout_parity():
+    """An official checkpoint ({'state_dict': ...}, official key names) converts to the same logits."""
+    oracle = random_model('davit_tiny', **NARROW)
+    official = _official_state_dict(oracle.state_dict())
+    assert 'main_blocks.2.1.0.cpe.1.proj.weight' in official and 'norms.weight' in official
+    model = load_converted('davit_t', {'state_dict': official}, checkpoint_filter_fn, **NARROW)
+    assert _max_diff(oracle, model, (64, 96)) <= ATOL
+
+
+@pytest.mark.parametrize('name', sorted(ORACLES))
+def test_every_official_key_maps(name):
+    """Every official key of every full-size variant lands on our key of the same shape, one to one."""
+    timm_name, timm_kwargs = ORACLES[name]
+    official = _official_state_dict(timm.create_model(timm_name, device='meta', **timm_kwargs).state_dict())
+    model = timm.create_model(name, device='meta')
+    sd = checkpoint_filter_fn(official, model)
+    ours = model.state_dict()
+    assert len(sd) == len(official) == len(ours)
+    assert sorted(sd) == sorted(ours)
+    for k, v in sd.items():
+        assert v.shape == ours[k].shape, k
+
+
+@pytest.mark.parametrize('name', sorted(ORACLES))
+def test_params_equal_official(name):
+    """Official counts (spec: code comments for T/S/B/L; timm's count for the unverified H/G configs)."""
+    timm_name, timm_kwargs = ORACLES[name]
+    n = sum(p.numel() for p in timm.create_model(name, device='meta').parameters())
+    ref = sum(p.numel() for p in timm.create_model(timm_name, device='meta', **timm_kwargs).parameters())
+    assert n == ref == backbones.get_variant_info(name).params
+
+
+def test_own_layout_passes_through():
+    model = timm.create_model('davit_t', device='meta')
+    sd = model.state_dict()
+    out = checkpoint_filter_fn({'state_dict': sd}, model)
+    assert list(out) == list(sd) and all(out[k] is sd[k] for k in sd)
+
+
+def test_wrong_checkpoint_is_refused():
+    model = timm.create_model('davit_t', device='meta')
+    deeper = timm.create_model('davit_s', device='meta').state_dict()
+    with pytest.raises(CheckpointMismatchError, match=r'unexpected keys .*stages\.2\.blocks\.3'):
+        checkpoint_filter_fn(deeper, model)
+    wider = _official_state_dict(timm.create_model('davit_base', device='meta').state_dict())
+    with pytest.raises(CheckpointMismatchError, match='shape mismatches'):
+        checkpoint_filter_fn(wider, model)
+    partial = {k: v for k, v in model.state_dict().items() if '.cpe2.' not in k}
+    with pytest.raises(CheckpointMismatchError, match=r'missing keys .*cpe2'):
+        checkpoint_filter_fn(partial, model)
+
+
+# ---------------------------------------------------------------- the channel attention
+
+def _channel_attention_by_definition(m: ChannelAttention, x: torch.Tensor) -> torch.Tensor:
+    """Spec §4 written out per group: A = softmax((k d^-1/2)^T v) (d x d), out = (A q^T)^T, then proj."""
+    B, N, C = x.shape
+    h, d = m.num_heads, C // m.num_heads
+    q, k, v = m.qkv(x).split(C, dim=-1)
+    out = torch.empty_like(q)
+    for g in range(h):
+        sl = slice(g * d, (g + 1) * d)
+        for b in range(B):
+            a = ((k[b, :, sl] * d ** -0.5).T @ v[b, :, sl]).softmax(dim=-1)
+            out[b, :, sl] = (a @ q[b, :, sl].T).T
+    return m.proj(out)
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_channel_attention_matches_definition(fused):
+    m = ChannelAttention(24, num_heads=3).double()
+    m.fused_attn = fused
+    x = torch.randn(2, 10, 24, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(m(x), _channel_attention_by_definition(m, x), atol=1e-12)
+    with pytest.raises(ValueError, match='multiple of num_heads'):
+        ChannelAttention(24, num_heads=5)
+
+
+def test_channel_attention_counted():
+    """Through SDPA the counter still sees the 2 * N * d * C MACs of the d x d maps (plus the two projections)."""
+    m = ChannelAttention(32, num_heads=4).eval()
+    N, C, d = 49, 32, 8
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = m
+
+        def forward(self, img):
+            return self.m(img.flatten(2).transpose(1, 2))
+
+    w = Wrap()
+    w.pretrained_cfg = dict(input_size=(C, 7, 7))
+    res = count(w)
+    assert res.by_operator.get('scaled_dot_product_attention') == 2 * N * d * C
+    assert res.by_operator.get('linear') == 4 * N * C * C
+
+
+def test_count_agrees_with_flop_counter_mode():
+    """Our counter's matmul-like MACs equal torch's FlopCounterMode / 2 on a whole (reduced-width) DaViT."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model = timm.create_model('davit_t', depths=(1, 1, 1, 1), **NARROW).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x)
+    ours = count(model, input_size=(3, 64, 96)).by_operator
+    matmul = sum(v for k, v in ours.items() if k in ('conv', 'linear', 'matmul', 'bmm', 'scaled_dot_product_attention'))
+    assert matmul == pytest.approx(fc.get_total_flops() / 2, rel=1e-3)
+    assert ours['scaled_dot_product_attention'] > 0
+
+
+# ---------------------------------------------------------------- structure and sizes
+
+def test_davit_l_is_the_official_384_config():
+    model = timm.create_model('davit_l', device='meta')
+    cfg = model.pretrained_cfg
+    assert cfg['input_size'] == (3, 384, 384) and cfg['pool_size'] == (12, 12)
+    assert all(b[0].window_size == (12, 12) for s in model.stages for b in s.blocks)
+    assert timm.create_model('davit_t', device='meta').stages[3].blocks[0][0].window_size == (7, 7)
+
+
+def test_pretrained_cfgs_point_at_timm_weights():
+    for ours, theirs in [('davit_t', 'davit_tiny'), ('davit_s', 'davit_small'), ('davit_b', 'davit_base')]:
+        cfg = timm.models.get_pretrained_cfg(ours).to_dict()
+        ref = timm.models.get_pretrained_cfg(theirs).to_dict()
+        assert cfg['hf_hub_id'] == f'timm/{theirs}.msft_in1k'
+        for key in ('mean', 'std', 'crop_pct', 'interpolation', 'input_size', 'num_classes'):
+            assert cfg[key] == ref[key], key
+    assert not timm.list_models('davit_[lhg]', pretrained=True)
+
+
+def test_drop_path_is_official_per_half_block():
+    """Linear over all 2 * sum(depths) half blocks (spatial and channel blocks get their own rates)."""
+    model = timm.create_model('davit_t', drop_path_rate=0.22, device='meta')
+    rates = [getattr(h.drop_path1, 'drop_prob', 0.) for s in model.stages for b in s.blocks for h in b]
+    expected = torch.linspace(0, 0.22, 12).tolist()
+    assert rates == pytest.approx(expected, abs=1e-6)
+
+
+def test_any_input_size():
+    """Every size is accepted (as the official code): feature maps are ceil(side / stride)."""
+    model = timm.create_model('davit_t', features_only=True, **NARROW).eval()
+    with torch.no_grad():
+        for h, w in [(33, 70), (7, 9)]:
+            feats = model(torch.randn(1, 3, h, w))
+            assert [f.shape[-2:] for f in feats] == [(-(-h // r), -(-w // r)) for r in (4, 8, 16, 32)]
+    with pytest.raises(ValueError, match='expects 3 input channels'):
+        model(torch.randn(1, 1, 64, 64))
+
+
+def test_unpooled_head_normalizes_channels():
+    """reset_classifier(0, '') keeps the head LayerNorm, applied over the channels at every position."""
+    model = timm.create_model('davit_t', **NARROW).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        model.reset_classifier(0, '')
+        out = model(x)
+    norm = model.head.norm
+    ref = torch.nn.functional.layer_norm(feats.permute(0, 2, 3, 1), (128,), norm.weight, norm.bias, norm.eps)
+    assert torch.allclose(out, ref.permute(0, 3, 1, 2), atol=1e-6)
