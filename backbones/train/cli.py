@@ -1,0 +1,34 @@
+"""``tools/train.py``: parse the arguments, apply the run defaults, train; bad input is one line on stderr."""
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+from .args import ConfigError, args_to_yaml, parse_args
+from .defaults import apply_run_defaults, explicit_keys
+from .errors import TrainError, one_line
+
+__all__ = ['main', 'setup_logging']
+
+
+def setup_logging() -> None:
+    """timm's default logging (INFO to stderr), once per process."""
+    root = logging.getLogger()
+    if not root.handlers:
+        from timm.utils import setup_default_logging
+        setup_default_logging()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Train as ``argv`` (timm train.py flags) says. Returns the exit status: 0, or 2 for bad input."""
+    from .loop import train
+    setup_logging()
+    primary = int(os.environ.get('RANK', '0')) == 0
+    try:
+        args, _ = parse_args(argv)
+        apply_run_defaults(args, explicit_keys(argv), log=primary)
+        train(args, args_to_yaml(args))
+    except (TrainError, ConfigError) as e:
+        print(f'error: {one_line(e)}', file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,110 @@
+"""Run defaults on top of timm's flag defaults: the no-argument quick start and a CPU fallback.
+
+timm's defaults describe an ImageNet run on GPUs (``resnet50``, 300 epochs, ``--device cuda``). Two situations get
+better ones, each only for the flags the user did not give (on the command line or in a ``-c`` config):
+
+* **No ``--data-dir`` and no ``--dataset``**: the run trains on the embedded shapes dataset, with
+  :data:`EMBEDDED_DEFAULTS` (a small zoo model at a small image size, a short AdamW schedule), so that
+  ``python tools/train.py`` learns it on a laptop CPU in a few minutes.
+* **No CUDA**: ``--device`` (timm: ``cuda``) falls back to ``cpu``.
+"""
+import argparse
+import copy
+import logging
+import os
+from typing import Dict, Optional, Sequence, Set
+
+import torch
+
+from .args import build_parser, load_config
+
+__all__ = ['EMBEDDED_DEFAULTS', 'explicit_keys', 'apply_run_defaults', 'configure_cpu_threads']
+
+_logger = logging.getLogger('backbones.train')
+
+# Measured on 2 CPU cores: README "Training" states the wall time and the top-1 these reach.
+EMBEDDED_DEFAULTS: Dict[str, object] = dict(
+    model='rednet26',
+    # a quarter of rednet26's width (0.47M params): on 2 CPU cores it learns the shapes several times faster per
+    # second than the full width; applied only when --model is not given either
+    model_kwargs={'stem_chs': 32, 'widths': [64, 128, 256, 512]},
+    img_size=32,  # RedNet takes sides 32k-3 .. 32k; the shapes are drawn at 64 px and still clear at 32
+    crop_pct=1.0,  # eval: the whole image (a shape may touch the border)
+    scale=[0.5, 1.0],  # train: random-resized crops that keep most of the shape
+    color_jitter=0.0,  # colours are random in the dataset already
+    batch_size=32,
+    validation_batch_size=100,
+    epochs=12,
+    opt='adamw',
+    lr=2e-3,
+    weight_decay=0.05,
+    warmup_epochs=1,
+    sched_on_updates=True,  # warm up (and decay) per step: a short run has no epoch to spare at warmup_lr
+    workers=1,
+    log_interval=10,
+)
+
+
+def explicit_keys(argv: Optional[Sequence[str]]) -> Set[str]:
+    """The argument names (``dest``) set by ``argv``: on the command line or in its ``-c/--config`` file."""
+    import sys
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('-c', '--config', default='', type=str)
+    cfg_args, remaining = pre.parse_known_args(argv)
+    keys: Set[str] = set()
+    parser = build_parser()
+    if cfg_args.config:
+        keys |= set(load_config(cfg_args.config, parser))
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    keys |= set(vars(parser.parse_args(remaining)))
+    if 'data' in keys:
+        keys.add('data_dir')
+    if 'drop_connect' in keys:
+        keys.add('drop_path')
+    return keys
+
+
+def apply_run_defaults(args: argparse.Namespace, explicit: Set[str], log: bool = True) -> Dict[str, object]:
+    """Apply :data:`EMBEDDED_DEFAULTS` (no data given) and the CPU fallback to the flags not in ``explicit``.
+    Returns what was changed."""
+    changed: Dict[str, object] = {}
+    if not args.data_dir and not args.dataset:
+        for key, value in EMBEDDED_DEFAULTS.items():
+            if key in explicit:
+                continue
+            if key == 'lr' and 'lr_base' in explicit:
+                continue  # the user chose the lr_base rule
+            if key == 'img_size' and 'input_size' in explicit:
+                continue
+            if key == 'model_kwargs' and 'model' in explicit:
+                continue  # kwargs of the default model only
+            setattr(args, key, copy.deepcopy(value))
+            changed[key] = value
+        if log:
+            shown = ', '.join(f'{k}={v}' for k, v in changed.items())
+            _logger.info(f'no --data-dir: training on the embedded shapes dataset with the quick-start defaults '
+                         f'{shown or "(all overridden)"}; any flag overrides them')
+    if 'device' not in explicit and str(args.device).startswith('cuda') and not torch.cuda.is_available():
+        args.device = 'cpu'
+        changed['device'] = 'cpu'
+        if log:
+            _logger.info('CUDA is not available: training on the CPU (--device cpu)')
+    return changed
+
+
+def configure_cpu_threads(workers: int, log: bool = True) -> int:
+    """On CPU, unless ``OMP_NUM_THREADS`` says otherwise: one compute thread per core not taken by a data worker.
+
+    On a small machine, compute threads that compete with the data workers (or with other jobs) for the same cores
+    spin at OpenMP barriers and run many times slower (measured: 2 threads on a busy 2-core machine trained ~100x
+    slower than 1). Returns the number of threads."""
+    if 'OMP_NUM_THREADS' in os.environ:
+        return torch.get_num_threads()
+    threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - workers))
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    if log:
+        _logger.info(f'CPU: {threads} compute thread(s), {workers} data worker(s) (OMP_NUM_THREADS to choose)')
+    return threads
