@@ -9,7 +9,10 @@ these attributes:
 - ``norm``: final norm applied to the last stage's output (``nn.Identity`` when the net has none);
 - ``head``: :class:`backbones.layers.Head`;
 - ``feature_info``: one dict per stage (``num_chs``, ``reduction``, ``module='stages.<i>'``);
-- ``_check_input(x)``: raises a clear ``ValueError`` for input it cannot take.
+- ``in_chans``, ``input_divisor`` (input sides must be multiples of it; 1 = any size) and ``_model_name`` (for error
+  messages), which the default ``_check_input`` uses; a model with another size rule overrides ``_check_input``.
+
+``forward_features`` is ``norm(stages(stem(x)))`` and ``forward_head`` is ``head(x, pre_logits)``.
 """
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -17,6 +20,8 @@ import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
 from timm.models._features import feature_take_indices
+
+from .layers.helpers import check_input
 
 __all__ = ['StageFeatureMixin', 'stage_feature_info']
 
@@ -95,13 +100,34 @@ class StageFeatureMixin:
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> List[int]:
-        """Drop the stages after the last tap in ``indices`` (and the norm / head); returns the taps kept."""
+        """Drop the stages after the last tap in ``indices``; returns the taps kept.
+
+        ``prune_norm`` drops the final norm and ``prune_head`` the head (pool, norm, fc); cutting any stage drops
+        both, since they are sized for the last stage.
+        """
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[:max_index + 1]
-        if prune_norm:
+        prune_end = max_index < len(self.feature_info) - 1
+        if prune_norm or prune_end:  # the final norm is sized for the last stage
             self.norm = nn.Identity()
-        if prune_head:
+        if prune_head or prune_end:  # so is a head norm; the pruned model returns raw stage features
             self.reset_classifier(0, '')
-        if max_index < len(self.feature_info) - 1:
+            self.head.norm = nn.Identity()
+        if prune_end:
             self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
         return take_indices
+
+    def _check_input(self, x: torch.Tensor):
+        check_input(x, self.in_chans, self.input_divisor, self._model_name)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from .._features import StageFeatureMixin, stage_feature_info
-from ..layers import Bottleneck, Head, Stage, check_input, drop_path_schedule
+from ..layers import Bottleneck, Head, Stage, drop_path_schedule
 
 __all__ = ['ResNetSkeleton']
 
@@ -88,18 +88,4 @@ class ResNetSkeleton(StageFeatureMixin, nn.Module):
                 if isinstance(m, Bottleneck):
                     m.zero_init_last()
 
-    def _check_input(self, x: torch.Tensor):
-        check_input(x, self.in_chans, self.input_divisor, self._model_name)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 

@@ -40,7 +40,7 @@ The official evaluation reads ``checkpoint['model']``; ``checkpoint_filter_fn`` 
 same, whereas timm's own ``file=`` loading would prefer a ``model_ema`` entry if the file had one.
 """
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -53,7 +53,6 @@ from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.attention import Attention
 from ..layers.conv import ConvNormAct
 from ..layers.head import Head
-from ..layers.helpers import check_input
 from ..layers.routing_attention import BiLevelRoutingAttention
 from ..layers.stage import Stage, drop_path_schedule
 
@@ -275,35 +274,6 @@ class BiFormer(StageFeatureMixin, nn.Module):
     def no_weight_decay(self):
         return set()  # no position tables / tokens; 1-D params are excluded by timm's optimizer factory
 
-    @torch.jit.ignore
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """As :class:`StageFeatureMixin`, and the final BatchNorm (sized for the last stage) goes with it when the
-        last stage is pruned."""
-        num_stages = len(self.stages)
-        take_indices = super().prune_intermediate_layers(indices, prune_norm, prune_head)
-        if len(self.stages) < num_stages:
-            self.norm = nn.Identity()
-        return take_indices
-
-    def _check_input(self, x: torch.Tensor):
-        check_input(x, self.in_chans, self.input_divisor, self._model_name)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # official layout -> ours. T/S/B: ``downsample_layers.0`` = stem (conv 0, BN 1, GELU 2, conv 3, BN 4),

@@ -29,14 +29,13 @@ Variants: ``davit_t/s/b`` (224, window 7, official weights), ``davit_l`` (the of
 paper's H / G tables could not be checked, so these are not verified against official numbers).
 """
 from functools import partial
-from typing import List, Tuple, Union
+from typing import Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, Mlp, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
-from timm.models._features import feature_take_indices
 
 from .._checkpoint import convert_state_dict
 from .._features import StageFeatureMixin, stage_feature_info
@@ -44,7 +43,6 @@ from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.attention import Attention
 from ..layers.channel_attention import ChannelAttention
 from ..layers.head import Head
-from ..layers.helpers import check_input
 from ..layers.stage import Stage, drop_path_schedule
 from ..layers.window import crop, pad_to_multiple, window_partition, window_reverse
 
@@ -221,6 +219,7 @@ class DaViT(StageFeatureMixin, nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.window_size = window_size
+        self.input_divisor = 1  # any size: every stride and window pads
         self._model_name = type(self).__name__  # for error messages (TorchScript cannot read self.__class__)
         self.grad_checkpointing = False
 
@@ -257,34 +256,6 @@ class DaViT(StageFeatureMixin, nn.Module):
     def no_weight_decay(self):
         return set()
 
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """As :class:`StageFeatureMixin`, and the head's norm goes with the head (it is sized for the last stage, and
-        the pruned model returns the raw features, as timm's DaViT does)."""
-        _, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        if prune_head or prune_end:
-            self.head.norm = nn.Identity()
-        return super().prune_intermediate_layers(indices, prune_norm, prune_head or prune_end)
-
-    def _check_input(self, x: torch.Tensor):
-        check_input(x, self.in_chans, 1, self._model_name)  # any size: every stride and window pads
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # official layout (timm's davit.py documents it in its checkpoint_filter_fn) -> ours; timm's layout is ours

@@ -54,7 +54,6 @@ from .._checkpoint import check_state_dict, rename_keys, unwrap_state_dict
 from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.attention import Attention
-from ..layers.helpers import check_input
 from ..layers.mbconv import MBConv
 from ..layers.relpos import RelPosBias, resize_rel_pos_table
 from ..layers.stage import Stage, drop_path_schedule
@@ -325,9 +324,6 @@ class MaxViT(StageFeatureMixin, nn.Module):
             elif isinstance(m, RelPosBias):
                 nn.init.normal_(m.relative_position_bias_table, std=.02)
 
-    def _check_input(self, x: torch.Tensor):
-        check_input(x, self.in_chans, self.input_divisor, self._model_name)
-
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
         return {n for n, _ in self.named_parameters() if n.endswith('relative_position_bias_table')}
@@ -385,17 +381,6 @@ class MaxViT(StageFeatureMixin, nn.Module):
             self.reset_classifier(0, '', reset_other=True)
         return take_indices
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # timm's maxvit_*_tf_* layout (the converted official checkpoints) -> ours

@@ -45,7 +45,6 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, create_conv2d, register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs
-from timm.models._features import feature_take_indices
 
 from .._checkpoint import CheckpointMismatchError, convert_state_dict, unwrap_state_dict
 from .._features import StageFeatureMixin, stage_feature_info
@@ -310,34 +309,9 @@ class MOAT(StageFeatureMixin, nn.Module):
         not released, so this is not an official setting)."""
         return {n for n, _ in self.named_parameters() if n.endswith('relative_position_bias_table')}
 
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """As :class:`StageFeatureMixin`; the head's LayerNorm goes with the head (it is sized for the last stage, and
-        the pruned model returns the raw stage features)."""
-        _, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        if prune_head or prune_end:
-            self.head.norm = nn.Identity()
-        return super().prune_intermediate_layers(indices, prune_norm, prune_head or prune_end)
-
     def _check_input(self, x: torch.Tensor):
         check_moat_input(x, self.in_chans, self._windowed, self._model_name)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _pair(v) -> Optional[Tuple[int, int]]:

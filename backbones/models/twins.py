@@ -29,19 +29,17 @@ hub copies of them (``timm/twins_*.in1k``, the default here) share one key layou
 ``checkpoint_filter_fn``.
 """
 from functools import partial
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, LayerNorm2d, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
-from timm.models._features import feature_take_indices
 
 from .._checkpoint import convert_state_dict
 from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.head import Head
-from ..layers.helpers import check_input
 from ..layers.stage import Stage, drop_path_schedule
 from ..layers.subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
 
@@ -242,32 +240,6 @@ class Twins(StageFeatureMixin, nn.Module):
         matcher['stem'] = r'^stages\.0\.downsample'  # the first patch embedding (matched before 'blocks')
         return matcher
 
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """As the mixin, but the final norm and the head (sized for the last stage) go when stages are cut."""
-        _, max_index = feature_take_indices(len(self.stages), indices)
-        if max_index < len(self.stages) - 1:
-            prune_norm = prune_head = True
-        return super().prune_intermediate_layers(indices, prune_norm, prune_head)
-
-    def _check_input(self, x: torch.Tensor):
-        check_input(x, self.in_chans, self.input_divisor, self._model_name)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # official / timm layout (identical) -> ours
