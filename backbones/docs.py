@@ -1,4 +1,5 @@
 """Documentation generated from the registry (README's model table; later the model cards)."""
+import re
 from typing import List
 
 from timm.models import get_pretrained_cfg
@@ -20,6 +21,18 @@ def weights_source(name: str) -> str:
     return f'[official]({cfg.url})' if cfg.url else 'file'
 
 
+def _table_weights(name: str) -> str:
+    """The table's weights cell: hosted weights, or the official link to fetch by hand (kept in the cfg notes)."""
+    src = weights_source(name)
+    if src == 'none released':
+        notes = get_pretrained_cfg(name).notes or ()
+        for note in [notes] if isinstance(notes, str) else notes:
+            m = re.search(r'https?://\S+', note)
+            if m:
+                return f'[official]({m.group(0)}) (manual download; see the card)'
+    return src
+
+
 def _num(v, fmt):
     return format(v, fmt) if v is not None else 'n/a'
 
@@ -36,7 +49,7 @@ def zoo_table_markdown() -> str:
         for name in list_models(family=fam_name):
             v = get_variant_info(name)
             out.append(f'| `{name}` | {v.params / 1e6:.2f} | {_num(v.gmacs, ".2f")} | {_num(v.top1, ".2f")} '
-                       f'| {weights_source(name)} |')
+                       f'| {_table_weights(name)} |')
         out.append('')
     return '\n'.join(out).rstrip() + '\n'
 

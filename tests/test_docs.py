@@ -19,3 +19,15 @@ def test_table_lists_every_model():
     table = zoo_table_markdown()
     for name in backbones.list_models():
         assert f'| `{name}` |' in table
+
+
+def test_weights_column_names_the_source():
+    """Hosted weights link their hub id; official weights that must be fetched by hand link the official file."""
+    from timm.models import get_pretrained_cfg
+    rows = {line.split('|')[1].strip(' `'): line.split('|')[5].strip()
+            for line in zoo_table_markdown().splitlines() if line.startswith('| `')}
+    assert rows['davit_t'] == '[`timm/davit_tiny.msft_in1k`](https://huggingface.co/timm/davit_tiny.msft_in1k)'
+    for name in ('rednet26', 'biformer_tiny', 'moat_0'):
+        assert rows[name].startswith('[official](https://') and 'manual download' in rows[name]
+        assert rows[name][len('[official]('):].split(')')[0] in ' '.join(get_pretrained_cfg(name).notes)
+    assert rows['davit_h'] == 'none released'
