@@ -12,6 +12,7 @@ place. :class:`TrainCheckpointSaver` is timm's ``CheckpointSaver`` (ranked histo
 way: timm unlinks ``last.pth.tar`` before replacing it, which a kill at the wrong moment turns into no checkpoint.
 :func:`export_for_hf` writes the best weights as a ``save_for_hf`` folder (``config.json`` + ``model.safetensors``).
 """
+import contextlib
 import logging
 import os
 import random
@@ -19,7 +20,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -43,42 +44,37 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f'.{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
 
 
+@contextlib.contextmanager
+def _replacing(path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path`` (``os.replace``, atomic),
+    otherwise it is removed and ``path`` is untouched."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def atomic_save(obj: Any, path) -> None:
     """``torch.save(obj, path)`` through a temporary file in the same directory and ``os.replace``: readers (and a
     resume after a kill) see either the old file or the complete new one, never a partial one."""
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with _replacing(path) as tmp, open(tmp, 'wb') as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(path, text: str) -> None:
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
+    with _replacing(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
+    with _replacing(path) as tmp:
         tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class TrainCheckpointSaver(CheckpointSaver):
