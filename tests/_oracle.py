@@ -41,3 +41,10 @@ def load_converted(name: str, state_dict, filter_fn, **kwargs) -> torch.nn.Modul
     model = timm.create_model(name, device='meta', **kwargs)
     model.load_state_dict(filter_fn(state_dict, model), assign=True)
     return model.eval()
+
+
+def assert_same_layout(converted, ours) -> None:
+    """A filter's output ``converted`` holds exactly the keys of our state dict ``ours``, each with its shape."""
+    assert sorted(converted) == sorted(ours), sorted(set(converted) ^ set(ours))[:20]
+    mismatched = [k for k, v in converted.items() if v.shape != ours[k].shape]
+    assert not mismatched, mismatched[:20]

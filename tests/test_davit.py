@@ -5,7 +5,7 @@ import re
 import pytest
 import timm
 import torch
-from _oracle import load_converted, random_model
+from _oracle import assert_same_layout, load_converted, random_model
 from timm.models.davit import checkpoint_filter_fn as timm_filter_fn
 
 import backbones
@@ -126,9 +126,7 @@ def test_every_official_key_maps(name):
     sd = checkpoint_filter_fn(official, model)
     ours = model.state_dict()
     assert len(sd) == len(official) == len(ours)
-    assert sorted(sd) == sorted(ours)
-    for k, v in sd.items():
-        assert v.shape == ours[k].shape, k
+    assert_same_layout(sd, ours)
 
 
 @pytest.mark.parametrize('name', sorted(ORACLES))

@@ -3,7 +3,7 @@ the architecture's details that parity cannot see (LayerNorm eps), and the share
 import pytest
 import timm
 import torch
-from _oracle import load_converted, random_model
+from _oracle import assert_same_layout, load_converted, random_model
 
 import backbones
 from backbones._checkpoint import CheckpointMismatchError
@@ -81,9 +81,7 @@ def test_every_official_key_maps_and_params_equal(name):
     sd = checkpoint_filter_fn({'model': official}, model)
     ours = model.state_dict()
     assert len(sd) == len(official) == len(ours)
-    assert sorted(sd) == sorted(ours)
-    for k, v in sd.items():
-        assert v.shape == ours[k].shape, k
+    assert_same_layout(sd, ours)
     n_official = sum(v.numel() for v in official.values())
     assert sum(p.numel() for p in model.parameters()) == n_official == backbones.get_variant_info(name).params
 
