@@ -161,6 +161,15 @@ class InvertedResidual(nn.Module):
         self.ls1 = _fold_layer_scale(self.conv_pwl, self.ls1)
 
 
+def identity_folded(weight: torch.Tensor, sign: int) -> torch.Tensor:
+    """A depth-wise kernel ``[C, 1, k, k]`` with ``sign`` (+1: fold the identity in, -1: take it out) added to the
+    centre tap of every channel."""
+    k_h, k_w = weight.shape[-2:]
+    weight = weight.clone()
+    weight[:, 0, k_h // 2, k_w // 2] += sign
+    return weight
+
+
 class RepCPE(nn.Module):
     """Conditional position encoding ``x + pe(x)`` (``pe``: depth-wise conv with bias) that
     :meth:`reparameterize` turns into one conv ``reparam_conv`` (the identity added at each kernel's centre tap).
@@ -192,15 +201,6 @@ class RepCPE(nn.Module):
         conv.bias.copy_(pe.bias)
         self.reparam_conv = conv
         del self.pe
-
-
-def identity_folded(weight: torch.Tensor, sign: int) -> torch.Tensor:
-    """A depth-wise kernel ``[C, 1, k, k]`` with ``sign`` (+1: fold the identity in, -1: take it out) added to the
-    centre tap of every channel."""
-    k_h, k_w = weight.shape[-2:]
-    weight = weight.clone()
-    weight[:, 0, k_h // 2, k_w // 2] += sign
-    return weight
 
 
 class MultiLevelDilatedConv(nn.Module):
