@@ -17,7 +17,7 @@ import torch.nn as nn
 
 __all__ = [
     'unwrap_state_dict', 'rename_keys', 'convert_state_dict', 'check_state_dict', 'read_checkpoint_file',
-    'family_filter_fn', 'CheckpointMismatchError', 'UnreadableCheckpointError',
+    'family_filter_fn', 'classifier_names', 'CheckpointMismatchError', 'UnreadableCheckpointError',
 ]
 
 Rule = Tuple[str, Union[str, Callable[[re.Match], str]]]
@@ -136,8 +136,8 @@ def check_state_dict(
     the prefixes in ``ignore_shapes`` (the first conv, which timm adapts to ``in_chans``).
     """
     expected = model.state_dict()
-    classifier = _classifier_prefix(model)
-    exempt = lambda k: (classifier and k.startswith(classifier)) or k.endswith('num_batches_tracked')
+    classifiers = tuple(c + '.' for c in classifier_names(model))
+    exempt = lambda k: k.startswith(classifiers) or k.endswith('num_batches_tracked')
     missing = [k for k in expected if k not in state_dict and not exempt(k)]
     unexpected = [k for k in state_dict if k not in expected and not exempt(k)]
     mismatched = [
@@ -158,10 +158,14 @@ def check_state_dict(
         raise CheckpointMismatchError('\n'.join(lines))
 
 
-def _classifier_prefix(model: nn.Module) -> Optional[str]:
+def classifier_names(model: nn.Module) -> Tuple[str, ...]:
+    """The classifier module names of ``pretrained_cfg['classifier']`` (a name or a tuple, e.g. a distilled model's
+    two heads; ``head.fc`` when the model has no cfg), main classifier first."""
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     classifier = cfg.get('classifier', 'head.fc')
-    return (classifier + '.') if classifier else None
+    if not classifier:
+        return ()
+    return (classifier,) if isinstance(classifier, str) else tuple(classifier)
 
 
 def convert_state_dict(

@@ -74,6 +74,13 @@ BIBTEX: Dict[str, str] = {
   booktitle={International Conference on Learning Representations (ICLR)},
   year={2023}
 }""",
+    'rapidnet': """@inproceedings{munir2025rapidnet,
+  title={RapidNet: Multi-Level Dilated Convolution Based Mobile Backbone},
+  author={Munir, Mustafa and Rahman, Md Mostafijur and Marculescu, Radu},
+  booktitle={Proceedings of the IEEE/CVF Winter Conference on Applications of Computer Vision (WACV)},
+  pages={8291--8301},
+  year={2025}
+}""",
     'res2net': """@article{gao2021res2net,
   title={Res2Net: A New Multi-scale Backbone Architecture},
   author={Gao, Shang-Hua and Cheng, Ming-Ming and Zhao, Kai and Zhang, Xin-Yu and Yang, Ming-Hsuan and Torr, Philip},

@@ -26,6 +26,7 @@ import torch
 from ._checkpoint import (
     CheckpointMismatchError,
     UnreadableCheckpointError,
+    classifier_names,
     family_filter_fn,
     read_checkpoint_file,
     unwrap_state_dict,
@@ -65,7 +66,8 @@ def _check_model_name(model_name: str) -> str:
 
 
 def _classifier(model) -> Optional[str]:
-    return (getattr(model, 'pretrained_cfg', None) or {}).get('classifier', 'head.fc') or None
+    names = classifier_names(model)
+    return names[0] if names else None
 
 
 def _build(model_name: str, kwargs: Dict[str, Any]):

@@ -38,7 +38,13 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 from timm.models import is_model, save_for_hf
 
-from ._checkpoint import CheckpointMismatchError, UnreadableCheckpointError, family_filter_fn, read_checkpoint_file
+from ._checkpoint import (
+    CheckpointMismatchError,
+    UnreadableCheckpointError,
+    classifier_names,
+    family_filter_fn,
+    read_checkpoint_file,
+)
 
 __all__ = [
     'push', 'pull', 'load_model', 'load_checkpoint', 'build_model', 'check_safetensors', 'read_label_names',
@@ -147,7 +153,7 @@ def build_model(
     sd = family_filter_fn(_arch(probe))(sd, probe)  # our layout now; checks every key but the head's
     # rebuild when the checkpoint's head size / input channels differ from the defaults (a fine-tuned checkpoint)
     overrides = {}
-    classifier = probe.pretrained_cfg.get('classifier')
+    classifier = next(iter(classifier_names(probe)), None)
     if classifier and 'num_classes' not in kwargs:
         w = sd.get(f'{classifier}.weight')
         n = 0 if w is None else w.shape[0]

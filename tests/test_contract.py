@@ -28,7 +28,9 @@ def test_meta_shapes(name):
     assert model(x).shape == (1, cfg['num_classes'])
     sd = model.state_dict()
     assert cfg['first_conv'] + '.weight' in sd
-    assert cfg['classifier'] + '.weight' in sd
+    classifiers = cfg['classifier']  # a name, or a tuple (e.g. a distilled model's two heads), as timm allows
+    for c in (classifiers,) if isinstance(classifiers, str) else classifiers:
+        assert c + '.weight' in sd
     for p in list(model.parameters()) + list(model.buffers()):
         assert p.device.type == 'meta'
 
@@ -74,7 +76,7 @@ def test_forward_and_classifier(name):
         assert model(x).ndim == 4
     assert not model.training  # reset keeps the mode
     m0 = timm.create_model(name, num_classes=0).eval()
-    assert m0(x).shape == (2, m0.num_features)
+    assert m0(x).shape == (2, m0.head_hidden_size)  # == num_features unless the head has a pre-logits layer
 
 
 @pytest.mark.parametrize('name', SMALL_MODELS)

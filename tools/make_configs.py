@@ -393,6 +393,56 @@ _MV_DP = {
 MAXVIT = {f'maxvit_{size}{suffix}': _maxvit_recipe(*dp, img_size=res)
           for size, dp in _MV_DP.items() for suffix, res in (('', 224), ('_384', 384), ('_512', 512))}
 
+# --- RapidNet: arXiv 2412.10995 (WACV 2025); the paper text could not be read, the official code is the source ------
+RN_REPO = 'mmunir127/RapidNet-Official@74c7071'
+RN_MAIN = f'{RN_REPO}:main.py (argparse defaults)'
+RN_MODEL = f'{RN_REPO}:models/rapidnet.py'
+RN_NOTE = ('# NOTE: the official recipe trains with hard distillation from a RegNetY-16GF teacher (DeiT\'s\n'
+           f'# regnety_160, alpha 0.5, tau 1.0; {RN_MAIN}),\n'
+           '# which tools/train.py does not implement: this config trains both classifiers on the labels (their\n'
+           '# average is the output, as timm\'s DeiT does without set_distilled_training). Expect lower top-1 than\n'
+           '# the released weights.\n')
+RAPIDNET = [
+    ('epochs', 300, f'{RN_MAIN}: 300 epochs'),
+    ('batch_size', 1024, f'ASSUMPTION: {RN_MAIN} gives 128 per GPU and no GPU count; 1024 is the batch its lr '
+                         'scaling refers to'),
+    ('opt', 'adamw', f'{RN_MAIN}: AdamW'),
+    ('opt_eps', 1.0e-8, f'{RN_MAIN}: opt eps 1e-8'),
+    ('weight_decay', 0.05, f'{RN_MAIN}: weight decay 0.05'),
+    ('lr', None, 'unset so that lr_base below applies'),
+    ('lr_base', 2.0e-3, f'{RN_MAIN}: lr 2e-3 scaled by global batch / 1024'),
+    ('lr_base_size', 1024, f'{RN_MAIN}: lr scaled linearly by global batch / 1024'),
+    ('lr_base_scale', 'linear', f'{RN_MAIN}: linear scaling'),
+    ('sched', 'cosine', f'{RN_MAIN}: cosine schedule'),
+    ('warmup_epochs', 20, f'{RN_MAIN}: 20 warm-up epochs'),
+    ('warmup_lr', 1.0e-6, f'{RN_MAIN}: warmup lr 1e-6'),
+    ('min_lr', 1.0e-5, f'{RN_MAIN}: min lr 1e-5'),
+    ('cooldown_epochs', 0, TIMM_DEFAULT),
+    ('img_size', 224, f'{RN_MODEL}: default_cfg input size 224'),
+    ('scale', [0.08, 1.0], TIMM_DEFAULT),
+    ('ratio', [0.75, 1.3333333333333333], TIMM_DEFAULT),
+    ('hflip', 0.5, TIMM_DEFAULT),
+    ('color_jitter', 0.4, f'{RN_MAIN}: colour jitter 0.4'),
+    ('train_interpolation', 'random', f'{RN_MAIN}: train interpolation random'),
+    ('aa', 'rand-m9-mstd0.5-inc1', f'{RN_MAIN}: RandAugment rand-m9-mstd0.5-inc1'),
+    ('aug_repeats', 3, f'{RN_MAIN}: repeated augmentation on; 3 repeats (DeiT RASampler default; ASSUMPTION: the '
+                       'count is not a flag there)'),
+    ('reprob', 0.25, f'{RN_MAIN}: random erasing 0.25'),
+    ('remode', 'pixel', f'{RN_MAIN}: random erasing mode pixel (DeiT default; ASSUMPTION, not in the recipe notes)'),
+    ('mixup', 0.8, f'{RN_MAIN}: mixup 0.8'),
+    ('cutmix', 1.0, f'{RN_MAIN}: cutmix 1.0'),
+    ('mixup_prob', 1.0, f'{RN_MAIN}: mixup prob 1.0'),
+    ('mixup_switch_prob', 0.5, f'{RN_MAIN}: mixup / cutmix switch prob 0.5'),
+    ('smoothing', 0.1, f'{RN_MAIN}: label smoothing 0.1'),
+    ('drop', 0.0, f'{RN_MODEL}: dropout 0 (head only)'),
+    ('drop_path', 0.1, f'{RN_MODEL}: drop path 0.1, hard-coded in every variant (official schedule, see the model)'),
+    ('model_ema', True, f'{RN_MAIN}: EMA on'),
+    ('model_ema_decay', 0.99996, f'{RN_MAIN}: EMA decay 0.99996'),
+    ('sync_bn', True, f'{RN_MAIN}: synchronised BatchNorm on'),
+    ('amp', True, f'{RN_MAIN}: mixed precision (autocast)'),
+    ('clip_grad', None, f'{RN_MAIN}: no gradient clipping'),
+]
+
 PAPERS = {
     'biformer': 'BiFormer: Vision Transformer with Bi-Level Routing Attention (Zhu et al., arXiv 2303.08810)',
     'senet': 'Squeeze-and-Excitation Networks (Hu et al., arXiv 1709.01507)',
@@ -404,6 +454,7 @@ PAPERS = {
     'moat': ('MOAT: Alternating Mobile Convolution and Attention Brings Strong Vision Models '
              '(Yang et al., arXiv 2210.01820)'),
     'twins': 'Twins: Revisiting the Design of Spatial Attention in Vision Transformers (Chu et al., arXiv 2104.13840)',
+    'rapidnet': 'RapidNet: Multi-Level Dilated Convolution Based Mobile Backbone (Munir et al., arXiv 2412.10995)',
 }
 
 
@@ -426,6 +477,8 @@ def recipe_for(model: str, family: str):
         return MOAT[model]
     if family == 'maxvit':
         return MAXVIT[model]
+    if family == 'rapidnet':
+        return RAPIDNET
     raise KeyError(f'no recipe for family {family!r} ({model})')
 
 
@@ -444,6 +497,8 @@ def render(model: str, family: str) -> str:
         text += MV_FT_NOTE.format(res=res, window=res // 32)
     if model.startswith('maxvit_xlarge'):
         text += MV_21K_NOTE
+    if family == 'rapidnet':
+        text += RN_NOTE
     text += f'model: {model}  # the zoo variant this recipe trains (file name)\n'
     for key, value, src in recipe_for(model, family):
         dumped = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()[1:-1]

@@ -3,6 +3,7 @@ from .attention import Attention, sdpa
 from .bottleneck import Bottleneck, MixerFn
 from .channel_attention import ChannelAttention
 from .conv import ConvNormAct, LayerType, same_padding
+from .fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
 from .head import Head
 from .helpers import check_input
 from .involution import Involution
