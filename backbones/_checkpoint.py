@@ -135,9 +135,9 @@ def read_checkpoint_file(path: Union[str, Path]) -> Any:
     if kind == 'unknown':
         suffix = 'safetensors' if path.suffix == '.safetensors' else 'PyTorch or safetensors'
         raise UnreadableCheckpointError(f'{path} is not a {suffix} checkpoint: {_describe(head)}')
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(str(path), map_location='cpu', weights_only=True)
+    try:  # a file object: torch.load would pick its reader by the name's suffix
+        with torch.serialization.safe_globals([argparse.Namespace]), path.open('rb') as f:
+            return torch.load(f, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise UnreadableCheckpointError(

@@ -9,11 +9,14 @@ untouched, so a second push would keep a stale card. Anything pushed loads back 
     import backbones, timm
     model = timm.create_model('hf-hub:org/name', pretrained=True)
 
-:func:`pull` downloads the files timm needs into the Hugging Face cache (offline after the first time, with
-``HF_HUB_OFFLINE=1``) and returns the snapshot folder; :func:`load_model` pulls and builds the model. Both check
-what timm would only discover later, with messages that say what to do: a wrong repo id, an architecture that is
-not registered (``import backbones`` first), a repo whose only weights are a pickle (never loaded: pickles can run
-code), a truncated or corrupt ``model.safetensors``.
+:func:`pull` downloads the files timm needs into the Hugging Face cache and returns the snapshot folder;
+:func:`load_model` pulls and builds the model. Offline (``HF_HUB_OFFLINE=1``, or the Hub cannot be reached: one
+probe request, no retries) a pulled repo loads from the cache at once and a missing one is a one-line error naming
+it. Both check what timm would only discover later, with messages that say what to do: a wrong repo id, a
+``config.json`` that is not valid JSON, lacks ``architecture``, has values of the wrong type or a ``num_classes``
+the weights' classifier does not have (each naming the file), an architecture that is not registered (``import
+backbones`` first), a repo whose only weights are a pickle (never loaded: pickles can run code), a truncated
+``model.safetensors`` or one that is not safetensors at all.
 """
 from __future__ import annotations
 
@@ -391,7 +394,7 @@ def pull(
         config = _download(repo_id, CONFIG_NAME, revision, cache_dir, token, online)
     except EntryNotFoundError as e:
         raise HubError(f'{where} has no config.json: not a timm model repository') from e
-    _check_config(config, f'config.json of {where} ({config})')
+    cfg = _check_config(config, f'config.json of {where} ({config})')
     try:
         weights = _download(repo_id, WEIGHTS_NAME, revision, cache_dir, token, online)
     except EntryNotFoundError as e:
@@ -404,6 +407,7 @@ def pull(
                 f"(tools/convert.py) and push again") from e
         raise HubError(f'{where} has no weights file (model.safetensors)') from e
     check_safetensors(weights)
+    _check_head(cfg, weights, f'config.json of {where}')
     try:
         _download(repo_id, CARD_NAME, revision, cache_dir, token, online)
     except (EntryNotFoundError, HubError):
@@ -413,10 +417,11 @@ def pull(
 
 def _check_local_dir(folder: Path) -> None:
     if not folder.is_dir():
-        raise HubError(f'{folder} is not a folder')
+        raise HubError(f'{folder} {"is not a folder" if folder.exists() else "does not exist"}: expected a '
+                       f'save_for_hf export (config.json + model.safetensors)')
     if not (folder / CONFIG_NAME).is_file():
         raise HubError(f'{folder} has no config.json: not a save_for_hf export')
-    _check_config(folder / CONFIG_NAME, str(folder / CONFIG_NAME))
+    cfg = _check_config(folder / CONFIG_NAME, str(folder / CONFIG_NAME))
     if not (folder / WEIGHTS_NAME).is_file():
         pickles = [n for n in PICKLE_NAMES if (folder / n).is_file()]
         if pickles:
@@ -425,6 +430,25 @@ def _check_local_dir(folder: Path) -> None:
                 f"unpickling can execute arbitrary code")
         raise HubError(f'{folder} has no model.safetensors')
     check_safetensors(folder / WEIGHTS_NAME)
+    _check_head(cfg, folder / WEIGHTS_NAME, str(folder / CONFIG_NAME))
+
+
+def _check_head(cfg: Dict, weights: Path, where: str) -> None:
+    """The ``num_classes`` timm builds from config.json (``model_args``' first) must be the classifier size in the
+    weights (read from the safetensors header only), or timm would build a head the weights do not fit."""
+    pcfg = cfg.get('pretrained_cfg', cfg)
+    num_classes = (cfg.get('model_args') or {}).get('num_classes', cfg.get('num_classes', pcfg.get('num_classes')))
+    classifier = pcfg.get('classifier')
+    if not isinstance(num_classes, int) or not isinstance(classifier, str):
+        return
+    with open(weights, 'rb') as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), 'little')))
+    entry = header.get(f'{classifier}.weight')
+    n = int(entry['shape'][0]) if isinstance(entry, dict) and entry.get('shape') else 0
+    if n != num_classes:
+        raise HubError(f"{where} says num_classes={num_classes}, but the classifier {classifier} in {weights.name} "
+                       + (f'has {n} classes' if n else 'is missing (a headless export)')
+                       + ': the export is inconsistent; re-export it (save_for_hf) or fix num_classes')
 
 
 def load_model(

@@ -468,16 +468,18 @@ _RULES = [
 
 
 def _flag(dest: str) -> str:
-    return '-b/--batch-size' if dest == 'batch_size' else '--' + dest.replace('_', '-')
+    short = {'batch_size': '-b/', 'workers': '-j/', 'validation_batch_size': '-vb/'}.get(dest, '')
+    return short + '--' + dest.replace('_', '-')
 
 
 def check_values(args: argparse.Namespace) -> None:
     """Raise :class:`ConfigError` naming the flag and its valid range for the first out-of-range value
-    (epochs, batch size, learning rate, workers, drop / drop-path rates, ...): before anything is built or written."""
+    (epochs, batch size, learning rate, workers, drop / drop-path rates, ...): before anything is built or written.
+    Flags ``args`` does not have are skipped (``tools/validate.py`` shares the check)."""
     import math
     for dest, rule, lo, hi in _RULES:
         v = getattr(args, dest, None)
-        if v is None:
+        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         if isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(f'{_flag(dest)} {v}: expected a finite number')
@@ -489,10 +491,12 @@ def check_values(args: argparse.Namespace) -> None:
             raise ConfigError(f'{_flag(dest)} {v}: expected {lo} <= value' + (f' < {hi}' if hi is not None else ''))
         if rule == 'closed' and not lo <= v <= hi:
             raise ConfigError(f'{_flag(dest)} {v}: expected {lo} <= value <= {hi}')
-    if args.input_size is not None and any(v < 1 for v in args.input_size):
-        raise ConfigError(f'--input-size {" ".join(map(str, args.input_size))}: expected C H W, each >= 1')
-    if args.epochs is not None and args.start_epoch is not None and args.start_epoch >= args.epochs:
-        raise ConfigError(f'--start-epoch {args.start_epoch}: expected less than --epochs {args.epochs}')
+    size = getattr(args, 'input_size', None)
+    if size is not None and any(v < 1 for v in size):
+        raise ConfigError(f'--input-size {" ".join(map(str, size))}: expected C H W, each >= 1')
+    epochs, start = getattr(args, 'epochs', None), getattr(args, 'start_epoch', None)
+    if epochs is not None and start is not None and start >= epochs:
+        raise ConfigError(f'--start-epoch {start}: expected less than --epochs {epochs}')
     for dest in ('scale', 'ratio'):
         v = getattr(args, dest, None)
         if v is not None and (len(v) != 2 or not 0 < v[0] <= v[1]):

@@ -419,8 +419,10 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run(args) -> tuple:
     """Evaluate every model ``args`` names; returns ``(rows, failed)``."""
+    from .args import check_values
     from .data import build_datasets, resolve_data_root
     from .defaults import configure_cpu_threads
+    check_values(args)  # batch size, workers, num classes, sizes: the flags the two tools share
     device = _device(args.device)
     if device.type == 'cpu':
         configure_cpu_threads(args.workers)
