@@ -72,6 +72,8 @@ def test_head_kept_or_dropped_with_real_weights(tmp_path):
     path = tmp_path / 'ft.safetensors'
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
     before = _listing(tmp_path)
+    with pytest.raises(CheckpointMismatchError, match='10-class classifier, the model num_classes=1000'):
+        timm.create_model('rednet26', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY)
     kept = timm.create_model('rednet26', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=10,
                              **TINY)
     assert torch.equal(kept.get_classifier().weight, src.get_classifier().weight)

@@ -24,6 +24,7 @@ from .._checkpoint import (
     CheckpointMismatchError,
     UnreadableCheckpointError,
     caller_adapts,
+    check_finite,
     family_filter_fn,
     read_checkpoint_file,
     unwrap_state_dict,
@@ -64,10 +65,6 @@ def check_hub_model(name: str) -> None:
         raise ModelError(one_line(e)) from None
 
 
-def _first_line(e: BaseException) -> str:
-    return one_line(e)
-
-
 def classifier_keys(model: nn.Module) -> List[str]:
     """Names of the classifier's parameters (from ``pretrained_cfg['classifier']``)."""
     cfg = getattr(model, 'pretrained_cfg', None) or {}
@@ -95,14 +92,14 @@ def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     try:
         ck = read_checkpoint_file(path)
     except UnreadableCheckpointError as e:
-        raise CheckpointError(_first_line(e)) from None
+        raise CheckpointError(one_line(e)) from None
     for key in ('state_dict_ema', 'state_dict'):  # a training checkpoint: EMA weights preferred, as timm does
         if isinstance(ck, dict) and isinstance(ck.get(key), dict):
             return unwrap_state_dict(ck[key])
     try:
         return unwrap_state_dict(ck)
     except CheckpointMismatchError as e:
-        raise CheckpointError(f'{path}: {_first_line(e)}') from None
+        raise CheckpointError(f'{path}: {one_line(e)}') from None
 
 
 def load_pretrained_path(model: nn.Module, path, log: bool = True) -> Dict[str, Any]:
@@ -120,6 +117,10 @@ def load_pretrained_path(model: nn.Module, path, log: bool = True) -> Dict[str, 
                 sd = family_filter_fn(arch)(sd, model)
         except CheckpointMismatchError as e:
             raise CheckpointError(f'{file} does not fit {arch}: {_mismatch_summary(str(e))}') from None
+    try:
+        check_finite(sd, str(file))
+    except CheckpointMismatchError as e:
+        raise CheckpointError(str(e)) from None
     own = model.state_dict()
     head = set(classifier_keys(model))
     dropped = {k: tuple(v.shape) for k, v in sd.items() if k in head and k in own and v.shape != own[k].shape}
@@ -153,8 +154,11 @@ def load_pretrained_path(model: nn.Module, path, log: bool = True) -> Dict[str, 
 
 
 def _mismatch_summary(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip() and not ln.strip().startswith('expected')]
-    return '; '.join(lines[:2]) if lines else 'keys differ'
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) <= 1:  # a one-line message (e.g. non-finite values): itself
+        return lines[0] if lines else 'keys differ'
+    details = [ln for ln in lines[1:] if not ln.startswith('expected')]
+    return '; '.join(details[:3]) if details else 'keys differ'
 
 
 def _in_chans(args) -> int:
@@ -218,11 +222,11 @@ def create_train_model(args, log: bool = True) -> Tuple[nn.Module, Dict[str, Any
     try:
         model = timm.create_model(args.model, pretrained=pretrained, **kwargs)
     except TypeError as e:
-        raise ModelError(f"model '{args.model}' cannot be built with these arguments: {_first_line(e)}") from None
+        raise ModelError(f"model '{args.model}' cannot be built with these arguments: {one_line(e)}") from None
     except CheckpointMismatchError as e:
-        raise CheckpointError(f"pretrained weights of '{args.model}' do not fit: {_first_line(e)}") from None
+        raise CheckpointError(f"pretrained weights of '{args.model}' do not fit: {one_line(e)}") from None
     except (RuntimeError, ValueError, OSError) as e:
-        msg = _first_line(e)
+        msg = one_line(e)
         if pretrained and ('pretrained' in msg.lower() or 'weights' in msg.lower()):
             raise ModelError(f"--pretrained: {msg} (for a downloaded file use --pretrained-path FILE)") from None
         raise ModelError(f"cannot build model '{args.model}': {msg}") from None
