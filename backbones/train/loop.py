@@ -125,14 +125,6 @@ class _OutputDir:
 
     def prepare(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        stale = remove_stale_temps(self.path) + remove_stale_temps(self.path / BEST_DIR)
-        staging = self.path / 'tmp.pth.tar'  # timm's CheckpointSaver stages last.pth.tar under this name
-        if staging.is_file():
-            staging.unlink()
-            stale.append(staging)
-        if stale:
-            _logger.info(f'removed {len(stale)} temporary file(s) an interrupted run left in {self.path}: '
-                         f'{", ".join(p.name for p in stale[:3])}')
         if self.continues or not _holds_run(self.path):
             self.commit()
         else:
@@ -147,6 +139,14 @@ class _OutputDir:
             os.replace(self.path, aside)
             self.path.mkdir()
             _logger.warning(f'{self.path} held an earlier run: moved it to {aside}')
+        stale = remove_stale_temps(self.path) + remove_stale_temps(self.path / BEST_DIR)
+        staging = self.path / 'tmp.pth.tar'  # timm's CheckpointSaver stages last.pth.tar under this name
+        if staging.is_file():
+            staging.unlink()
+            stale.append(staging)
+        if stale:
+            _logger.info(f'removed {len(stale)} temporary file(s) an interrupted run left in {self.path}: '
+                         f'{", ".join(p.name for p in stale[:3])}')
         atomic_write_text(self.path / 'args.yaml', self.args_text)
         if self.rows or (self.path / SUMMARY).exists():
             write_summary(self.path / SUMMARY, self.rows)
