@@ -17,3 +17,4 @@ from .stage import Stage, drop_path_schedule
 from .stem import ConvStem, stem_pool
 from .subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
 from .window import crop, grid_partition, grid_reverse, pad_to_multiple, window_partition, window_reverse
+from .window_taps import window_dot, window_taps, window_weighted_sum
