@@ -38,7 +38,7 @@ from timm.layers import to_2tuple
 
 from .window_taps import window_dot, window_weighted_sum
 
-__all__ = ['MSAConvAttention', 'MSAConv2d']
+__all__ = ['msa_conv_qk', 'msa_conv_av', 'MSAConvAttention', 'MSAConv2d']
 
 IntOrPair = Union[int, Tuple[int, int]]
 
@@ -51,6 +51,18 @@ def _odd_pair(value: IntOrPair, what: str) -> Tuple[int, int]:
             f'MSA-Conv {what} must be odd (the window is centred on its pixel; the official op returns wrong '
             f'numbers for even sizes), got {value}')
     return pair
+
+
+def msa_conv_qk(q: torch.Tensor, k: torch.Tensor, kernel_size: IntOrPair, dilation: IntOrPair = 1) -> torch.Tensor:
+    """The official Q.K op (``MSA_Conv2d_v1``): ``[..., C, H, W] x2 -> [..., kh*kw, H, W]``,
+    ``A[t = i*kw + j, y, x] = sum_c q[c, y, x] * k[c, y - ph + i*d, x - pw + j*d]`` (zero outside the image)."""
+    return window_dot(q, k, _odd_pair(kernel_size, 'kernel_size'), to_2tuple(dilation))
+
+
+def msa_conv_av(attn: torch.Tensor, v: torch.Tensor, kernel_size: IntOrPair, dilation: IntOrPair = 1) -> torch.Tensor:
+    """The official A.V op (``MSA_Conv2d_1_v1``): ``[..., kh*kw, H, W], [..., C, H, W] -> [..., C, H, W]``,
+    ``out[c, y, x] = sum_t attn[t, y, x] * v[c, y - ph + i*d, x - pw + j*d]`` (zero outside the image)."""
+    return window_weighted_sum(v, attn, _odd_pair(kernel_size, 'kernel_size'), to_2tuple(dilation))
 
 
 class MSAConvAttention(nn.Module):
@@ -101,6 +113,7 @@ class MSAConvAttention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         B, C, H, W = q.shape
         heads = (B, self.num_heads, C // self.num_heads, H, W)  # explicit sizes: a batch of 0 keeps its shape
+        # msa_conv_qk / msa_conv_av on [B, h, C/h, H, W] (called through the primitives: sizes already checked)
         attn = window_dot(q.reshape(heads), k.reshape(heads), self.kernel_size, self.dilation)  # [B, h, kh*kw, H, W]
         attn = (attn * self.scale).softmax(dim=2)  # zero-padded taps keep their logit 0 (not masked), as official
         attn = self.attn_drop(attn)
