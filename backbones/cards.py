@@ -31,8 +31,8 @@ from ._registry import get_family, get_variant_info, list_models
 from .docs import weights_source
 
 __all__ = [
-    'BIBTEX', 'MEASURE_VERSION', 'render_card', 'measure', 'fingerprint', 'card_filename', 'load_measured',
-    'update_measured', 'render_all', 'write_cards', 'check_cards', 'front_matter',
+    'BIBTEX', 'RECONSTRUCTED', 'MEASURE_VERSION', 'render_card', 'measure', 'fingerprint', 'card_filename',
+    'load_measured', 'update_measured', 'render_all', 'write_cards', 'check_cards', 'front_matter',
 ]
 
 MEASURE_VERSION = 1  # bump when what measure() computes changes (cached figures are then recounted)
@@ -104,6 +104,12 @@ BIBTEX: Dict[str, str] = {
   pages={510--519},
   year={2019}
 }""",
+    'tic': """@article{zhang2023tic,
+  title={TiC: Exploring Vision Transformer in Convolution},
+  author={Zhang, Song and Wang, Qingzhong and Bian, Jiang and Xiong, Haoyi},
+  journal={arXiv preprint arXiv:2310.04134},
+  year={2023}
+}""",
     'twins': """@inproceedings{chu2021twins,
   title={Twins: Revisiting the Design of Spatial Attention in Vision Transformers},
   author={Chu, Xiangxiang and Tian, Zhi and Wang, Yuqing and Zhang, Bo and Ren, Haibing and Wei, Xiaolin and
@@ -111,6 +117,14 @@ BIBTEX: Dict[str, str] = {
   booktitle={Advances in Neural Information Processing Systems (NeurIPS)},
   year={2021}
 }""",
+}
+
+# families whose network was never published, rebuilt by us around the official pieces (key: Family.name): the card
+# says so instead of calling the model faithful, and calls the registered params our count, not an official one
+RECONSTRUCTED: Dict[str, str] = {
+    'tic': ('Only the MSA-Conv operator and its block are official (and reproduce the official code); the TiC network '
+            'is OUR reconstruction from the paper\'s abstract, sized beside Swin-T/S/B: the paper\'s architecture '
+            'tables could not be read, and no weights exist.'),
 }
 
 _DATASETS = {'in1k': ('imagenet-1k', 'ImageNet-1k'), 'in22k': ('imagenet-22k', 'ImageNet-22k'),
@@ -344,12 +358,18 @@ def render_card(model_name: str, **extra) -> str:
     lines += ['pipeline_tag: image-classification', '---', '']
     lines += [f'# Model card for {full}', '']
     lines += [description.strip(), ''] if description else []
-    lines += [f'`{arch}` from Backbone Zoo (python package `backbones`): the model of "{family.paper}" '
-              f'as a timm-compatible backbone, faithful to the paper and the official code.', '']
+    reconstructed = RECONSTRUCTED.get(family.name)
+    if reconstructed:
+        lines += [f'`{arch}` from Backbone Zoo (python package `backbones`): a timm-compatible backbone after '
+                  f'"{family.paper}". {reconstructed}', '']
+    else:
+        lines += [f'`{arch}` from Backbone Zoo (python package `backbones`): the model of "{family.paper}" '
+                  f'as a timm-compatible backbone, faithful to the paper and the official code.', '']
 
     lines += ['## Model Details', '', '- **Model Type:** Image classification / feature backbone', '- **Model Stats:**']
     params_m = measured['params'] / 1e6
-    lines.append(f'  - Params (M): {params_m:.2f} (official: {info.params / 1e6:.2f})')
+    registered = 'our design' if reconstructed else 'official'
+    lines.append(f'  - Params (M): {params_m:.2f} ({registered}: {info.params / 1e6:.2f})')
     paper_macs = f' (reported: {info.gmacs:.2f}' + (f'; {info.gmacs_source}' if info.gmacs_source else '') + ')' \
         if info.gmacs is not None else ''
     lines.append(f'  - GMACs: {measured["macs"] / 1e9:.2f}{paper_macs}')

@@ -17,9 +17,11 @@ On top of fvcore:
     under-counts a broadcast left operand);
 * module handles (:data:`MODULE_HANDLES`, keyed by layer class) for layers whose work is invisible at op level
   (element-wise multiply + sum, which fvcore rightly skips elsewhere), gathered with forward hooks during the traced
-  forward and added to the module's row, its ancestors' rows and the total: so far the aggregation of
-  :class:`backbones.layers.involution.Involution` (``C * K**2 * H_out * W_out`` per image). A handle may also give a
-  same-result forward that is cheaper to trace (the involution's unfold form instead of its loop over 49 taps).
+  forward and added to the module's row, its ancestors' rows and the total: the aggregation of
+  :class:`backbones.layers.involution.Involution` (``C * K**2 * H_out * W_out`` per image) and the windowed
+  attention of :class:`backbones.layers.msa_conv.MSAConvAttention` (Q.K and A.V, ``2 * C * kh*kw * H * W``). A
+  handle may also give a same-result forward that is cheaper to trace (the unfold forms of both instead of their
+  loops over the window taps).
 
 Everything else fvcore does not know (element-wise ops, softmax, pooling other than adaptive average, ...) is not
 counted, by convention, and listed in :attr:`FlopCount.skipped_ops`.
@@ -220,6 +222,30 @@ def _involution_unfold_forward(module: nn.Module, x: torch.Tensor) -> torch.Tens
 
 register_module_handle(
     'backbones.layers.involution.Involution', 'involution', _involution_macs, _involution_unfold_forward)
+
+
+def _msa_conv_macs(module: nn.Module, inputs: Tuple[Any, ...], output: torch.Tensor) -> int:
+    """MSA-Conv attention: for each of the ``kh * kw`` window taps, Q.K costs one MAC per channel and pixel (summed
+    over the heads: ``C * kh*kw * H * W``) and A.V the same again; softmax and scaling are element-wise. Its qkv /
+    output convs are ordinary convs counted by fvcore."""
+    return 2 * inputs[0].numel() * module.taps
+
+
+def _msa_conv_unfold_forward(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The unfold formulation of MSA-Conv attention (what the official im2col op computes): the same result as the
+    layer's tap-by-tap loops in a handful of traced ops, none of which fvcore counts. Used only while counting."""
+    B, C, H, W = q.shape
+    h, (kh, kw), (vh, vw) = module.num_heads, module.kernel_size, module.value_kernel_size
+    d = module.dilation
+    k = F.unfold(k, (kh, kw), dilation=d, padding=(d[0] * (kh - 1) // 2, d[1] * (kw - 1) // 2))
+    attn = (q.view(B, h, C // h, 1, H, W) * k.view(B, h, C // h, kh * kw, H, W)).sum(2) * module.scale
+    attn = module.attn_drop(attn.softmax(dim=2))  # [B, h, T, H, W]
+    v = F.unfold(v, (vh, vw), dilation=d, padding=(d[0] * (vh - 1) // 2, d[1] * (vw - 1) // 2))
+    return (v.view(B, h, C // h, vh * vw, H, W) * attn.unsqueeze(2)).sum(3).view(B, C, H, W)
+
+
+register_module_handle(
+    'backbones.layers.msa_conv.MSAConvAttention', 'msa_conv', _msa_conv_macs, _msa_conv_unfold_forward)
 
 
 def _module_handle(module: nn.Module) -> Tuple[Optional[_ModuleEntry], Optional[type]]:

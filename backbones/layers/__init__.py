@@ -8,6 +8,7 @@ from .head import Head
 from .helpers import check_input
 from .involution import Involution
 from .mbconv import MBConv, MBConvShortcut, avg_pool_same
+from .msa_conv import MSAConv2d, MSAConvAttention, msa_conv_av, msa_conv_qk
 from .relpos import RelPosBias, rel_pos_index, resize_rel_pos_table
 from .res2 import Res2Split
 from .routing_attention import BiLevelRoutingAttention, routed_attention
@@ -18,3 +19,4 @@ from .stage import Stage, drop_path_schedule
 from .stem import ConvStem, stem_pool
 from .subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
 from .window import crop, grid_partition, grid_reverse, pad_to_multiple, window_partition, window_reverse
+from .window_taps import window_dot, window_taps, window_weighted_sum

@@ -9,5 +9,6 @@ from . import (
     res2net,  # noqa: F401
     senet,  # noqa: F401
     sknet,  # noqa: F401
+    tic,  # noqa: F401
     twins,  # noqa: F401
 )
