@@ -7,6 +7,7 @@ from . import (
     rednet,  # noqa: F401
     res2net,  # noqa: F401
     senet,  # noqa: F401
+    sequencer,  # noqa: F401
     sknet,  # noqa: F401
     twins,  # noqa: F401
 )
