@@ -97,6 +97,12 @@ BIBTEX: Dict[str, str] = {
   pages={7132--7141},
   year={2018}
 }""",
+    'sequencer': """@inproceedings{tatsunami2022sequencer,
+  title={Sequencer: Deep LSTM for Image Classification},
+  author={Tatsunami, Yuki and Taki, Masato},
+  booktitle={Advances in Neural Information Processing Systems (NeurIPS)},
+  year={2022}
+}""",
     'sknet': """@inproceedings{li2019selective,
   title={Selective Kernel Networks},
   author={Li, Xiang and Wang, Wenhai and Hu, Xiaolin and Yang, Jian},

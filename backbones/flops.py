@@ -18,10 +18,11 @@ On top of fvcore:
 * module handles (:data:`MODULE_HANDLES`, keyed by layer class) for layers whose work is invisible at op level
   (element-wise multiply + sum, which fvcore rightly skips elsewhere), gathered with forward hooks during the traced
   forward and added to the module's row, its ancestors' rows and the total: the aggregation of
-  :class:`backbones.layers.involution.Involution` (``C * K**2 * H_out * W_out`` per image) and the windowed
-  attention of :class:`backbones.layers.msa_conv.MSAConvAttention` (Q.K and A.V, ``2 * C * kh*kw * H * W``). A
-  handle may also give a same-result forward that is cheaper to trace (the unfold forms of both instead of their
-  loops over the window taps).
+  :class:`backbones.layers.involution.Involution` (``C * K**2 * H_out * W_out`` per image), the windowed
+  attention of :class:`backbones.layers.msa_conv.MSAConvAttention` (Q.K and A.V, ``2 * C * kh*kw * H * W``) and
+  Sequencer's ``BiLSTM`` (as ``aten::lstm``). A handle may also give a forward that is cheaper to trace: the same
+  result (the unfold forms of the involution and MSA-Conv instead of their loops over the window taps), or only the
+  output's shape where no value decides a later shape (the LSTM, whose meta fallback steps through time in Python).
 
 Everything else fvcore does not know (element-wise ops, softmax, pooling other than adaptive average, ...) is not
 counted, by convention, and listed in :attr:`FlopCount.skipped_ops`.
@@ -174,7 +175,7 @@ ModuleHandle = Callable[[nn.Module, Tuple[Any, ...], Any], int]
 class _ModuleEntry:
     label: str  # operator name the MACs are reported under
     macs: ModuleHandle  # (module, inputs, output) -> MACs of one call
-    count_forward: Optional[Callable[..., Any]] = None  # same-result forward that is cheaper to trace
+    count_forward: Optional[Callable[..., Any]] = None  # forward that is cheaper to trace (see register_...)
 
 
 MODULE_HANDLES: Dict[str, _ModuleEntry] = {}
@@ -195,7 +196,8 @@ def register_module_handle(
 
     ``count_forward(module, *inputs)``, if given, replaces the module's forward while the model is traced: a forward
     with the same result (and the same counted ops: the child modules fvcore should see) that records far fewer jit
-    nodes, for layers that loop over small ops (jit tracing costs about a millisecond per recorded op).
+    nodes, for layers that loop over small ops (jit tracing costs about a millisecond per recorded op); or, for a
+    layer whose output values never decide a later shape, one that returns a tensor of the output's shape.
     """
     MODULE_HANDLES[cls if isinstance(cls, str) else _class_key(cls)] = _ModuleEntry(label, macs, count_forward)
 
@@ -246,6 +248,20 @@ def _msa_conv_unfold_forward(module: nn.Module, q: torch.Tensor, k: torch.Tensor
 
 register_module_handle(
     'backbones.layers.msa_conv.MSAConvAttention', 'msa_conv', _msa_conv_macs, _msa_conv_unfold_forward)
+def _bilstm_macs(module: nn.Module, inputs: Tuple[Any, ...], output: torch.Tensor) -> int:
+    """Sequencer's ``BiLSTM`` (``nn.LSTM``'s parameters and ``aten::lstm`` kernel on ``[T, N, C]``): as
+    :func:`rnn_flop_jit`, every weight matrix once per time step, sequence and direction."""
+    steps = _prod(inputs[0].shape[:2])
+    return steps * sum(p.numel() for p in module.parameters() if p.dim() == 2)
+
+
+def _bilstm_shape_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The LSTM's output shape only: no value of it decides a later shape, and tracing ``aten::lstm`` on meta
+    tensors steps through every time step in Python (seconds per call)."""
+    return x.new_zeros(x.shape[0], x.shape[1], 2 * module.hidden_size)
+
+
+register_module_handle('backbones.models.sequencer.BiLSTM', 'lstm', _bilstm_macs, _bilstm_shape_forward)
 
 
 def _module_handle(module: nn.Module) -> Tuple[Optional[_ModuleEntry], Optional[type]]:

@@ -4,14 +4,14 @@ import fnmatch
 import pytest
 import timm
 import torch
-from conftest import ALL_MODELS, SMALL_MODELS
+from conftest import ALL_MODELS, SMALL_MODELS, input_side
 from timm.models import get_pretrained_cfg
 
-SIZE = 64  # small real input; every family's size rule accepts 64 and 64x96
+SIZE = 64  # small real input side, rounded up to the model's size rule (input_side): 64 and 64x96 for most
 
 
-def _x(h=SIZE, w=SIZE, b=2, device='cpu'):
-    return torch.randn(b, 3, h, w, device=device)
+def _x(model, h=SIZE, w=SIZE, b=2, device='cpu'):
+    return torch.randn(b, 3, input_side(model, h), input_side(model, w), device=device)
 
 
 # ---------------------------------------------------------------- every variant, on the meta device
@@ -61,7 +61,7 @@ def test_cfg_complete(name):
 @pytest.mark.parametrize('name', SMALL_MODELS)
 def test_forward_and_classifier(name):
     model = timm.create_model(name, num_classes=7).eval()
-    x = _x()
+    x = _x(model)
     with torch.no_grad():
         logits = model(x)
         assert logits.shape == (2, 7)
@@ -88,7 +88,8 @@ def test_features_only_and_intermediates(name):
     # the getter prunes the final norm (timm: prune_norm=not norm), so a model with a real final norm drops its keys
     assert not [k for k in unexpected if not k.startswith('model.norm.')]
     assert not [k for k in missing if not k.startswith('model.head')]
-    x = _x(64, 96)
+    x = _x(model, 64, 96)
+    h, w = x.shape[-2:]
     with torch.no_grad():
         outs = feat(x)
         final, inter = model.forward_intermediates(x)
@@ -96,7 +97,7 @@ def test_features_only_and_intermediates(name):
     assert len(outs) == len(inter) == len(model.feature_info)
     for o, i, info in zip(outs, inter, model.feature_info):
         assert o.shape[1] == info['num_chs']
-        assert o.shape[-2:] == (-(-64 // info['reduction']), -(-96 // info['reduction']))
+        assert o.shape[-2:] == (-(-h // info['reduction']), -(-w // info['reduction']))
         assert torch.allclose(o, i, atol=1e-5)
     sub = timm.create_model(name, features_only=True, out_indices=(1, 2)).eval()
     assert sub.feature_info.channels() == [model.feature_info[1]['num_chs'], model.feature_info[2]['num_chs']]
@@ -105,7 +106,7 @@ def test_features_only_and_intermediates(name):
 @pytest.mark.parametrize('name', SMALL_MODELS)
 def test_prune_intermediate_layers(name):
     model = timm.create_model(name).eval()
-    x = _x()
+    x = _x(model)
     with torch.no_grad():
         full = model.forward_intermediates(x, intermediates_only=True)
         early = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
@@ -114,14 +115,15 @@ def test_prune_intermediate_layers(name):
         assert len(model.stages) == 2
         assert model.num_features == model.feature_info[1]['num_chs']
         out = model(x)
-        assert out.shape == (2, model.num_features, 8, 8)  # pruned head: unpooled features
+        side = -(-x.shape[-1] // model.feature_info[1]['reduction'])
+        assert out.shape == (2, model.num_features, side, side)  # pruned head: unpooled features
         assert torch.allclose(model.forward_intermediates(x, intermediates_only=True)[-1], full[1], atol=1e-6)
 
 
 @pytest.mark.parametrize('name', SMALL_MODELS)
 def test_grad_checkpointing_identical(name):
     model = timm.create_model(name, drop_path_rate=0.).train()
-    x = _x()
+    x = _x(model)
     torch.manual_seed(1)
     ref = model(x)
     ref.sum().backward()
@@ -139,7 +141,7 @@ def test_grad_checkpointing_identical(name):
 @pytest.mark.parametrize('name', SMALL_MODELS)
 def test_backward_reaches_every_parameter(name):
     model = timm.create_model(name, num_classes=3, drop_path_rate=0.1).train()
-    model(_x()).mean().backward()
+    model(_x(model)).mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f'parameters without gradient: {missing[:5]}'
 
@@ -167,7 +169,7 @@ def test_group_matcher_and_no_weight_decay(name):
 def test_torchscript(name):
     model = timm.create_model(name, scriptable=True).eval()
     scripted = torch.jit.script(model)
-    x = _x()
+    x = _x(model)
     with torch.no_grad():
         assert torch.allclose(scripted(x), model(x), atol=1e-5)
 
@@ -175,6 +177,7 @@ def test_torchscript(name):
 @pytest.mark.parametrize('name', SMALL_MODELS)
 def test_in_chans_adapt_and_dtype(name):
     model = timm.create_model(name, in_chans=1, num_classes=4).eval()
-    assert model(torch.randn(1, 1, SIZE, SIZE)).shape == (1, 4)
+    side = input_side(model, SIZE)
+    assert model(torch.randn(1, 1, side, side)).shape == (1, 4)
     m64 = timm.create_model(name, num_classes=4).double().eval()
-    assert m64(torch.randn(1, 3, SIZE, SIZE, dtype=torch.float64)).dtype == torch.float64
+    assert m64(torch.randn(1, 3, side, side, dtype=torch.float64)).dtype == torch.float64

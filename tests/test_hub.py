@@ -22,7 +22,7 @@ import safetensors.torch
 import timm
 import torch
 from _fake_hub import FakeHub
-from conftest import SMALL_MODELS
+from conftest import SMALL_MODELS, input_side
 from timm.models import save_for_hf
 
 import backbones  # noqa: F401
@@ -32,7 +32,6 @@ from backbones._checkpoint import CheckpointMismatchError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = 'rednet26'  # the smallest zoo variant (9M params): the one pushed through the fake Hub
 TINY = dict(stem_chs=16, widths=(32, 32, 64, 64), depths=(1, 1, 1, 1), group_channels=8)  # ~17k params
-X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.fixture(scope='module')
@@ -80,8 +79,10 @@ def _nontrivial(model):
 
 
 def _out(model):
+    side = input_side(model, 32)  # 32, or the next size the model's size rule accepts
+    x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        return model.eval()(X)
+        return model.eval()(x)
 
 
 def _same_weights(a, b):

@@ -288,6 +288,60 @@ TWINS = {
     'twins_svt_l': _twins_recipe(0.5, 'large'),
 }
 
+# --- Sequencer2D: arXiv 2205.01972 (the official README's training command and train.py, built on timm 0.5.4) --------
+SQ_SRC = 'okojoalg/sequencer@408520e: README.md training command (Sequencer2D-S) / train.py'
+SQ_DEFAULT = 'okojoalg/sequencer@408520e:train.py default (timm 0.5.4 train.py)'
+SQ_UNSTATED = 'not stated: timm 0.5.4 train.py default, which the official train.py keeps'
+SQ_ASSUMED = 'ASSUMPTION, not stated: the README gives the command for Sequencer2D-S only; S\'s value'
+
+
+def _sequencer_recipe(drop_path: float, drop_path_src: str, src: str = SQ_SRC):
+    return [
+        ('epochs', 300, f'{src}: 300 epochs'),
+        ('batch_size', 2048, f'{src}: global batch 2048 (8 GPUs x 256)'),
+        ('opt', 'adamw', f'{SQ_SRC}: AdamW'),
+        ('opt_eps', 1.0e-8, SQ_UNSTATED),
+        ('weight_decay', 0.05, f'{src}: weight decay 0.05'),
+        ('lr', None, 'unset so that lr_base below applies'),
+        ('lr_base', 2.0e-3, f'{src}: lr 2e-3 (absolute) at global batch 2048'),
+        ('lr_base_size', 2048, src),
+        ('lr_base_scale', 'linear', 'linear scaling when the global batch differs from the paper\'s'),
+        ('sched', 'cosine', f'{SQ_SRC}: cosine'),
+        ('warmup_epochs', 20, f'{SQ_SRC}: 20 warmup epochs'),
+        ('warmup_lr', 1.0e-6, f'{SQ_SRC}: warmup lr 1e-6'),
+        ('min_lr', 1.0e-6, SQ_DEFAULT),
+        ('cooldown_epochs', 10, f'{SQ_DEFAULT}: 10 cooldown epochs after the 300'),
+        ('img_size', 224, 'Sequencer paper (arXiv 2205.01972): ImageNet-1k at 224x224'),
+        ('scale', [0.08, 1.0], SQ_UNSTATED),
+        ('ratio', [0.75, 1.3333333333333333], SQ_UNSTATED),
+        ('hflip', 0.5, SQ_UNSTATED),
+        ('color_jitter', 0.4, f'{SQ_SRC}: colour jitter 0.4'),
+        ('train_interpolation', 'random', SQ_DEFAULT),
+        ('aa', 'rand-m9-mstd0.5-inc1', f'{SQ_SRC}: RandAugment rand-m9-mstd0.5-inc1'),
+        ('reprob', 0.25, f'{SQ_SRC}: random erasing 0.25'),
+        ('remode', 'pixel', f'{SQ_SRC}: random erasing mode pixel'),
+        ('mixup', 0.8, f'{SQ_SRC}: mixup 0.8'),
+        ('cutmix', 1.0, f'{SQ_SRC}: cutmix 1.0'),
+        ('mixup_prob', 1.0, f'{SQ_SRC}: mixup / cutmix probability 1'),
+        ('mixup_switch_prob', 0.5, f'{SQ_SRC}: switch probability 0.5'),
+        ('smoothing', 0.1, f'{SQ_SRC}: label smoothing 0.1'),
+        ('drop', 0.0, SQ_UNSTATED),
+        ('drop_path', drop_path, drop_path_src),
+        ('clip_grad', None, f'{SQ_SRC}: no gradient clipping'),
+        ('amp', True, f'{SQ_SRC}: native AMP'),
+        ('model_ema', False, f'{SQ_SRC}: EMA off'),
+    ]
+
+
+SEQUENCER = {
+    'sequencer2d_small': _sequencer_recipe(0.1, f'{SQ_SRC}: drop path 0.1'),
+    'sequencer2d_medium': _sequencer_recipe(0.1, SQ_ASSUMED, SQ_ASSUMED),
+    'sequencer2d_large': _sequencer_recipe(
+        0.4, 'ASSUMPTION, not stated for pre-training: the drop path 0.4 of the README\'s Sequencer2D-L 392 '
+             'fine-tuning command', SQ_ASSUMED),
+}
+
+
 # --- MOAT: arXiv 2210.01820 (shared/specs/moat.md has no training section: only drop path / sizes come from it) ------
 MO_SPEC = 'shared/specs/moat.md variant table'
 MO_SRC = 'MOAT paper (arXiv 2210.01820) appendix, ImageNet-1k setting, which follows CoAtNet / MaxViT (recalled)'
@@ -495,6 +549,7 @@ PAPERS = {
     'senet': 'Squeeze-and-Excitation Networks (Hu et al., arXiv 1709.01507)',
     'sknet': 'Selective Kernel Networks (Li et al., arXiv 1903.06586)',
     'res2net': 'Res2Net (Gao et al., arXiv 1904.01169)',
+    'sequencer': 'Sequencer: Deep LSTM for Image Classification (Tatsunami and Taki, arXiv 2205.01972)',
     'davit': 'DaViT: Dual Attention Vision Transformers (Ding et al., arXiv 2204.03645)',
     'involution': 'Involution / RedNet (Li et al., arXiv 2103.06255)',
     'maxvit': 'MaxViT: Multi-Axis Vision Transformer (Tu et al., arXiv 2204.01697)',
@@ -522,6 +577,8 @@ def recipe_for(model: str, family: str):
         return DAVIT[model]
     if family == 'twins':
         return TWINS[model]
+    if family == 'sequencer':
+        return SEQUENCER[model]
     if family == 'moat':
         return MOAT[model]
     if family == 'maxvit':

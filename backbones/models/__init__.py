@@ -8,6 +8,7 @@ from . import (
     rednet,  # noqa: F401
     res2net,  # noqa: F401
     senet,  # noqa: F401
+    sequencer,  # noqa: F401
     sknet,  # noqa: F401
     tic,  # noqa: F401
     twins,  # noqa: F401
