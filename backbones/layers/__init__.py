@@ -7,6 +7,8 @@ from .head import Head
 from .helpers import check_input
 from .involution import Involution
 from .mbconv import MBConv, MBConvShortcut, avg_pool_same
+from .patch_embed import PatchEmbed
+from .pos_embed import pos_embed_for_grid, resize_pos_embed_in_state_dict
 from .relpos import RelPosBias, rel_pos_index, resize_rel_pos_table
 from .res2 import Res2Split
 from .routing_attention import BiLevelRoutingAttention, routed_attention
@@ -16,4 +18,5 @@ from .sk import SelectiveKernel, SelectiveKernelAttn, sk_attn_chs
 from .stage import Stage, drop_path_schedule
 from .stem import ConvStem, stem_pool
 from .subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
+from .transformer import TransformerBlock
 from .window import crop, grid_partition, grid_reverse, pad_to_multiple, window_partition, window_reverse
