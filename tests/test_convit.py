@@ -278,6 +278,20 @@ def test_batch_size_zero():
         assert model(torch.randn(0, 3, 64, 80)).shape == (0, 1000)
 
 
+def test_fx_traced_once_runs_at_other_sizes():
+    """timm's FX feature extraction traces GPSA's offsets from the traced shapes, so one graph serves every grid."""
+    from timm.models._features_fx import create_feature_extractor
+    model = timm.create_model('convit_ti', **SHALLOW).eval()
+    fx = create_feature_extractor(model, return_nodes={'blocks.0': 'gpsa', 'norm': 'out'})
+    with torch.no_grad():
+        for size in [(64, 96), (48, 32)]:
+            x = torch.randn(1, 3, *size)
+            got = fx(x)
+            tap = model.forward_intermediates(x, indices=[0], output_fmt='NLC', intermediates_only=True)[0]
+            assert torch.allclose(got['gpsa'].flatten(1, 2), tap, atol=1e-6)
+            assert torch.allclose(got['out'], model.forward_features(x), atol=1e-6)
+
+
 @pytest.mark.slow
 def test_compile_fullgraph_dynamic_sizes():
     """One graph, no breaks, dynamic shapes: other grids reuse it with the same numbers."""

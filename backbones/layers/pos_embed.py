@@ -11,11 +11,12 @@ import math
 from typing import Dict, Optional, Tuple
 
 import torch
-from timm.layers import resample_abs_pos_embed
+from timm.layers import register_notrace_function, resample_abs_pos_embed
 
 __all__ = ['pos_embed_for_grid', 'resize_pos_embed_in_state_dict']
 
 
+@register_notrace_function  # an FX leaf: the size comparisons inside need concrete sizes
 def pos_embed_for_grid(
         pos_embed: torch.Tensor,
         grid: Tuple[int, int],
