@@ -106,8 +106,8 @@ def test_parity_wider_variants_reduced_depth(name):
 
 
 def test_timm_checkpoint_loads_through_timm_and_resizes(tmp_path):
-    """timm's hub weights (= the official layout) load through timm's pretrained path; into a 320 model the
-    14x14 table is resampled once, giving what the 224 model computes at 320 on the fly."""
+    """timm's hub weights (= the official layout) load through timm's pretrained path; into a 96 x 128 model the
+    14x14 table is resampled once, giving what the 224 model computes at 96 x 128 on the fly."""
     from safetensors.torch import save_file
     oracle = random_model('convit_tiny', **SHALLOW)
     path = tmp_path / 'model.safetensors'
@@ -115,9 +115,9 @@ def test_timm_checkpoint_loads_through_timm_and_resizes(tmp_path):
     kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **SHALLOW)
     at224 = timm.create_model('convit_ti', **kwargs).eval()
     assert _max_diff(oracle, at224, (224, 224), batch=1) <= ATOL
-    at320 = timm.create_model('convit_ti', img_size=320, **kwargs).eval()
-    assert at320.pos_embed.shape == (1, 400, 192)
-    assert _max_diff(at224, at320, (320, 320), batch=1) <= 1e-6
+    resized = timm.create_model('convit_ti', img_size=(96, 128), **kwargs).eval()
+    assert resized.pos_embed.shape == (1, 6 * 8, 192)
+    assert _max_diff(at224, resized, (96, 128), batch=1) <= 1e-6
 
 
 # ---------------------------------------------------------------- the official layout and counts
