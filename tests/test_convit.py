@@ -25,7 +25,8 @@ ATOL = 1e-5
 
 
 def _rel_indices(gh: int, gw: int) -> torch.Tensor:
-    """``[1, N, N, 3]``: (dx, dy, dx^2 + dy^2) of key minus query on a row-major gh x gw grid (paper Sec. 3)."""
+    """``[1, N, N, 3]``: (dx, dy, dx^2 + dy^2) of key minus query on a row-major gh x gw grid (the paper's
+    relative positional encoding)."""
     ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing='ij')
     ys, xs = ys.flatten().float(), xs.flatten().float()
     dx, dy = xs[None, :] - xs[:, None], ys[None, :] - ys[:, None]
@@ -197,7 +198,8 @@ def test_pretrained_cfgs_point_at_timm_weights():
 # ---------------------------------------------------------------- GPSA
 
 def _gpsa_by_definition(m: GPSA, x: torch.Tensor) -> torch.Tensor:
-    """Paper Eq. 5-6 on a [B, H, W, C] grid, written out with full N x N maps (pos_proj bias included)."""
+    """GPSA as the paper / official code define it, on a [B, H, W, C] grid with full N x N maps (pos_proj bias
+    included)."""
     B, H, W, C = x.shape
     h, d = m.num_heads, C // m.num_heads
     t = x.reshape(B, H * W, C)

@@ -6,7 +6,7 @@ off the tensor; a model flattens it to ``[B, N, D]`` where it adds prefix (class
 Two forms of ``proj``:
 
 - one conv with kernel = stride = patch (ViT, "An Image is Worth 16x16 Words", arXiv 2010.11929, Sec. 3.1);
-- ``multi_conv``: the three-conv stem of CrossViT's dagger models (arXiv 2103.14899, Sec. 4.1; official
+- ``multi_conv``: the three-conv stem of CrossViT's dagger models (arXiv 2103.14899; official
   ``IBM/CrossViT@3f7ab77:models/crossvit.py`` ``PatchEmbed(multi_conv=True)``): 7x7/4 -> ReLU -> 3x3 -> ReLU -> 3x3
   with widths D/4, D/2, D; the last two convs are 3x3/3 (pad 0) + 3x3/1 for patch 12 and 3x3/2 + 3x3/2 (pad 1) for
   patch 16. ``proj`` is then an ``nn.Sequential`` whose convs sit at ``proj.0``, ``proj.2``, ``proj.4`` (the

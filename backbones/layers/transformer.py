@@ -1,7 +1,7 @@
 """The pre-norm transformer block of token models, around an attention and an MLP given by the family.
 
 ViT's block ("An Image is Worth 16x16 Words", arXiv 2010.11929, Eq. 2-3), optionally with LayerScale (CaiT, arXiv
-2103.17239, Sec. 2.1)::
+2103.17239)::
 
     x = x + drop_path(ls1(attn(norm1(x))))
     x = x + drop_path(ls2(mlp(norm2(x))))

@@ -6,13 +6,13 @@ Official code: https://github.com/facebookresearch/convit (commit 0a9340aa, ``co
 ``Block``, ``VisionTransformer``; ``models.py``: the Ti / S / B factories; Apache-2.0 per its README). timm 1.0.31
 ships the same network as ``convit_tiny/small/base`` with the official weights re-hosted.
 
-The network (paper Sec. 3, Fig. 1; DeiT's training setup): a 16x16 patch embedding (conv, bias) plus a learned
+The network (paper Fig. 1; official ``VisionTransformer``): a 16x16 patch embedding (conv, bias) plus a learned
 absolute position embedding over the patches only, 12 pre-norm transformer blocks (LayerNorm eps 1e-6, exact-GELU
 MLP of ratio 4, q/k/v without bias), the first ``local_up_to_layer`` = 10 with GPSA, the last 2 with ordinary
 multi-head self-attention. The class token joins the patch tokens only after the last GPSA block. Head: LayerNorm ->
 class token -> Linear. The ``+`` variants (paper Table 1) widen the heads from 48 to 64 channels.
 
-GPSA (paper Eq. 5-6), per head ``h`` with gate ``g_h = sigmoid(gating_param_h)``::
+GPSA (official ``GPSA.get_attention``), per head ``h`` with gate ``g_h = sigmoid(gating_param_h)``::
 
     A = normalise((1 - g_h) softmax(q k^T / sqrt(d)) + g_h softmax(r_qk . v_pos_h)),   out = proj(A v)
 
@@ -118,9 +118,9 @@ class GPSA(nn.Module):
 
     @torch.no_grad()
     def local_init(self):
-        """The paper's locality init (Sec. 3, "Adaptive attention span" / Eq. 4): ``v`` = identity, and the heads,
-        laid out on a sqrt(heads) x sqrt(heads) grid, each attend most to the patch at their own offset
-        ``(dx, dy)`` from the centre: ``v_pos = locality_strength * (2 dx, 2 dy, -1)``."""
+        """The locality init (official ``GPSA.local_init``): ``v`` = identity, and the heads, laid out on a
+        sqrt(heads) x sqrt(heads) grid, each attend most to the patch at their own offset ``(dx, dy)`` from the
+        centre: ``v_pos = locality_strength * (2 dx, 2 dy, -1)``."""
         self.v.weight.copy_(torch.eye(self.v.weight.shape[0], device=self.v.weight.device))
         kernel = int(self.num_heads ** .5)
         center = (kernel - 1) / 2 if kernel % 2 == 0 else kernel // 2
