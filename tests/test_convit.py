@@ -195,6 +195,22 @@ def test_pretrained_cfgs_point_at_timm_weights():
     assert not timm.list_models('convit_*_plus', pretrained=True)
 
 
+def test_count_agrees_with_flop_counter_mode():
+    """Our counter sees every matmul-like MAC torch's FlopCounterMode sees (linears, convs, GPSA's row / column
+    matmuls), plus the fused attention, which FlopCounterMode misses on CPU: B * heads * N^2 * 2d per call."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from backbones.flops import count
+    model = timm.create_model('convit_ti', **SHALLOW).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(torch.randn(1, 3, 64, 96))
+    ours = count(model, input_size=(3, 64, 96)).by_operator
+    assert ours['conv'] + ours['linear'] + ours['matmul'] == fc.get_total_flops() / 2
+    assert ours['matmul'] > 0
+    n = 4 * 6  # patch tokens; the MHSA block also sees the class token
+    assert ours['scaled_dot_product_attention'] == 2 * (4 * n * n * 2 * 48) + 4 * (n + 1) ** 2 * 2 * 48
+
+
 # ---------------------------------------------------------------- GPSA
 
 def _gpsa_by_definition(m: GPSA, x: torch.Tensor) -> torch.Tensor:
