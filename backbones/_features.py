@@ -13,6 +13,8 @@ these attributes:
   messages), which the default ``_check_input`` uses; a model with another size rule overrides ``_check_input``.
 
 ``forward_features`` is ``norm(stages(stem(x)))`` and ``forward_head`` is ``head(x, pre_logits)``.
+
+Token (ViT-style) models use :class:`backbones._token.TokenFeatureMixin` instead.
 """
 from typing import Dict, List, Optional, Tuple, Union
 

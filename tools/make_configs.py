@@ -341,6 +341,56 @@ SEQUENCER = {
              'fine-tuning command', SQ_ASSUMED),
 }
 
+# --- ConViT: arXiv 2103.10697 Sec. 3 "Training details" + facebookresearch/convit@0a9340a (main.py, README.md) ------
+CV_PAPER = 'ConViT paper (arXiv 2103.10697) Sec. 3 "Training details": DeiT\'s hyper-parameters unchanged'
+CV_PLUS = ('ConViT paper (arXiv 2103.10697) Sec. 3: for the "+" models the learning rate is lowered from 0.0005 to '
+           '0.0004 and the batch size from 1024 to 512')
+CV_MAIN = 'facebookresearch/convit@0a9340a:main.py default'
+
+
+def _convit_recipe(plus: bool):
+    batch, lr = (512, 4.0e-4) if plus else (1024, 5.0e-4)
+    batch_src = CV_PLUS if plus else (f'{CV_PAPER}: global batch 1024 (README example: 4 x 256; run_with_submitit.py '
+                                      f'for ConViT-B: 16 x 64)')
+    return [
+        ('epochs', 300, f'{CV_MAIN} --epochs 300 ({CV_PAPER})'),
+        ('batch_size', batch, batch_src),
+        ('opt', 'adamw', f'{CV_MAIN} --opt adamw'),
+        ('opt_eps', 1.0e-8, f'{CV_MAIN} --opt-eps 1e-8'),
+        ('weight_decay', 0.05, f'{CV_MAIN} --weight-decay 0.05'),
+        ('lr', None, 'unset so that lr_base below applies'),
+        ('lr_base', lr, (CV_PLUS if plus else f'{CV_MAIN} --lr 5e-4') + ', scaled by global batch / 512 in main.py'),
+        ('lr_base_size', 512, f'{CV_MAIN}: lr = lr_arg * global batch / 512'),
+        ('lr_base_scale', 'linear', f'{CV_MAIN}: linear scaling'),
+        ('sched', 'cosine', f'{CV_MAIN} --sched cosine'),
+        ('warmup_epochs', 5, f'{CV_MAIN} --warmup-epochs 5'),
+        ('warmup_lr', 1.0e-6, f'{CV_MAIN} --warmup-lr 1e-6'),
+        ('min_lr', 1.0e-5, f'{CV_MAIN} --min-lr 1e-5'),
+        ('cooldown_epochs', 0, f'{CV_MAIN}: the DeiT-style loop runs --epochs only (recalled, not re-checked)'),
+        ('clip_grad', None, f'{CV_MAIN}: no gradient clipping'),
+        ('img_size', 224, f'{CV_MAIN} --input-size 224'),
+        ('scale', [0.08, 1.0], f'{TIMM_DEFAULT} (random-resized crop of timm\'s create_transform)'),
+        ('ratio', [0.75, 1.3333333333333333], f'{TIMM_DEFAULT} (random-resized crop of timm\'s create_transform)'),
+        ('hflip', 0.5, f'{TIMM_DEFAULT} (horizontal flip of timm\'s create_transform)'),
+        ('color_jitter', 0.4, f'{CV_MAIN} --color-jitter 0.4'),
+        ('train_interpolation', 'bicubic', f'{CV_MAIN} --train-interpolation bicubic'),
+        ('aa', 'rand-m9-mstd0.5-inc1', f'{CV_MAIN} --aa rand-m9-mstd0.5-inc1'),
+        ('aug_repeats', 3, f'{CV_MAIN} --repeated-aug on; 3 repeats is DeiT\'s RASampler (recalled, not re-checked)'),
+        ('reprob', 0.25, f'{CV_MAIN} --reprob 0.25'),
+        ('remode', 'pixel', f'{CV_MAIN} --remode pixel (DeiT\'s default; recalled, not re-checked)'),
+        ('mixup', 0.8, f'{CV_MAIN} --mixup 0.8'),
+        ('cutmix', 1.0, f'{CV_MAIN} --cutmix 1.0'),
+        ('mixup_prob', 1.0, f'{CV_MAIN} --mixup-prob 1.0'),
+        ('mixup_switch_prob', 0.5, f'{CV_MAIN} --mixup-switch-prob 0.5'),
+        ('smoothing', 0.1, f'{CV_MAIN} --smoothing 0.1'),
+        ('drop', 0.0, f'{CV_MAIN}: no dropout'),
+        ('drop_path', 0.1, f'{CV_MAIN} --drop-path 0.1 (one default for every size; no per-variant value stated)'),
+        ('model_ema', False, f'{CV_MAIN}: --model-ema off by default'),
+        ('amp', True, f'{CV_MAIN}: mixed precision (torch.cuda.amp) training'),
+    ]
+
+
+CONVIT = {f'convit_{size}{plus}': _convit_recipe(bool(plus)) for size in ('ti', 's', 'b') for plus in ('', '_plus')}
 
 # --- MOAT: arXiv 2210.01820 (shared/specs/moat.md has no training section: only drop path / sizes come from it) ------
 MO_SPEC = 'shared/specs/moat.md variant table'
@@ -550,6 +600,8 @@ PAPERS = {
     'sknet': 'Selective Kernel Networks (Li et al., arXiv 1903.06586)',
     'res2net': 'Res2Net (Gao et al., arXiv 1904.01169)',
     'sequencer': 'Sequencer: Deep LSTM for Image Classification (Tatsunami and Taki, arXiv 2205.01972)',
+    'convit': ('ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases '
+               '(d\'Ascoli et al., arXiv 2103.10697)'),
     'davit': 'DaViT: Dual Attention Vision Transformers (Ding et al., arXiv 2204.03645)',
     'involution': 'Involution / RedNet (Li et al., arXiv 2103.06255)',
     'maxvit': 'MaxViT: Multi-Axis Vision Transformer (Tu et al., arXiv 2204.01697)',
@@ -575,6 +627,8 @@ def recipe_for(model: str, family: str):
         return REDNET
     if family == 'davit':
         return DAVIT[model]
+    if family == 'convit':
+        return CONVIT[model]
     if family == 'twins':
         return TWINS[model]
     if family == 'sequencer':

@@ -9,6 +9,8 @@ from .helpers import check_input
 from .involution import Involution
 from .mbconv import MBConv, MBConvShortcut, avg_pool_same
 from .msa_conv import MSAConv2d, MSAConvAttention, msa_conv_av, msa_conv_qk
+from .patch_embed import PatchEmbed
+from .pos_embed import pos_embed_for_grid, resize_pos_embed_in_state_dict
 from .relpos import RelPosBias, rel_pos_index, resize_rel_pos_table
 from .res2 import Res2Split
 from .routing_attention import BiLevelRoutingAttention, routed_attention
@@ -18,5 +20,6 @@ from .sk import SelectiveKernel, SelectiveKernelAttn, sk_attn_chs
 from .stage import Stage, drop_path_schedule
 from .stem import ConvStem, stem_pool
 from .subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
+from .transformer import TransformerBlock
 from .window import crop, grid_partition, grid_reverse, pad_to_multiple, window_partition, window_reverse
 from .window_taps import window_dot, window_taps, window_weighted_sum

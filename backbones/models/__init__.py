@@ -1,6 +1,7 @@
 """Importing this package registers every zoo family with timm (one import per family file)."""
 from . import (
     biformer,  # noqa: F401
+    convit,  # noqa: F401
     davit,  # noqa: F401
     maxvit,  # noqa: F401
     moat,  # noqa: F401
