@@ -7,6 +7,7 @@ from .head import Head
 from .helpers import check_input
 from .involution import Involution
 from .mbconv import MBConv, MBConvShortcut, avg_pool_same
+from .oversize_conv import OversizeConv2d, eager_channels_last, oversize_conv_matmul, toeplitz_taps
 from .relpos import RelPosBias, rel_pos_index, resize_rel_pos_table
 from .res2 import Res2Split
 from .routing_attention import BiLevelRoutingAttention, routed_attention
