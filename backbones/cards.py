@@ -74,6 +74,12 @@ BIBTEX: Dict[str, str] = {
   booktitle={International Conference on Learning Representations (ICLR)},
   year={2023}
 }""",
+    'parcnetv2': """@inproceedings{xu2023parcnetv2,
+  title={ParCNetV2: Oversized Kernel with Enhanced Attention},
+  author={Xu, Ruihan and Zhang, Haokui and Hu, Wenze and Zhang, Shiliang and Wang, Xiaoyu},
+  booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
+  year={2023}
+}""",
     'res2net': """@article{gao2021res2net,
   title={Res2Net: A New Multi-scale Backbone Architecture},
   author={Gao, Shang-Hua and Cheng, Ming-Ming and Zhao, Kai and Zhang, Xin-Yu and Yang, Ming-Hsuan and Torr, Philip},
