@@ -376,6 +376,8 @@ def _create_parcnetv2(variant, pretrained=False, **kwargs):
 
 
 def _cfg(**kwargs):
+    # the official models register no pretrained cfg, so the official evaluation used timm's defaults: ImageNet
+    # mean / std, crop_pct 0.875, bicubic
     return zoo_cfg(
         FAMILY, first_conv='stem.conv', classifier='head.fc', interpolation='bicubic',
         notes=('no official weights released (XuRuihan/ParCNetV2 README lists none; issue #3 asks for them)',),
