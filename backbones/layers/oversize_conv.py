@@ -10,12 +10,13 @@ map is shorter than ``(K + 1) / 2`` only the central ``2n - 1`` taps ever touch 
 Two exact formulations of the same operator, chosen from the call, never from tensor values:
 
 - **convolution** (inference): ``F.conv2d`` on a channels-last input. oneDNN's channels-last depth-wise kernel
-  vectorises over channels and skips the taps that fall on padding; the stock NCHW kernel of PyTorch on CPU is
-  10-20x slower for 111-tap kernels.
+  vectorises over channels and its cost does not grow with taps that fall on padding; PyTorch's kernel for NCHW-
+  contiguous maps is 6-20x slower on CPU for ParCNetV2's kernels at 224 (``tools/bench_parc.py``).
 - **Toeplitz matmul** (when autograd records the call): along an axis of length ``n`` the 1-D depth-wise conv is,
   per channel, an ``[n_out, n_in]`` Toeplitz matrix ``T[c, i, j] = w[c, j - i + K // 2]`` (0 outside the kernel)
   built from the taps that touch data, so the layer is two batched matmuls ``T_h @ X @ T_w^T`` with channels as the
-  batch. Its backward is 3-9x faster than the convolution's on CPU (``tools/bench_parc.py``).
+  batch. Forward + backward run 4-6x faster than with the channels-last convolutions on CPU (5-12x faster than
+  with the NCHW ones).
 
 Both give the official numbers (the same sums, in another order: differences are float rounding, ~1e-6).
 """
