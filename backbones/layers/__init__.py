@@ -9,6 +9,7 @@ from .helpers import check_input
 from .involution import Involution
 from .mbconv import MBConv, MBConvShortcut, avg_pool_same
 from .msa_conv import MSAConv2d, MSAConvAttention, msa_conv_av, msa_conv_qk
+from .oversize_conv import OversizeConv2d, eager_channels_last, oversize_conv_matmul, toeplitz_taps
 from .patch_embed import PatchEmbed
 from .pos_embed import pos_embed_for_grid, resize_pos_embed_in_state_dict
 from .relpos import RelPosBias, rel_pos_index, resize_rel_pos_table
