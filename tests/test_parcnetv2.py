@@ -94,7 +94,8 @@ def test_wrong_checkpoints_are_refused():
     # kernels of another length load only into a model built with resize_kernels=True
     meta, official, _, _ = _fixture(K2N)
     model = timm.create_model('parcnetv2_xt', **dict(meta['config'], global_kernel_sizes=(33, 15, 7, 3)), device='meta')
-    with pytest.raises(CheckpointMismatchError, match=r'shape mismatches.*conv_h\.weight \(16, 1, 31, 1\)'):
+    mismatch = r'shape mismatches.*conv_h\.weight \(checkpoint \(16, 1, 31, 1\)'
+    with pytest.raises(CheckpointMismatchError, match=mismatch):
         checkpoint_filter_fn(official, model)
 
 
