@@ -3,8 +3,8 @@ from .attention import Attention, sdpa
 from .bottleneck import Bottleneck, MixerFn
 from .channel_attention import ChannelAttention
 from .conv import ConvNormAct, LayerType, same_padding
-from .head import Head
-from .helpers import check_input
+from .head import POOL_TYPES, Head, check_pool_type
+from .helpers import check_feature_indices, check_input, check_model_kwargs
 from .involution import Involution
 from .mbconv import MBConv, MBConvShortcut, avg_pool_same
 from .relpos import RelPosBias, rel_pos_index, resize_rel_pos_table
