@@ -150,12 +150,23 @@ def test_in_chans_below_one(name):
 
 @pytest.mark.parametrize('name', SMALL_MODELS)
 def test_unknown_global_pool(name):
-    valid = r"unknown global_pool 'token': valid are 'avg', 'max', 'avgmax', .*'' = no pooling"
-    _raises(ValueError, valid, _meta, name, global_pool='token')
-    model = _meta(name, global_pool='max')
-    _raises(ValueError, valid, model.reset_classifier, 5, 'token')
+    valid = r"unknown global_pool 'nope': valid are .*'avg'"  # every head takes 'avg'; the message lists them all
+    _raises(ValueError, valid, _meta, name, global_pool='nope')
+    model = _meta(name, global_pool='avg')
+    _raises(ValueError, valid, model.reset_classifier, 5, 'nope')
     model.reset_classifier(5, 'avg')
     assert model(_x(b=2)).shape == (2, 5)
+
+
+def test_head_pool_types():
+    """The pools timm's SelectAdaptivePool2d takes (any case, as timm); none that doubles the width before a norm."""
+    from torch import nn
+
+    from backbones.layers import Head
+    assert Head(8, 2, 'catavgmax').hidden_size == 16 and Head(8, 2, 'AVG').hidden_size == 8
+    _raises(ValueError, 'no pool that doubles its width', Head, 8, 2, 'catavgmax', norm_layer=nn.LayerNorm)
+    _raises(ValueError, "valid are 'avg', 'max', 'avgmax', 'catavgmax'", Head(8, 2).reset, 2, 'mean')
+    _raises(TypeError, 'global_pool must be a string', Head, 8, 2, None)
 
 
 @pytest.mark.parametrize('name', SMALL_MODELS)
