@@ -108,6 +108,18 @@ def test_dtype_mismatch(name):
     assert half(x.to(torch.bfloat16)).dtype == torch.bfloat16
 
 
+def test_check_input_fixed_grid_and_minimum():
+    """The rules token families will use (no zoo model has a fixed grid yet), on check_input itself."""
+    from backbones.layers import check_input
+    x = torch.empty(0, 3, 224, 224, device='meta')  # an empty batch passes
+    assert check_input(x, 3, 16, 'ViT', img_size=(224, 224)) == (224, 224)
+    _raises(ValueError, 'ViT takes 224x224 inputs only, got 240x224', check_input, _x(h=240, w=224), 3, 16, 'ViT',
+            img_size=(224, 224))
+    _raises(ValueError, 'ViT needs input sides of at least 16 that are multiples of 16', check_input, _x(h=8), 3, 16,
+            'ViT')
+    _raises(ValueError, r'ViT needs input sides of at least 5 .*got 64x4', check_input, _x(w=4), 3, 1, 'ViT', 5)
+
+
 @pytest.mark.parametrize('name', SMALL_MODELS)
 def test_autocast_still_runs(name, one_thread):
     """AMP as timm trains: a float32 batch into a float32 model under autocast; a bf16 batch works there too."""
