@@ -37,6 +37,19 @@ def _x(b=1, c=3, h=64, w=64, dtype=torch.float32):
     return torch.empty(b, c, h, w, device='meta', dtype=dtype)
 
 
+def _fit(name, b=1) -> torch.Tensor:
+    """A meta batch of the family's default size (which its size rule takes, e.g. multiples of 14 for Sequencer)."""
+    _, h, w = _shared(name).pretrained_cfg['input_size']
+    return _x(b=b, h=h, w=w)
+
+
+def _small_side(name) -> int:
+    """The smallest side >= 64 the family's size rule takes (64 for most; Sequencer: multiples of 14)."""
+    model = _shared(name)
+    divisor = getattr(model, 'input_divisor', None) or getattr(model, 'patch_size', 1)
+    return math.ceil(64 / divisor) * divisor
+
+
 def _raises(exc, match, fn, *args, **kwargs) -> str:
     """``fn(*args, **kwargs)`` raises exactly ``exc`` with a one-line message matching ``match``; returns it."""
     with pytest.raises(exc, match=match) as info:
@@ -94,7 +107,7 @@ def test_too_small(name, one_thread):
 @pytest.mark.parametrize('name', SMALL_MODELS)
 def test_dtype_mismatch(name):
     model = _shared(name)
-    x = _x()
+    x = _fit(name)
     for dtype in (torch.float16, torch.bfloat16, torch.float64):
         got = str(dtype).split('.')[1]
         _raises(TypeError, f'expected float32 input for a float32 model, got {got}', model, x.to(dtype))
@@ -124,7 +137,8 @@ def test_check_input_fixed_grid_and_minimum():
 def test_autocast_still_runs(name, one_thread):
     """AMP as timm trains: a float32 batch into a float32 model under autocast; a bf16 batch works there too."""
     model = random_model(name, num_classes=3)
-    x = torch.randn(1, 3, 64, 64)
+    side = _small_side(name)
+    x = torch.randn(1, 3, side, side)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         assert model(x).shape == (1, 3)
         assert model(x.to(torch.bfloat16)).shape == (1, 3)
@@ -167,7 +181,7 @@ def test_unknown_global_pool(name):
     model = _meta(name, global_pool='avg')
     _raises(ValueError, valid, model.reset_classifier, 5, 'nope')
     model.reset_classifier(5, 'avg')
-    assert model(_x(b=2)).shape == (2, 5)
+    assert model(_fit(name, b=2)).shape == (2, 5)
 
 
 def test_head_pool_types():
@@ -190,7 +204,7 @@ def test_out_indices(name):
     _raises(ValueError, f'feature index {n} is out of range: {valid}', _meta, name, features_only=True,
             out_indices=(n,))
     assert _meta(name, features_only=True, out_indices=(-2, -1)).feature_info.out_indices == (n - 2, n - 1)
-    _raises(ValueError, 'out of range', _shared(name).forward_intermediates, _x(), indices=[n])
+    _raises(ValueError, 'out of range', _shared(name).forward_intermediates, _fit(name), indices=[n])
     model = _meta(name)
     for bad in ((0, n + 2), (-n - 1,)):
         _raises(ValueError, f'out of range: {valid}', model.prune_intermediate_layers, bad)
@@ -198,4 +212,4 @@ def test_out_indices(name):
         _raises(ValueError, f'name a level twice .*{valid}', model.prune_intermediate_layers, bad)
     _raises(ValueError, f'must go from shallow to deep .*{valid}', model.prune_intermediate_layers, (2, 1))
     _raises(ValueError, f'1..{n}', model.prune_intermediate_layers, n + 1)
-    assert model(_x()).shape == (1, model.num_classes)  # a refused call pruned nothing
+    assert model(_fit(name)).shape == (1, model.num_classes)  # a refused call pruned nothing
