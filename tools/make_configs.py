@@ -11,7 +11,8 @@ Batch sizes are the source's GLOBAL batch. timm's -b is per process: on N proces
 through lr_base/lr_base_size (linear), so the global batch decides it exactly as in the source.
 
 RECIPES (at the bottom) holds one recipe table per family, {zoo model: recipe}; recipe_for(model) looks a model up.
-NOTES holds the NOTE written above a family's / a model's values. Only registered models get a config.
+NOTES holds the NOTE written above a family's / a model's values. Only registered models get a config, so a family's
+table may be written before the family is registered (it is skipped until then).
 """
 import os
 import sys
@@ -541,6 +542,92 @@ def _convit_recipe(plus: bool):
 
 CONVIT = {f'convit_{size}{plus}': _convit_recipe(bool(plus)) for size in ('ti', 's', 'b') for plus in ('', '_plus')}
 
+# --- CrossViT: arXiv 2103.14899 §4.1 + supplementary Table 9, IBM/CrossViT@3f7ab77 (DeiT-style main.py) ------------
+CX_PAPER = 'arXiv 2103.14899 §4.1 / supplementary Table 9'
+CX_REPO = 'IBM/CrossViT@3f7ab77'
+CX_MAIN = f'{CX_REPO}:main.py default'
+CX_REPEAT = (f'{CX_PAPER}: repeated augmentation for CrossViT-18 only ({CX_MAIN} --repeated-aug is on, so the '
+             'other models need --no-repeated-aug); 3 repeats is DeiT\'s RASampler count (ASSUMPTION: the count is '
+             'not a flag)')
+CX_FT = ('ASSUMPTION, not found for the 384 fine-tune (only its 30 epochs and size are documented): the pre-training '
+         'value')
+
+
+def _crossvit_recipe(aug_repeats: int, aug_repeats_src: str):
+    """ImageNet-1k training at 240 (the L branch sees 224)."""
+    return [
+        ('epochs', 300, f'{CX_PAPER}: 300 epochs'),
+        ('batch_size', 4096, f'{CX_PAPER}: global batch 4096 (32 GPUs)'),
+        ('opt', 'adamw', f'{CX_PAPER}; {CX_MAIN} --opt adamw'),
+        ('opt_eps', 1.0e-8, TIMM_DEFAULT),
+        ('weight_decay', 0.05, f'{CX_PAPER}; {CX_MAIN} --weight-decay 0.05'),
+        ('lr', None, LR_FROM_BASE),
+        ('lr_base', 5.0e-4, f'{CX_MAIN} --lr 5e-4, scaled by global batch / 512 in main.py ({CX_PAPER}: 0.004 at '
+                            '4096)'),
+        ('lr_base_size', 512, f'{CX_REPO}:main.py: lr = lr_arg * global batch / 512'),
+        ('lr_base_scale', 'linear', f'{CX_REPO}:main.py: linear scaling'),
+        ('sched', 'cosine', f'{CX_PAPER}; {CX_MAIN} --sched cosine'),
+        ('warmup_epochs', 30, f'{CX_PAPER}: 30 warm-up epochs'),
+        ('warmup_lr', 1.0e-6, f'{CX_MAIN} --warmup-lr 1e-6'),
+        ('min_lr', 1.0e-5, f'{CX_MAIN} --min-lr 1e-5'),
+        ('cooldown_epochs', 0, f'{CX_REPO}:main.py: {NO_COOLDOWN_DEIT}'),
+        ('clip_grad', None, f'{CX_MAIN}: no gradient clipping'),
+        ('amp', True, f'{CX_REPO}:main.py: trains under torch.cuda.amp.autocast'),
+        ('img_size', 240, f'{CX_PAPER}: 240x240 crops (the L branch sees 224); {CX_REPO}:datasets.py evaluates with '
+                          'resize 274, centre crop 240'),
+        ('scale', [0.08, 1.0], f'{TIMM_DEFAULT} (random-resized crop of timm\'s create_transform)'),
+        ('ratio', [0.75, 1.3333333333333333], f'{TIMM_DEFAULT} (random-resized crop of timm\'s create_transform)'),
+        ('hflip', 0.5, f'{TIMM_DEFAULT} (horizontal flip of timm\'s create_transform)'),
+        ('color_jitter', 0.4, f'{CX_MAIN} --color-jitter 0.4'),
+        ('train_interpolation', 'bicubic', f'{CX_MAIN} --train-interpolation bicubic'),
+        ('aa', 'rand-m9-mstd0.5-inc1', f'{CX_PAPER}: RandAugment m9 n2; {CX_MAIN} --aa rand-m9-mstd0.5-inc1'),
+        ('aug_repeats', aug_repeats, aug_repeats_src),
+        ('reprob', 0.25, f'{CX_PAPER}; {CX_MAIN} --reprob 0.25'),
+        ('remode', 'pixel', TIMM_DEFAULT),
+        ('mixup', 0.8, f'{CX_PAPER}; {CX_MAIN} --mixup 0.8'),
+        ('cutmix', 1.0, f'{CX_PAPER}; {CX_MAIN} --cutmix 1.0'),
+        ('mixup_prob', 1.0, TIMM_DEFAULT),
+        ('mixup_switch_prob', 0.5, TIMM_DEFAULT),
+        ('smoothing', 0.1, f'{CX_PAPER}; {CX_MAIN} --smoothing 0.1'),
+        ('drop', 0.0, f'{CX_MAIN}: no dropout'),
+        ('drop_path', 0.1, f'{CX_PAPER}: stochastic depth 0.1 for every model'),
+        ('model_ema', False, f'{CX_MAIN}: no EMA'),
+    ]
+
+
+def _crossvit_ft_recipe(pretrain):
+    """The 384 fine-tune: only its epochs and size are documented; the rest is the pre-training value."""
+    out = []
+    for key, value, src in pretrain:
+        if key == 'epochs':
+            value, src = 30, f'{CX_PAPER}: 30 fine-tuning epochs at 384'
+        elif key == 'warmup_epochs':
+            value, src = 0, 'ASSUMPTION, not found for the 384 fine-tune: no warm-up'
+        elif key == 'img_size':
+            value, src = 408, f'{CX_PAPER}: 408x408 images (the L branch sees 384)'
+        elif not src.startswith((LR_FROM_BASE, TIMM_DEFAULT, f'{CX_REPO}:main.py:')):  # main.py's code stays
+            src = CX_FT
+        out.append((key, value, src))
+    return out
+
+
+_CX_NO_REPEAT = _crossvit_recipe(0, CX_REPEAT)
+_CX_18_DAGGER = _crossvit_recipe(3, f'ASSUMPTION: the paper names CrossViT-18; whether that covers 18 dagger is not '
+                                    f'stated ({CX_REPEAT})')
+CROSSVIT = {
+    **{name: _CX_NO_REPEAT for name in ('crossvit_tiny', 'crossvit_small', 'crossvit_base', 'crossvit_9',
+                                        'crossvit_15', 'crossvit_9_dagger', 'crossvit_15_dagger')},
+    'crossvit_18': _crossvit_recipe(3, CX_REPEAT),
+    'crossvit_18_dagger': _CX_18_DAGGER,
+    'crossvit_15_dagger_384': _crossvit_ft_recipe(_CX_NO_REPEAT),
+    'crossvit_18_dagger_384': _crossvit_ft_recipe(_CX_18_DAGGER),
+}
+CX_FT_NOTE = ('a fine-tune of the 240 model (start from its weights, e.g. --pretrained-path <checkpoint>); the sources '
+              'give only its 30 epochs and its size (408 images, L branch 384, position tables resized bicubically). '
+              'Every other value below is the pre-training recipe, marked ASSUMPTION.')
+
+
+
 # --- MaxViT: arXiv 2204.01697 App. B.1 / Table 12 + google-research/maxvit hp configs -------------------------------
 MV_PAPER = 'arXiv 2204.01697 App. B.1, Table 12'
 MV_REPO = 'google-research/maxvit@70a4707'
@@ -824,6 +911,8 @@ PAPERS = {
     'sequencer': 'Sequencer: Deep LSTM for Image Classification (Tatsunami and Taki, arXiv 2205.01972)',
     'convit': ('ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases '
                '(d\'Ascoli et al., arXiv 2103.10697)'),
+    'crossvit': ('CrossViT: Cross-Attention Multi-Scale Vision Transformer for Image Classification '
+                 '(Chen et al., arXiv 2103.14899)'),
     'davit': 'DaViT: Dual Attention Vision Transformers (Ding et al., arXiv 2204.03645)',
     'involution': 'Involution / RedNet (Li et al., arXiv 2103.06255)',
     'maxvit': 'MaxViT: Multi-Axis Vision Transformer (Tu et al., arXiv 2204.01697)',
@@ -837,6 +926,7 @@ PAPERS = {
 }
 
 # family -> its recipe table {zoo model: recipe}; a recipe is a list of (timm args.yaml key, value, source).
+# Only registered models get a config, so a family that is not registered (yet) is skipped.
 RECIPES = {
     'senet': {**{name: SENET for name in ('se_resnet50', 'se_resnet101', 'se_resnet152', 'se_resnext50_32x4d',
                                           'se_resnext101_32x4d')},
@@ -852,6 +942,7 @@ RECIPES = {
     'maxvit': MAXVIT,
     'moat': MOAT,
     'convit': CONVIT,
+    'crossvit': CROSSVIT,
     'sequencer': SEQUENCER,
     'rapidnet': {name: RAPIDNET for name in ('rapidnet_ti', 'rapidnet_s', 'rapidnet_m', 'rapidnet_b')},
     'tic': TIC,
@@ -879,6 +970,8 @@ NOTES = {
     'rapidnet': RN_NOTE,
     'tic': TIC_NOTE,
     'parcnetv2_xt': XT_NOTE,
+    'crossvit_15_dagger_384': CX_FT_NOTE,
+    'crossvit_18_dagger_384': CX_FT_NOTE,
 }
 
 
