@@ -34,10 +34,9 @@ import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype, global_pool_nlc, resample_abs_pos_embed, to_2tuple
 from timm.models import checkpoint
-from timm.models._features import feature_take_indices
 from timm.models._input import update_model_input_size
 
-from .layers.helpers import check_input
+from .layers.helpers import check_feature_indices, check_input
 from .layers.pos_embed import pos_embed_for_grid
 
 __all__ = [
@@ -54,9 +53,14 @@ def token_feature_info(depth: int, dim: int, reduction: int) -> List[Dict]:
 
 
 def check_global_pool(global_pool: str, num_prefix_tokens: int):
-    """Pool types of token models; ``'token'`` needs a class token (an ``AssertionError``, as timm raises)."""
-    assert global_pool in POOL_TYPES, f"global_pool '{global_pool}' is not one of {POOL_TYPES}"
-    assert global_pool != 'token' or num_prefix_tokens > 0, "global_pool 'token' needs a class token"
+    """Pool types of token models, one ``ValueError`` listing the valid ones; ``'token'`` needs a class token."""
+    if not isinstance(global_pool, str):
+        raise TypeError(f'global_pool must be a string, one of {POOL_TYPES}; got {global_pool!r}')
+    if global_pool not in POOL_TYPES:
+        valid = ', '.join(repr(p) for p in POOL_TYPES if p)
+        raise ValueError(f"unknown global_pool {global_pool!r}: valid are {valid} ('' = no pooling)")
+    if global_pool == 'token' and num_prefix_tokens == 0:
+        raise ValueError("global_pool 'token' needs a class token, and this model has none")
 
 
 def join_prefix(x: torch.Tensor, prefix: Optional[torch.Tensor]) -> torch.Tensor:
@@ -136,7 +140,10 @@ class TokenFeatureMixin:
         update_model_input_size(self, img_size)
 
     def _check_input(self, x: torch.Tensor):
-        check_input(x, self.in_chans, self.patch_size, self._model_name)
+        weight: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():  # TorchScript cannot read the autocast state; torch's own error applies
+            weight = next(self.patch_embed.parameters())  # the input layer's dtype is the one the input must have
+        check_input(x, self.in_chans, self.patch_size, self._model_name, weight=weight)
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Image -> (patch grid ``[B, gh, gw, D]`` with its position embedding, prefix tokens ``[B, P, D]`` or None)."""
@@ -173,7 +180,7 @@ class TokenFeatureMixin:
         as in timm's ViTs); ``stop_early`` runs no block after the last tap.
         """
         assert output_fmt in ('NCHW', 'NLC'), 'output_fmt must be NCHW or NLC'
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        take_indices, max_index = check_feature_indices(len(self.blocks), indices, self._model_name)
         x, prefix = self._embed(x)
         grid = (x.shape[1], x.shape[2])
         if torch.jit.is_scripting() or not stop_early:  # TorchScript cannot slice a Sequential
@@ -220,7 +227,7 @@ class TokenFeatureMixin:
         When the class token would be inserted after the kept blocks it is dropped (and with it a ``'token'``
         head); ``prune_norm`` drops the final norm, ``prune_head`` the pooling and classifier.
         """
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        take_indices, max_index = check_feature_indices(len(self.blocks), indices, self._model_name)
         self.blocks = self.blocks[:max_index + 1]
         if max_index < self.prefix_at and self.num_prefix_tokens > 0:
             self.cls_token = None

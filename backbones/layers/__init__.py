@@ -4,8 +4,8 @@ from .bottleneck import Bottleneck, MixerFn
 from .channel_attention import ChannelAttention
 from .conv import ConvNormAct, LayerType, same_padding
 from .fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
-from .head import Head
-from .helpers import check_input
+from .head import POOL_TYPES, Head, check_pool_type
+from .helpers import check_feature_indices, check_input, check_model_kwargs
 from .involution import Involution
 from .mbconv import MBConv, MBConvShortcut, avg_pool_same
 from .msa_conv import MSAConv2d, MSAConvAttention, msa_conv_av, msa_conv_qk

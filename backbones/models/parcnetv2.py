@@ -46,7 +46,7 @@ from typing import Optional, Sequence, Set, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, GluMlp, LayerScale2d, register_notrace_function, to_2tuple, trunc_normal_
+from timm.layers import DropPath, GluMlp, LayerScale2d, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._input import update_model_input_size
 
@@ -212,20 +212,6 @@ def feature_sizes(img_size: Union[int, Tuple[int, int]], num_stages: int = 4) ->
     return tuple(sizes)
 
 
-@register_notrace_function
-def check_parcnetv2_input(x: torch.Tensor, in_chans: int, min_side: int = 3, model: str = 'ParCNetV2'):
-    """Raise a ``ValueError`` unless ``x`` is ``[B, in_chans, H, W]`` with ``H, W >= min_side`` (3, the official
-    code's limit: the 7x7 stride-4 stem pads by 2)."""
-    h, w = check_input(x, in_chans, 1, model)
-    if h < min_side or w < min_side:
-        raise ValueError(
-            f'{model} takes input sides >= {min_side} (its 7x7 stride-4 stem pads by 2; every size from there up '
-            f'works), got {h}x{w}')
-
-
-torch.fx.wrap('check_parcnetv2_input')  # a leaf for every FX tracer (called from a method, not a forward)
-
-
 class ParCNetV2(StageFeatureMixin, nn.Module):
     """ParCNetV2-XT/T/S/B.
 
@@ -331,7 +317,8 @@ class ParCNetV2(StageFeatureMixin, nn.Module):
         update_model_input_size(self, self.img_size, resize_kernels=True)
 
     def _check_input(self, x: torch.Tensor):
-        check_parcnetv2_input(x, self.in_chans, 3, self._model_name)
+        # any side >= 3, the official code's limit (the 7x7 stride-4 stem pads by 2)
+        check_input(x, self.in_chans, 1, self._model_name, 3, self._input_weight())
 
 
 # official layout -> ours
