@@ -1,9 +1,9 @@
 """Model cards (``model_cards/<model>.md`` and the Hub ``README.md``) generated from the registry and measured figures.
 
-A card follows the layout of timm's Hub cards (see specs/hub.md §3): YAML front matter (``library_name: timm``,
-``tags`` without ``transformers``, ``license``, ``datasets``, ``pipeline_tag``), Model Details, Usage (classification,
-``features_only`` feature maps, image embeddings: every snippet begins with ``import backbones``), training recipe,
-citation.
+A card follows the layout of timm's Hub cards (as on huggingface.co/timm/<model>): YAML front matter
+(``library_name: timm``, ``tags`` without ``transformers``, ``license``, ``datasets``, ``pipeline_tag``), Model
+Details, Usage (classification, ``features_only`` feature maps, image embeddings: every snippet begins with
+``import backbones``), training recipe, citation.
 
 Measured figures (params, GMACs, activations, feature-map and embedding shapes) come from :func:`measure`, which builds
 the model on the meta device: GMACs from :func:`backbones.flops.count`; activations with fvcore's

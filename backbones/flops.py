@@ -1,4 +1,5 @@
-"""Parameter and MAC counter (paper convention: one multiply-add = one "FLOP"; see specs/flops.md).
+"""Parameter and MAC counter (paper convention: one multiply-add = one "FLOP", as in ResNet-50's 3.8 GFLOPs of
+arXiv 1512.03385 Table 1).
 
 Engine: fvcore's :class:`~fvcore.nn.FlopCountAnalysis` (jit trace, one handle per aten op), which is what timm's
 ``benchmark.py`` (``infer_gmacs``) and the official repos of BiFormer / DaViT report, so our numbers are comparable
