@@ -392,6 +392,70 @@ def _convit_recipe(plus: bool):
 
 CONVIT = {f'convit_{size}{plus}': _convit_recipe(bool(plus)) for size in ('ti', 's', 'b') for plus in ('', '_plus')}
 
+# --- CrossViT: arXiv 2103.14899 Sec. 4.1 + supplementary Table 9, IBM/CrossViT@3f7ab77 (main.py, README.md) ---------
+CX_PAPER = 'CrossViT paper (arXiv 2103.14899) Sec. 4.1 / supplementary Table 9'
+CX_MAIN = 'IBM/CrossViT@3f7ab77:main.py default'
+CX_REPEAT = (f'{CX_PAPER}: repeated augmentation for CrossViT-18 only ({CX_MAIN} --repeated-aug is on: the other '
+             f'models need --no-repeated-aug); 3 repeats is DeiT\'s RASampler')
+CX_FT = ('ASSUMPTION, not found for the 384 fine-tune (only its 30 epochs and size are documented): the '
+         'pre-training value')
+CX_FT_NOTE = ('# NOTE: a fine-tune of the 240 model (start from its weights: --initial-checkpoint); the sources give\n'
+              '# only its 30 epochs and its size (408 images, L branch 384, position tables resized bicubically).\n'
+              '# Every other value below is the pre-training recipe, marked ASSUMPTION.\n')
+
+
+def _crossvit_recipe(model: str):
+    ft = model.endswith('_384')
+    pre = (lambda src: CX_FT) if ft else (lambda src: src)
+    base = model[:-len('_384')] if ft else model  # a fine-tune's pre-training values are its base model's
+    if base == 'crossvit_18':
+        repeats, repeats_src = 3, CX_REPEAT
+    elif base == 'crossvit_18_dagger':
+        repeats, repeats_src = 3, f'ASSUMPTION: the paper names CrossViT-18; whether that covers 18 dagger is not ' \
+                                  f'stated ({CX_REPEAT})'
+    else:
+        repeats, repeats_src = 0, CX_REPEAT
+    return [
+        ('epochs', 30 if ft else 300, f'{CX_PAPER}: 30 fine-tuning epochs at 384' if ft else f'{CX_PAPER}: 300'),
+        ('batch_size', 4096, pre(f'{CX_PAPER}: global batch 4096 (32 GPUs)')),
+        ('opt', 'adamw', pre(f'{CX_PAPER}; {CX_MAIN} --opt adamw')),
+        ('opt_eps', 1.0e-8, TIMM_DEFAULT),
+        ('weight_decay', 0.05, pre(f'{CX_PAPER}; {CX_MAIN} --weight-decay 0.05')),
+        ('lr', None, 'unset so that lr_base below applies'),
+        ('lr_base', 5.0e-4, pre(f'{CX_MAIN} --lr 5e-4, scaled by global batch / 512 in main.py (0.004 at 4096)')),
+        ('lr_base_size', 512, pre(f'{CX_MAIN}: lr = lr_arg * global batch / 512')),
+        ('lr_base_scale', 'linear', pre(f'{CX_MAIN}: linear scaling')),
+        ('sched', 'cosine', pre(f'{CX_PAPER}; {CX_MAIN} --sched cosine')),
+        ('warmup_epochs', 0 if ft else 30,
+         'ASSUMPTION, not found for the 384 fine-tune: no warmup' if ft else f'{CX_PAPER}: 30 warmup epochs'),
+        ('warmup_lr', 1.0e-6, pre(f'{CX_MAIN} --warmup-lr 1e-6')),
+        ('min_lr', 1.0e-5, pre(f'{CX_MAIN} --min-lr 1e-5')),
+        ('cooldown_epochs', 0, f'{CX_MAIN}: the DeiT-style loop runs --epochs only'),
+        ('clip_grad', None, pre(f'{CX_MAIN}: no gradient clipping')),
+        ('img_size', 408 if ft else 240,
+         f'{CX_PAPER}: 408 x 408 images (the L branch sees 384)' if ft
+         else f'{CX_PAPER}: 240 x 240 crops (the L branch sees 224); eval resize 274, centre crop 240'),
+        ('scale', [0.08, 1.0], f'{TIMM_DEFAULT} (random-resized crop of timm\'s create_transform)'),
+        ('ratio', [0.75, 1.3333333333333333], f'{TIMM_DEFAULT} (random-resized crop of timm\'s create_transform)'),
+        ('hflip', 0.5, f'{TIMM_DEFAULT} (horizontal flip of timm\'s create_transform)'),
+        ('color_jitter', 0.4, pre(f'{CX_MAIN} --color-jitter 0.4')),
+        ('train_interpolation', 'bicubic', pre(f'{CX_MAIN} --train-interpolation bicubic')),
+        ('aa', 'rand-m9-mstd0.5-inc1', pre(f'{CX_PAPER}: RandAugment m9 n2; {CX_MAIN} --aa rand-m9-mstd0.5-inc1')),
+        ('aug_repeats', repeats, pre(repeats_src)),
+        ('reprob', 0.25, pre(f'{CX_PAPER}; {CX_MAIN} --reprob 0.25')),
+        ('remode', 'pixel', TIMM_DEFAULT),
+        ('mixup', 0.8, pre(f'{CX_PAPER}; {CX_MAIN} --mixup 0.8')),
+        ('cutmix', 1.0, pre(f'{CX_PAPER}; {CX_MAIN} --cutmix 1.0')),
+        ('mixup_prob', 1.0, TIMM_DEFAULT),
+        ('mixup_switch_prob', 0.5, TIMM_DEFAULT),
+        ('smoothing', 0.1, pre(f'{CX_PAPER}; {CX_MAIN} --smoothing 0.1')),
+        ('drop', 0.0, pre(f'{CX_MAIN}: no dropout')),
+        ('drop_path', 0.1, pre(f'{CX_PAPER}: stochastic depth 0.1 for every model')),
+        ('model_ema', False, pre(f'{CX_MAIN}: no EMA')),
+        ('amp', True, pre(f'{CX_MAIN}: mixed precision (torch.cuda.amp) training')),
+    ]
+
+
 # --- MOAT: arXiv 2210.01820 (shared/specs/moat.md has no training section: only drop path / sizes come from it) ------
 MO_SPEC = 'shared/specs/moat.md variant table'
 MO_SRC = 'MOAT paper (arXiv 2210.01820) appendix, ImageNet-1k setting, which follows CoAtNet / MaxViT (recalled)'
@@ -602,6 +666,8 @@ PAPERS = {
     'sequencer': 'Sequencer: Deep LSTM for Image Classification (Tatsunami and Taki, arXiv 2205.01972)',
     'convit': ('ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases '
                '(d\'Ascoli et al., arXiv 2103.10697)'),
+    'crossvit': ('CrossViT: Cross-Attention Multi-Scale Vision Transformer for Image Classification '
+                 '(Chen et al., arXiv 2103.14899)'),
     'davit': 'DaViT: Dual Attention Vision Transformers (Ding et al., arXiv 2204.03645)',
     'involution': 'Involution / RedNet (Li et al., arXiv 2103.06255)',
     'maxvit': 'MaxViT: Multi-Axis Vision Transformer (Tu et al., arXiv 2204.01697)',
@@ -629,6 +695,8 @@ def recipe_for(model: str, family: str):
         return DAVIT[model]
     if family == 'convit':
         return CONVIT[model]
+    if family == 'crossvit':
+        return _crossvit_recipe(model)
     if family == 'twins':
         return TWINS[model]
     if family == 'sequencer':
@@ -663,6 +731,8 @@ def render(model: str, family: str) -> str:
         text += RN_NOTE
     if family == 'tic':
         text += TIC_NOTE
+    if family == 'crossvit' and model.endswith('_384'):
+        text += CX_FT_NOTE
     text += f'model: {model}  # the zoo variant this recipe trains (file name)\n'
     for key, value, src in recipe_for(model, family):
         dumped = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()[1:-1]
