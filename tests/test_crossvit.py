@@ -230,7 +230,7 @@ def test_count_is_the_papers_formula_and_inference_does_less():
     """The counter counts the cross attention as written (keys and values of every token), which is timm's figure
     (tests/test_counts.py); the folded inference path does fewer MACs, by the key / value projections."""
     from backbones.flops import MODULE_HANDLES, count
-    model = timm.create_model('crossvit_tiny', **SHALLOW).eval()
+    model = timm.create_model('crossvit_tiny', depth=((1, 1),)).eval()  # one multi-scale block
     formula = count(model, input_size=(3, 96, 144)).macs
     key = 'backbones.layers.cross_attention.CrossAttention'
     entry = MODULE_HANDLES.pop(key)
@@ -238,11 +238,11 @@ def test_count_is_the_papers_formula_and_inference_does_less():
         folded = count(model, input_size=(3, 96, 144)).macs
     finally:
         MODULE_HANDLES[key] = entry
-    # per multi-scale block: K and V of 1 + 6 * 8 L tokens at 192 and of 1 + 8 * 12 S tokens at 96 are gone;
-    # W_k^T q and W_v of the mixed token cost what the two projections cost for one token
-    saved = 3 * (2 * (1 + 6 * 8) * 192 ** 2 + 2 * (1 + 8 * 12) * 96 ** 2 - 2 * 192 ** 2 - 2 * 96 ** 2)
-    attention = 3 * ((1 + 6 * 8) * 192 * 2 + (1 + 8 * 12) * 96 * 2)  # q.k and a.v: the same in both
-    attention_folded = 3 * ((1 + 6 * 8) * 192 * 3 * 2 + (1 + 8 * 12) * 96 * 3 * 2)  # every head C wide
+    # K and V of 1 + 6 * 8 L tokens at 192 and of 1 + 8 * 12 S tokens at 96 are gone; W_k^T q and W_v of the
+    # mixed token cost what the two projections cost for one token
+    saved = 2 * (1 + 6 * 8) * 192 ** 2 + 2 * (1 + 8 * 12) * 96 ** 2 - 2 * 192 ** 2 - 2 * 96 ** 2
+    attention = (1 + 6 * 8) * 192 * 2 + (1 + 8 * 12) * 96 * 2  # q.k and a.v over the heads' d-wide slices
+    attention_folded = (1 + 6 * 8) * 192 * 3 * 2 + (1 + 8 * 12) * 96 * 3 * 2  # every one of the 3 heads C wide
     assert formula - folded == saved + attention - attention_folded
 
 

@@ -16,7 +16,8 @@ __all__ = ['InplaceGELU']
 @register_notrace_module  # an FX leaf: the branch below reads a tensor attribute
 class InplaceGELU(nn.GELU):
     """Exact GELU, in place when its input does not require grad (inference). Use it only where nothing reads the
-    input afterwards, e.g. on the output of the Linear before it in an MLP."""
+    input afterwards, e.g. on the output of the Linear before it in an MLP. As with ``nn.ReLU(inplace=True)``, a
+    forward hook (or an FX feature node) on that Linear sees the activated values in inference."""
 
     def __init__(self):
         super().__init__()

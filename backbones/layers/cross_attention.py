@@ -1,8 +1,8 @@
 """Attention of a few query tokens over all tokens: CrossViT's cross-attention fusion (the class token of one branch
-queries the patch tokens of the other), also known as class attention (CaiT).
+queries the patch tokens of the other); CaiT's class attention (arXiv 2103.17239) has the same form.
 
-CrossViT ("CrossViT: Cross-Attention Multi-Scale Vision Transformer for Image Classification", arXiv 2103.14899,
-Sec. 3.3; official ``IBM/CrossViT@3f7ab77:models/crossvit.py`` ``CrossAttention``), per head of width ``d``::
+CrossViT ("CrossViT: Cross-Attention Multi-Scale Vision Transformer for Image Classification", arXiv 2103.14899;
+official ``IBM/CrossViT@3f7ab77:models/crossvit.py`` ``CrossAttention``), per head of width ``d``::
 
     q = W_q x_0,   k_j = W_k x_j,   v_j = W_v x_j,   out = proj(sum_j softmax_j(q . k_j / sqrt(d)) v_j)
 
