@@ -37,18 +37,19 @@ import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype, global_pool_nlc, resample_abs_pos_embed, to_2tuple
 from timm.models import checkpoint
-from timm.models._features import feature_take_indices
 from timm.models._input import update_model_input_size
 
-from .layers.helpers import check_input
+from .layers.helpers import check_feature_indices, check_input
 from .layers.pos_embed import pos_embed_for_grid
 
 __all__ = [
     'TokenFeatureMixin', 'MultiBranchTokenMixin', 'token_feature_info', 'branch_feature_info', 'branch_take_indices',
-    'check_global_pool', 'join_prefix', 'tap_to_grid', 'format_taps', 'POOL_TYPES',
+    'check_global_pool', 'join_prefix', 'tap_to_grid', 'format_taps', 'POOL_TYPES', 'BRANCH_POOL_TYPES',
 ]
 
 POOL_TYPES = ('', 'token', 'avg', 'max', 'avgmax')
+# multi-branch models always pool: the branches differ in width and token count (no '')
+BRANCH_POOL_TYPES = POOL_TYPES[1:]
 
 
 def token_feature_info(depth: int, dim: int, reduction: int) -> List[Dict]:
@@ -65,17 +66,25 @@ def branch_feature_info(num_blocks: int, dims: Sequence[int], reductions: Sequen
 
 
 def branch_take_indices(
-        num_branches: int, num_blocks: int, indices: Optional[Union[int, List[int]]]) -> Tuple[List[int], int]:
-    """timm's ``feature_take_indices`` over branch-major features (None = all, n = the last n, or a list), and the
-    last block that a tap needs."""
-    take_indices, _ = feature_take_indices(num_branches * num_blocks, indices)
+        num_branches: int, num_blocks: int, indices: Optional[Union[int, List[int]]],
+        model: str = 'model') -> Tuple[List[int], int]:
+    """:func:`backbones.layers.check_feature_indices` over branch-major features (None = all, n = the last n, or a
+    list; a clear ``ValueError`` for a bad set), and the last block that a tap needs."""
+    take_indices, _ = check_feature_indices(num_branches * num_blocks, indices, model)
     return take_indices, max(i % num_blocks for i in take_indices)
 
 
-def check_global_pool(global_pool: str, num_prefix_tokens: int):
-    """Pool types of token models; ``'token'`` needs a class token (an ``AssertionError``, as timm raises)."""
-    assert global_pool in POOL_TYPES, f"global_pool '{global_pool}' is not one of {POOL_TYPES}"
-    assert global_pool != 'token' or num_prefix_tokens > 0, "global_pool 'token' needs a class token"
+def check_global_pool(global_pool: str, num_prefix_tokens: int, pool_types: Sequence[str] = POOL_TYPES):
+    """Pool types of token models, one ``ValueError`` listing the valid ones (``pool_types``: the model's, by
+    default :data:`POOL_TYPES`); ``'token'`` needs a class token."""
+    if not isinstance(global_pool, str):
+        raise TypeError(f'global_pool must be a string, one of {tuple(pool_types)}; got {global_pool!r}')
+    if global_pool not in pool_types:
+        valid = ', '.join(repr(p) for p in pool_types if p)
+        raise ValueError(f"unknown global_pool {global_pool!r}: valid are {valid}"
+                         + (" ('' = no pooling)" if '' in pool_types else ''))
+    if global_pool == 'token' and num_prefix_tokens == 0:
+        raise ValueError("global_pool 'token' needs a class token, and this model has none")
 
 
 def join_prefix(x: torch.Tensor, prefix: Optional[torch.Tensor]) -> torch.Tensor:
@@ -155,7 +164,10 @@ class TokenFeatureMixin:
         update_model_input_size(self, img_size)
 
     def _check_input(self, x: torch.Tensor):
-        check_input(x, self.in_chans, self.patch_size, self._model_name)
+        weight: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():  # TorchScript cannot read the autocast state; torch's own error applies
+            weight = next(self.patch_embed.parameters())  # the input layer's dtype is the one the input must have
+        check_input(x, self.in_chans, self.patch_size, self._model_name, weight=weight)
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Image -> (patch grid ``[B, gh, gw, D]`` with its position embedding, prefix tokens ``[B, P, D]`` or None)."""
@@ -192,7 +204,7 @@ class TokenFeatureMixin:
         as in timm's ViTs); ``stop_early`` runs no block after the last tap.
         """
         assert output_fmt in ('NCHW', 'NLC'), 'output_fmt must be NCHW or NLC'
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        take_indices, max_index = check_feature_indices(len(self.blocks), indices, self._model_name)
         x, prefix = self._embed(x)
         grid = (x.shape[1], x.shape[2])
         if torch.jit.is_scripting() or not stop_early:  # TorchScript cannot slice a Sequential
@@ -239,7 +251,7 @@ class TokenFeatureMixin:
         When the class token would be inserted after the kept blocks it is dropped (and with it a ``'token'``
         head); ``prune_norm`` drops the final norm, ``prune_head`` the pooling and classifier.
         """
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        take_indices, max_index = check_feature_indices(len(self.blocks), indices, self._model_name)
         self.blocks = self.blocks[:max_index + 1]
         if max_index < self.prefix_at and self.num_prefix_tokens > 0:
             self.cls_token = None
@@ -315,7 +327,7 @@ class MultiBranchTokenMixin:
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
         self.num_classes = num_classes
         if global_pool is not None:
-            assert global_pool in POOL_TYPES[1:], f"global_pool '{global_pool}' is not one of {POOL_TYPES[1:]}"
+            check_global_pool(global_pool, 1, BRANCH_POOL_TYPES)
             self.global_pool = global_pool
         dd = get_device_dtype(self)
         self.head = nn.ModuleList([
@@ -346,7 +358,10 @@ class MultiBranchTokenMixin:
         update_model_input_size(self, img_size)
 
     def _check_input(self, x: torch.Tensor):
-        check_input(x, self.in_chans, self.input_divisor, self._model_name)
+        weight: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():  # TorchScript cannot read the autocast state; torch's own error applies
+            weight = next(self.patch_embed.parameters())  # the input layers' dtype is the one the input must have
+        check_input(x, self.in_chans, self.input_divisor, self._model_name, weight=weight)
 
     def forward_intermediates(
             self,
@@ -368,7 +383,7 @@ class MultiBranchTokenMixin:
         """
         assert output_fmt in ('NCHW', 'NLC'), 'output_fmt must be NCHW or NLC'
         num_blocks = self.num_feature_blocks
-        take_indices, max_block = branch_take_indices(self.num_branches, num_blocks, indices)
+        take_indices, max_block = branch_take_indices(self.num_branches, num_blocks, indices, self._model_name)
         xs, grids = self._embed(x)
         if torch.jit.is_scripting() or not stop_early:  # TorchScript cannot slice a ModuleList
             blocks = self.blocks
@@ -404,7 +419,8 @@ class MultiBranchTokenMixin:
         """Drop the blocks after the last one a tap in ``indices`` needs; returns the taps kept (their indices keep
         their meaning). The fusion into a branch that no kept tap reads stays, unused (as in timm's CrossViT);
         ``prune_norm`` drops the final norms, ``prune_head`` the classifiers (pooled features remain)."""
-        take_indices, max_block = branch_take_indices(self.num_branches, self.num_feature_blocks, indices)
+        take_indices, max_block = branch_take_indices(
+            self.num_branches, self.num_feature_blocks, indices, self._model_name)
         self.blocks = self.blocks[:max_block + 1]
         if prune_norm:
             self.norm = nn.ModuleList([nn.Identity() for _ in range(self.num_branches)])

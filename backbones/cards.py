@@ -87,6 +87,12 @@ BIBTEX: Dict[str, str] = {
   booktitle={International Conference on Learning Representations (ICLR)},
   year={2023}
 }""",
+    'parcnetv2': """@inproceedings{xu2023parcnetv2,
+  title={ParCNetV2: Oversized Kernel with Enhanced Attention},
+  author={Xu, Ruihan and Zhang, Haokui and Hu, Wenze and Zhang, Shiliang and Wang, Xiaoyu},
+  booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
+  year={2023}
+}""",
     'rapidnet': """@inproceedings{munir2025rapidnet,
   title={RapidNet: Multi-Level Dilated Convolution Based Mobile Backbone},
   author={Munir, Mustafa and Rahman, Md Mostafijur and Marculescu, Radu},

@@ -30,8 +30,8 @@ def test_size_rule(name):
         divisor = model.input_divisor
     else:
         pytest.skip(f'{name} has its own size rule (tested in its family tests)')
-    good = divisor * -(-16 // divisor)  # the smallest multiple of the divisor >= 16
-    model(torch.empty(1, 3, 4 * good, 5 * good, device='meta'))
+    side = divisor * -(-16 // divisor)  # the smallest multiple of the divisor >= 16
+    model(torch.empty(1, 3, 4 * side, 5 * side, device='meta'))
     if divisor == 1:
         model(torch.empty(1, 3, 67, 45, device='meta'))
     else:

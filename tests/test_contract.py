@@ -118,7 +118,7 @@ def test_forward_and_classifier(name):
         model.reset_classifier(5, 'max')
         assert model(x).shape == (2, 5)
         if _is_multi_branch(model):  # branches of different widths and lengths: no unpooled output
-            with pytest.raises(AssertionError):
+            with pytest.raises(ValueError, match="unknown global_pool ''"):
                 model.reset_classifier(0, '')
         else:
             model.reset_classifier(0, '')

@@ -301,7 +301,7 @@ def test_features_only_default_and_pooling():
     with torch.no_grad():
         feats = model.forward_features(x)
         assert torch.allclose(model(x), torch.cat([f[:, 1:].mean(1) for f in feats], dim=1))
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="unknown global_pool '': valid are 'token', 'avg', 'max', 'avgmax'$"):
         timm.create_model('crossvit_tiny', global_pool='', device='meta')
 
 

@@ -6,11 +6,12 @@ from .channel_attention import ChannelAttention
 from .conv import ConvNormAct, LayerType, same_padding
 from .cross_attention import CrossAttention
 from .fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
-from .head import Head
-from .helpers import check_input
+from .head import POOL_TYPES, Head, check_pool_type
+from .helpers import check_feature_indices, check_input, check_model_kwargs
 from .involution import Involution
 from .mbconv import MBConv, MBConvShortcut, avg_pool_same
 from .msa_conv import MSAConv2d, MSAConvAttention, msa_conv_av, msa_conv_qk
+from .oversize_conv import OversizeConv2d, eager_channels_last, oversize_conv_matmul, toeplitz_taps
 from .patch_embed import PatchEmbed
 from .pos_embed import pos_embed_for_grid, resize_pos_embed_in_state_dict
 from .relpos import RelPosBias, rel_pos_index, resize_rel_pos_table

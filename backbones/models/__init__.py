@@ -6,6 +6,7 @@ from . import (
     davit,  # noqa: F401
     maxvit,  # noqa: F401
     moat,  # noqa: F401
+    parcnetv2,  # noqa: F401
     rapidnet,  # noqa: F401
     rednet,  # noqa: F401
     res2net,  # noqa: F401

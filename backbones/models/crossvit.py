@@ -59,7 +59,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict, unwrap_state_dict
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
-from .._token import MultiBranchTokenMixin, branch_feature_info, join_prefix
+from .._token import BRANCH_POOL_TYPES, MultiBranchTokenMixin, branch_feature_info, check_global_pool, join_prefix
 from ..layers.activation import InplaceGELU
 from ..layers.attention import Attention
 from ..layers.cross_attention import CrossAttention
@@ -229,7 +229,7 @@ class CrossViT(MultiBranchTokenMixin, nn.Module):
         scales = [Fraction(s).limit_denominator(1000) for s in img_scale]
         if 1 not in scales:
             raise ValueError(f'img_scale {tuple(img_scale)}: one branch must take the image as it is (scale 1)')
-        assert global_pool in ('token', 'avg', 'max', 'avgmax'), f"global_pool '{global_pool}' is not supported"
+        check_global_pool(global_pool, 1, BRANCH_POOL_TYPES)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
