@@ -53,6 +53,12 @@ BIBTEX: Dict[str, str] = {
   booktitle={Proceedings of the 38th International Conference on Machine Learning (ICML)},
   year={2021}
 }""",
+    'crossvit': """@inproceedings{chen2021crossvit,
+  title={CrossViT: Cross-Attention Multi-Scale Vision Transformer for Image Classification},
+  author={Chen, Chun-Fu (Richard) and Fan, Quanfu and Panda, Rameswar},
+  booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
+  year={2021}
+}""",
     'davit': """@inproceedings{ding2022davit,
   title={DaViT: Dual Attention Vision Transformers},
   author={Ding, Mingyu and Xiao, Bin and Codella, Noel and Luo, Ping and Wang, Jingdong and Yuan, Lu},
@@ -238,7 +244,8 @@ def measure(name: str) -> Dict[str, Any]:
         input_size=list(size),
         feature_shapes=[list(f.shape) for f in feats],
         embedding_shape=list(pre_logits.shape),
-        features_shape=list(unpooled.shape),
+        # a multi-branch model (CrossViT) returns one token tensor per branch
+        features_shape=[list(u.shape) for u in unpooled] if isinstance(unpooled, list) else list(unpooled.shape),
     )
 
 
@@ -318,6 +325,13 @@ def _size(s: Sequence[int]) -> str:
 
 def _shape(s: Sequence[int]) -> str:
     return f'torch.Size([{", ".join(str(int(d)) for d in s)}])'
+
+
+def _unpooled(shape: Sequence) -> str:
+    """``forward_features``'s output: one tensor, or a list of them (one per branch of a multi-branch model)."""
+    if shape and isinstance(shape[0], (list, tuple)):
+        return f'a list of {" and ".join(_shape(s) for s in shape)} tensors, one per branch'
+    return f'a {_shape(shape)} tensor'
 
 
 def _yaml_list(items: Sequence[str]) -> List[str]:
@@ -471,7 +485,7 @@ def render_card(model_name: str, **extra) -> str:
             '',
             '    # or equivalently (without needing to set num_classes=0)',
             f'    output = model.forward_features(transforms(img).unsqueeze(0))  # unpooled, '
-            f'a {_shape(measured["features_shape"])} tensor',
+            f'{_unpooled(measured["features_shape"])}',
             f'    output = model.forward_head(output, pre_logits=True)  # a {embedding} tensor',
         ])
 
