@@ -251,6 +251,19 @@ def test_export_for_hf_replaces_files_atomically(tmp_path):
     assert sorted(p.name for p in d.iterdir()) == ['config.json', 'model.safetensors']
 
 
+def test_export_for_hf_of_a_channels_last_model(tmp_path):
+    """--channels-last (a quick-start default) trains a model whose conv weights are not contiguous: safetensors
+    refuses those, so the export writes a contiguous copy and leaves the trained model as it is."""
+    m = timm.create_model('se_resnet50', depths=(1, 1, 1, 1), widths=(16, 32, 64, 128), num_classes=3)
+    m.to(memory_format=torch.channels_last)
+    weight = m.stem.conv1.conv.weight
+    assert not weight.is_contiguous()
+    d = export_for_hf(m, tmp_path / 'best')
+    assert m.stem.conv1.conv.weight is weight and not weight.is_contiguous()
+    loaded = timm.create_model(f'local-dir:{d}', pretrained=True).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in m.state_dict().items())
+
+
 # --- defaults -------------------------------------------------------------------------------------------------------
 def test_explicit_keys_from_command_line_and_config(tmp_path):
     cfg = tmp_path / 'c.yaml'
