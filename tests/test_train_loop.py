@@ -295,6 +295,20 @@ def test_embedded_defaults_apply_only_without_data_and_to_unset_flags():
         assert args.device == 'cpu'
 
 
+def test_cpu_threads_leave_a_core_per_data_worker(monkeypatch):
+    from backbones.train import defaults
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    monkeypatch.setattr(defaults, 'available_cpus', lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert defaults.configure_cpu_threads(workers=1, log=False) == 1 == torch.get_num_threads()
+        torch.set_num_threads(2)
+        assert defaults.configure_cpu_threads(workers=0, log=False) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_loss_selection_follows_timm():
     from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 

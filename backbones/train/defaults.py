@@ -19,7 +19,7 @@ import torch
 from .. import _cli
 from .args import build_parser, load_config
 
-__all__ = ['EMBEDDED_DEFAULTS', 'explicit_keys', 'apply_run_defaults', 'configure_cpu_threads']
+__all__ = ['EMBEDDED_DEFAULTS', 'explicit_keys', 'apply_run_defaults', 'available_cpus', 'configure_cpu_threads']
 
 _logger = logging.getLogger('backbones.train')
 
@@ -95,6 +95,14 @@ def apply_run_defaults(args: argparse.Namespace, explicit: Set[str], log: bool =
     return changed
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (``taskset`` / container CPU sets count, unlike ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def configure_cpu_threads(workers: int, log: bool = True) -> int:
     """On CPU, unless ``OMP_NUM_THREADS`` says otherwise: one compute thread per core not taken by a data worker.
 
@@ -103,7 +111,7 @@ def configure_cpu_threads(workers: int, log: bool = True) -> int:
     slower than 1). Returns the number of threads."""
     if 'OMP_NUM_THREADS' in os.environ:
         return torch.get_num_threads()
-    threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - workers))
+    threads = max(1, min(torch.get_num_threads(), available_cpus() - workers))
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     if log:
