@@ -3,6 +3,8 @@ from typing import Callable, Optional, Type, Union
 
 import torch.nn as nn
 
+from .fuse import fuse_conv_bn
+
 __all__ = ['ConvNormAct', 'same_padding']
 
 LayerType = Union[Type[nn.Module], Callable[..., nn.Module]]
@@ -52,3 +54,12 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x):
         return self.act(self.bn(self.conv(x)))
+
+    def fuse(self) -> 'ConvNormAct':
+        """Fold a ``BatchNorm2d`` (its running statistics: the eval-mode function) into the conv, in place; returns
+        ``self``. Other norms, or none, are left as they are. timm's ``reparameterize_model`` and
+        :func:`backbones.optimize_for_inference` call it; the model is then meant for inference only."""
+        if type(self.bn) is nn.BatchNorm2d and self.bn.track_running_stats:
+            self.conv = fuse_conv_bn(self.conv, self.bn)
+            self.bn = nn.Identity()
+        return self

@@ -3,12 +3,13 @@
 Both are exact algebra (``bn(conv(x)) == conv'(x)`` with the eval statistics); the new weights are computed in
 float64 and cast back, so the folded layer differs from the pair only by the rounding of its own arithmetic.
 """
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import torch
 import torch.nn as nn
 
-from .conv import ConvNormAct
+if TYPE_CHECKING:
+    from .conv import ConvNormAct
 
 __all__ = ['fuse_conv_bn', 'fuse_conv_norm_act_', 'scale_conv_']
 
@@ -43,7 +44,7 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 @torch.no_grad()
-def fuse_conv_norm_act_(module: ConvNormAct) -> ConvNormAct:
+def fuse_conv_norm_act_(module: 'ConvNormAct') -> 'ConvNormAct':
     """Fold ``module.bn`` into ``module.conv`` in place (``bn`` becomes ``Identity``); a no-op once folded."""
     if isinstance(module.bn, nn.BatchNorm2d):
         module.conv = fuse_conv_bn(module.conv, module.bn)

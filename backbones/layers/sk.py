@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .conv import ConvNormAct, LayerType
+from .fuse import fuse_conv_bn
 
 __all__ = ['SelectiveKernel', 'SelectiveKernelAttn', 'sk_attn_chs']
 
@@ -54,6 +55,13 @@ class SelectiveKernelAttn(nn.Module):
         z = self.act(self.bn(self.fc_reduce(s)))  # [B, d, 1, 1]
         logits = self.fc_select(z)  # [B, M*C, 1, 1]; path i owns channels i*C .. (i+1)*C
         return logits.reshape(u.shape[0], self.num_paths, u.shape[1], 1, 1).softmax(dim=1)
+
+    def fuse(self) -> 'SelectiveKernelAttn':
+        """Fold a ``BatchNorm2d`` into ``fc_reduce`` (which gains a bias), in place; returns ``self``."""
+        if type(self.bn) is nn.BatchNorm2d and self.bn.track_running_stats:
+            self.fc_reduce = fuse_conv_bn(self.fc_reduce, self.bn)
+            self.bn = nn.Identity()
+        return self
 
 
 class SelectiveKernel(nn.Module):
