@@ -1,0 +1,90 @@
+"""The benchmark library (backbones.bench, tools/benchmark.py): contenders, the table, parity; never timings."""
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import backbones
+from backbones.bench import (
+    OFFICIAL_OPS,
+    SPEED_END,
+    SPEED_START,
+    TIMM_TWINS,
+    BenchConfig,
+    Contender,
+    benchmark,
+    build_contenders,
+    render_readme_speed,
+    rows_markdown,
+    run_group,
+)
+from backbones.layers import ConvNormAct
+
+FAST = dict(rounds=1, warmup=0, batch=1)
+
+
+def _pair():
+    torch.manual_seed(0)
+    ours = nn.Sequential(ConvNormAct(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    return ours, copy.deepcopy(ours)
+
+
+def test_run_group_rows_and_table():
+    ours, ref = _pair()
+    with torch.no_grad():
+        ref[3].bias.add_(0.5)  # a known output difference for the parity column
+    contenders = [Contender('ours', ours, 'zoo'), Contender('ours fast', copy.deepcopy(ours), 'zoo+opt', train=False),
+                  Contender('ref', ref, 'timm twin')]
+    rows = run_group(contenders, 2, [torch.randn(2, 3, 16, 16)], BenchConfig(**FAST), group='g')
+    assert [r.label for r in rows] == ['ours', 'ours fast', 'ref'] and [r.is_reference for r in rows] == [0, 0, 1]
+    assert rows[0].max_abs_diff == pytest.approx(0.5) and rows[1].max_abs_diff == pytest.approx(0.5)
+    assert rows[2].max_abs_diff is None and rows[2].speedup is None and rows[0].speedup > 0
+    # fvcore's convention: conv 8*27 per pixel, eval BN 2 per element, average pool 1, linear 8*5
+    assert rows[0].gmacs == pytest.approx((16 * 16 * 8 * (27 + 2 + 1) + 8 * 5) / 1e9)
+    assert rows[0].peak_mb > 0 and rows[0].batch == 2 and rows[0].input_size == (3, 16, 16)
+    table = rows_markdown(rows)
+    lines = table.splitlines()
+    assert lines[0].startswith('**inference, batch 2 @ 16x16, ') and 'median of 1 interleaved rounds' in lines[0]
+    assert lines[2] == ('| model | ms / batch | img/s | peak MiB | GMACs / img | GFLOP/s | speed-up vs ref | '
+                        'wall speed-up | max abs diff vs ref |')
+    assert lines[4].startswith('| `ours` |') and lines[4].endswith('| 5.0e-01 |')
+    assert '| ref |' in lines[6] and '**reference**' in lines[6]
+
+    train = run_group(contenders, 2, [torch.randn(2, 3, 16, 16)], BenchConfig(mode='train', **FAST))
+    assert [r.label for r in train] == ['ours', 'ref']  # the inference-only copy sits training out
+    assert 'training step' in rows_markdown(train)
+
+
+def test_twin_same_weights_and_official_op():
+    cfg = BenchConfig(img_size=64, flops=False, memory=False, **FAST)
+    rows = benchmark(['se_resnet50', 'rednet26'], cfg, optimized=False)
+    assert [r.label for r in rows] == [
+        'se_resnet50', 'timm legacy_seresnet50', 'rednet26', OFFICIAL_OPS['involution'][0]]
+    for r in rows:
+        if not r.is_reference:  # same weights through checkpoint_filter_fn: the same logits
+            assert r.max_abs_diff <= 1e-5 * max(1., r.ref_max_abs), r
+
+
+def test_any_timm_reference_and_errors():
+    contenders, ref = build_contenders('rapidnet_ti', 'resnet18', optimized=False)
+    assert ref == 1 and contenders[1].label == 'timm resnet18' and not contenders[1].same_weights
+    with pytest.raises(ValueError, match='no timm twin'):
+        build_contenders('rapidnet_ti', 'twin')
+    with pytest.raises(ValueError, match='no official-operator reference'):
+        build_contenders('sknet50', 'official')
+    with pytest.raises(ValueError, match='mode'):
+        BenchConfig(mode='fast')
+
+
+def test_twin_registry():
+    zoo, entrypoints = set(backbones.list_models()), set(timm.list_models())
+    assert set(TIMM_TWINS) <= zoo and {t for t, _ in TIMM_TWINS.values()} <= entrypoints
+
+
+def test_readme_markers():
+    text = f'intro\n{SPEED_START}\nold\n{SPEED_END}\nrest\n'
+    assert render_readme_speed(text, 'new table') == f'intro\n{SPEED_START}\n\nnew table\n\n{SPEED_END}\nrest\n'
+    with pytest.raises(ValueError, match='speed-table markers'):
+        render_readme_speed('no markers', 'x')
