@@ -7,25 +7,16 @@ from conftest import SMALL_MODELS, input_side
 from timm.utils.model import reparameterize_model
 
 import backbones
+from backbones.bench import calibrate_bn_
 from backbones.layers import ConvNormAct, SelectiveKernelAttn, Shortcut
 
 
-def _model(name, side=64, **kwargs):
-    """Random non-trivial weights (``redraw_``), then every BatchNorm's running statistics taken from a random batch
-    (one train-mode forward with momentum 1): non-trivial statistics that keep the activations O(1). The variance
-    becomes the second moment (var + mean**2), so that no channel has a tiny variance next to a large mean (which
-    no trained network has, and which would turn float rounding into large differences either way)."""
+def _model(name, **kwargs):
+    """Random non-trivial weights, BatchNorm statistics calibrated on a random batch (``calibrate_bn_``: non-trivial
+    and well-conditioned); returned in train mode: optimize_for_inference must switch to eval itself."""
     model = random_model(name, num_classes=10, **kwargs)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in bns:
-        m.momentum = 1.
-    side = input_side(model, side)
-    with torch.no_grad():
-        model.train()(torch.randn(2, 3, side, side))
-    for m in bns:
-        m.momentum = 0.1
-        m.running_var.add_(m.running_mean ** 2)
-    return model  # in train mode: optimize_for_inference must switch to eval itself
+    side = input_side(model, 64)
+    return calibrate_bn_(model, torch.randn(2, 3, side, side)).train()
 
 
 def _foldable(model):

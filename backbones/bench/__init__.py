@@ -19,6 +19,7 @@ from .references import (
     Contender,
     RecordedRatio,
     build_contenders,
+    calibrate_bn_,
     random_timm_model,
     recorded_official_note,
     redraw_,
@@ -29,7 +30,7 @@ from .runner import BenchConfig, Row, peak_memory_mb, run_group
 
 __all__ = [
     'benchmark', 'model_input', 'README_SUITE', 'BenchConfig', 'Row', 'Contender', 'run_group', 'peak_memory_mb',
-    'build_contenders', 'TIMM_TWINS', 'OFFICIAL_OPS', 'RECORDED_OFFICIAL', 'RecordedRatio', 'redraw_',
+    'build_contenders', 'calibrate_bn_', 'TIMM_TWINS', 'OFFICIAL_OPS', 'RECORDED_OFFICIAL', 'RecordedRatio', 'redraw_',
     'random_timm_model', 'zoo_model_from', 'recorded_official_note', 'rows_markdown', 'machine_summary',
     'render_readme_speed', 'official_notes', 'SPEED_START', 'SPEED_END',
 ]

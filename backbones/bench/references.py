@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 
 __all__ = [
-    'Contender', 'TIMM_TWINS', 'OFFICIAL_OPS', 'RECORDED_OFFICIAL', 'RecordedRatio', 'redraw_', 'random_timm_model',
-    'zoo_model_from', 'build_contenders',
+    'Contender', 'TIMM_TWINS', 'OFFICIAL_OPS', 'RECORDED_OFFICIAL', 'RecordedRatio', 'redraw_', 'calibrate_bn_',
+    'random_timm_model', 'zoo_model_from', 'build_contenders',
 ]
 
 # zoo name -> (timm entrypoint, kwargs making it the same network)
@@ -137,6 +137,27 @@ def redraw_(model: nn.Module, seed: int = 1) -> nn.Module:
     return model
 
 
+@torch.no_grad()
+def calibrate_bn_(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Set every BatchNorm's running statistics from one train-mode forward of ``x`` (momentum 1), the variance
+    replaced by the second moment (``var + mean**2``); returns the model in eval mode.
+
+    Random weights make a deep network's activations grow layer by layer (RedNet's logits reach 1e14 with
+    :func:`redraw_` alone); calibrated statistics keep them O(1), so output differences read as they would on
+    trained weights. The second moment keeps every channel's variance large next to its mean, as in trained
+    networks (a tiny variance next to a large mean would turn float rounding into large differences).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 1.
+    model.train()(x)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+        m.running_var.add_(m.running_mean ** 2)
+    return model.eval()
+
+
 def random_timm_model(name: str, seed: int = 1, **kwargs) -> nn.Module:
     """``timm.create_model(name)`` built on meta (no init), then given :func:`redraw_` weights; eval mode, CPU."""
     import timm
@@ -189,7 +210,8 @@ def build_contenders(
         optimized: add the model after :func:`~backbones.optimize_for_inference`.
         seed: weights seed.
 
-    The zoo model carries the twin's (redrawn) weights when there is a twin, else its own redrawn weights.
+    The zoo model carries the twin's (redrawn) weights when there is a twin, else its own redrawn weights with
+    calibrated BatchNorm statistics (:func:`calibrate_bn_`, on a small random batch at the default input size).
     """
     import timm
 
@@ -209,7 +231,9 @@ def build_contenders(
         twin = random_timm_model(twin_name, seed, **twin_kwargs)
         zoo = zoo_model_from(name, twin)
     else:
-        zoo = redraw_(timm.create_model(name, device='meta').to_empty(device='cpu'), seed).eval()
+        zoo = redraw_(timm.create_model(name, device='meta').to_empty(device='cpu'), seed)
+        size = zoo.pretrained_cfg.get('input_size', (3, 224, 224))
+        calibrate_bn_(zoo, torch.randn(2, *size, generator=torch.Generator().manual_seed(seed)))
     contenders.append(Contender(name, zoo, 'zoo'))
     if optimized:
         contenders.append(Contender(f'{name} + optimize_for_inference', optimize_for_inference(zoo), 'zoo+opt',
