@@ -46,6 +46,13 @@ BIBTEX: Dict[str, str] = {
   booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
   year={2023}
 }""",
+    'convit': """@inproceedings{dascoli2021convit,
+  title={ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases},
+  author={d'Ascoli, St{\\'e}phane and Touvron, Hugo and Leavitt, Matthew and Morcos, Ari and Biroli, Giulio and
+          Sagun, Levent},
+  booktitle={Proceedings of the 38th International Conference on Machine Learning (ICML)},
+  year={2021}
+}""",
     'davit': """@inproceedings{ding2022davit,
   title={DaViT: Dual Attention Vision Transformers},
   author={Ding, Mingyu and Xiao, Bin and Codella, Noel and Luo, Ping and Wang, Jingdong and Yuan, Lu},
@@ -72,6 +79,12 @@ BIBTEX: Dict[str, str] = {
   author={Yang, Chenglin and Qiao, Siyuan and Yu, Qihang and Yuan, Xiaoding and Zhu, Yukun and Yuille, Alan and
           Adam, Hartwig and Chen, Liang-Chieh},
   booktitle={International Conference on Learning Representations (ICLR)},
+  year={2023}
+}""",
+    'parcnetv2': """@inproceedings{xu2023parcnetv2,
+  title={ParCNetV2: Oversized Kernel with Enhanced Attention},
+  author={Xu, Ruihan and Zhang, Haokui and Hu, Wenze and Zhang, Shiliang and Wang, Xiaoyu},
+  booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
   year={2023}
 }""",
     'rapidnet': """@inproceedings{munir2025rapidnet,

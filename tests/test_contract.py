@@ -7,11 +7,26 @@ import torch
 from conftest import ALL_MODELS, SMALL_MODELS, input_side
 from timm.models import get_pretrained_cfg
 
+from backbones._token import TokenFeatureMixin
+
 SIZE = 64  # small real input side, rounded up to the model's size rule (input_side): 64 and 64x96 for most
 
 
 def _x(model, h=SIZE, w=SIZE, b=2, device='cpu'):
     return torch.randn(b, 3, input_side(model, h), input_side(model, w), device=device)
+
+
+def _is_token_model(model) -> bool:
+    """Token models (backbones._token) return tokens [B, P + N, C]; stage models NCHW maps [B, C, H, W]."""
+    return isinstance(model, TokenFeatureMixin)
+
+
+def _features_shape(model, b: int, h: int, w: int, reduction: int, num_chs: int):
+    """Shape of unpooled features of an h x w input at ``reduction``: tokens (prefix tokens first) or a map."""
+    gh, gw = -(-h // reduction), -(-w // reduction)
+    if _is_token_model(model):
+        return (b, model.num_prefix_tokens + gh * gw, num_chs)
+    return (b, num_chs, gh, gw)
 
 
 # ---------------------------------------------------------------- every variant, on the meta device
@@ -23,7 +38,13 @@ def test_meta_shapes(name):
     assert model.in_chans == cfg['input_size'][0]
     x = torch.empty(1, *cfg['input_size'], device='meta')
     feats = model.forward_features(x)
-    assert feats.shape == (1, model.num_features, *cfg['pool_size'])
+    if _is_token_model(model):  # timm's convention: no pool_size for token outputs
+        assert cfg['pool_size'] is None, f'{name}: token model with a pool_size'
+        h, w = cfg['input_size'][1:]
+        assert feats.shape == _features_shape(model, 1, h, w, model.patch_size, model.num_features)
+    else:
+        assert cfg['pool_size'], f'{name}: pretrained_cfg lacks pool_size'
+        assert feats.shape == (1, model.num_features, *cfg['pool_size'])
     assert model.forward_head(feats, pre_logits=True).shape == (1, model.head_hidden_size)
     assert model(x).shape == (1, cfg['num_classes'])
     sd = model.state_dict()
@@ -52,8 +73,9 @@ def test_meta_features_only(name):
 def test_cfg_complete(name):
     cfg = get_pretrained_cfg(name).to_dict()
     for key in ('mean', 'std', 'crop_pct', 'interpolation', 'first_conv', 'classifier', 'license', 'paper_ids',
-                'origin_url', 'pool_size', 'input_size'):
+                'origin_url', 'input_size'):
         assert cfg.get(key), f'{name}: pretrained_cfg lacks {key}'
+    # pool_size: set for stage models, None for token models (checked with the model in test_meta_shapes)
 
 
 # ---------------------------------------------------------------- the smallest variant of each family, for real
@@ -73,7 +95,7 @@ def test_forward_and_classifier(name):
         model.reset_classifier(5, 'max')
         assert model(x).shape == (2, 5)
         model.reset_classifier(0, '')
-        assert model(x).ndim == 4
+        assert model(x).ndim == (3 if _is_token_model(model) else 4)
     assert not model.training  # reset keeps the mode
     m0 = timm.create_model(name, num_classes=0).eval()
     assert m0(x).shape == (2, m0.head_hidden_size)  # == num_features unless the head has a pre-logits layer
@@ -90,12 +112,15 @@ def test_features_only_and_intermediates(name):
     assert not [k for k in missing if not k.startswith('model.head')]
     x = _x(model, 64, 96)
     h, w = x.shape[-2:]
+    taps = feat.feature_info.out_indices  # the family's default taps: every stage; a token model's last blocks
     with torch.no_grad():
         outs = feat(x)
-        final, inter = model.forward_intermediates(x)
+        final, inter = model.forward_intermediates(x, indices=list(taps))
         assert torch.allclose(final, model.forward_features(x), atol=1e-5)
-    assert len(outs) == len(inter) == len(model.feature_info)
-    for o, i, info in zip(outs, inter, model.feature_info):
+    assert len(outs) == len(inter) == len(taps) >= 3
+    if not _is_token_model(model):
+        assert list(taps) == list(range(len(model.feature_info)))
+    for o, i, info in zip(outs, inter, [model.feature_info[t] for t in taps]):  # NCHW maps for both kinds of model
         assert o.shape[1] == info['num_chs']
         assert o.shape[-2:] == (-(-h // info['reduction']), -(-w // info['reduction']))
         assert torch.allclose(o, i, atol=1e-5)
@@ -112,11 +137,12 @@ def test_prune_intermediate_layers(name):
         early = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
         assert torch.equal(early[0], full[1])
         model.prune_intermediate_layers(indices=[1])
-        assert len(model.stages) == 2
-        assert model.num_features == model.feature_info[1]['num_chs']
-        out = model(x)
-        side = -(-x.shape[-1] // model.feature_info[1]['reduction'])
-        assert out.shape == (2, model.num_features, side, side)  # pruned head: unpooled features
+        assert len(model.blocks if _is_token_model(model) else model.stages) == 2
+        info = model.feature_info[1]
+        assert model.num_features == info['num_chs']
+        out = model(x)  # pruned head: unpooled features
+        side = x.shape[-1]
+        assert out.shape == _features_shape(model, 2, side, side, info['reduction'], info['num_chs'])
         assert torch.allclose(model.forward_intermediates(x, intermediates_only=True)[-1], full[1], atol=1e-6)
 
 

@@ -65,6 +65,7 @@ from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.conv import ConvNormAct
 from ..layers.fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
+from ..layers.head import check_pool_type
 from ..layers.stage import Stage
 
 __all__ = ['RapidNet']
@@ -357,9 +358,9 @@ class DistilledConvHead(nn.Module):
         self._set_classifiers(num_classes, **dd)
 
     def _set_pool(self, pool_type: str):
+        # the pooled width must stay C: the head's 1x1 conv takes it (so no 'catavgmax')
+        check_pool_type(pool_type, width_preserving=True)
         self.global_pool = SelectAdaptivePool2d(pool_type=pool_type)  # keeps [B, C, 1, 1] for the 1x1 conv
-        assert self.global_pool.feat_mult() == 1, \
-            f"pool_type '{pool_type}' changes the pooled width, which the head's 1x1 conv does not support"
         self.flatten = nn.Flatten(1) if pool_type else nn.Identity()
 
     def _set_classifiers(self, num_classes: int, device=None, dtype=None):
