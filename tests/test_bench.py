@@ -1,5 +1,6 @@
 """The benchmark library (backbones.bench, tools/benchmark.py): contenders, the table, parity; never timings."""
 import copy
+from datetime import datetime, timezone
 
 import pytest
 import timm
@@ -16,6 +17,8 @@ from backbones.bench import (
     Contender,
     benchmark,
     build_contenders,
+    check_readme_speed,
+    readme_speed_block,
     render_readme_speed,
     rows_markdown,
     run_group,
@@ -88,3 +91,22 @@ def test_readme_markers():
     assert render_readme_speed(text, 'new table') == f'intro\n{SPEED_START}\n\nnew table\n\n{SPEED_END}\nrest\n'
     with pytest.raises(ValueError, match='speed-table markers'):
         render_readme_speed('no markers', 'x')
+
+
+def test_readme_block_round_trip():
+    """What the tool writes passes the README check; a hand-edited line does not."""
+    ours, ref = _pair()
+    rows = run_group([Contender('ours', ours, 'zoo'), Contender('ref', ref, 'timm twin')], 1,
+                     [torch.randn(1, 3, 16, 16)], BenchConfig(memory=False, **FAST), group='g')
+    block = readme_speed_block(rows, 'python tools/benchmark.py --markdown --threads 1', 'some CPU', ['a note'],
+                               when=datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc))
+    assert block.startswith('Measured 2026-01-02 03:04 UTC with `python tools/benchmark.py --markdown --threads 1` '
+                            'on: some CPU.')
+    text = render_readme_speed(f'intro\n{SPEED_START}\n{SPEED_END}\n', block)
+    cells = check_readme_speed(text)
+    assert [c[0] for c in cells] == ['`ours`', 'ref'] and cells[1][6] == '**reference**'
+    for old, new in (('**reference**', 'reference'), ('| ms / batch |', '| ms |'), ('Measured 2026', 'Run 2026'),
+                     ('- a note', 'a note')):
+        with pytest.raises(ValueError, match='README speed block, line'):
+            check_readme_speed(text.replace(old, new))
+

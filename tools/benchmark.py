@@ -32,6 +32,7 @@ from backbones.bench import (  # noqa: E402
     benchmark,
     machine_summary,
     official_notes,
+    readme_speed_block,
     render_readme_speed,
     rows_markdown,
 )
@@ -95,11 +96,7 @@ def main(argv=None) -> int:
     if args.markdown:
         cmd = 'python tools/benchmark.py --markdown ' + ' '.join(argv if argv is not None else sys.argv[1:]).replace(
             '--markdown', '').strip()
-        text = '\n'.join([
-            f'Measured with `{cmd.strip()}` on: {summary}.', '',
-            rows_markdown(rows),
-            *(f'- {n}' for n in notes),
-        ])
+        text = readme_speed_block(rows, ' '.join(cmd.split()), summary, notes)
         args.readme.write_text(render_readme_speed(args.readme.read_text(), text))
         print(f'wrote the speed table into {args.readme}')
     return 0

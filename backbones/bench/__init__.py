@@ -25,14 +25,23 @@ from .references import (
     redraw_,
     zoo_model_from,
 )
-from .report import SPEED_END, SPEED_START, machine_summary, official_notes, render_readme_speed, rows_markdown
+from .report import (
+    SPEED_END,
+    SPEED_START,
+    check_readme_speed,
+    machine_summary,
+    official_notes,
+    readme_speed_block,
+    render_readme_speed,
+    rows_markdown,
+)
 from .runner import BenchConfig, Row, peak_memory_mb, run_group
 
 __all__ = [
     'benchmark', 'model_input', 'README_SUITE', 'BenchConfig', 'Row', 'Contender', 'run_group', 'peak_memory_mb',
     'build_contenders', 'calibrate_bn_', 'TIMM_TWINS', 'OFFICIAL_OPS', 'RECORDED_OFFICIAL', 'RecordedRatio', 'redraw_',
     'random_timm_model', 'zoo_model_from', 'recorded_official_note', 'rows_markdown', 'machine_summary',
-    'render_readme_speed', 'official_notes', 'SPEED_START', 'SPEED_END',
+    'render_readme_speed', 'readme_speed_block', 'check_readme_speed', 'official_notes', 'SPEED_START', 'SPEED_END',
 ]
 
 # README's table: (zoo model, reference) -- the smallest paper variant of every family, against its timm twin where
@@ -47,10 +56,12 @@ README_SUITE = [
     ('twins_pcpvt_s', 'twin'),
     ('twins_svt_s', 'twin'),
     ('sequencer2d_small', 'twin'),
+    ('convit_ti', 'twin'),
     ('biformer_tiny', 'resnet50'),
     ('tic_tiny', 'official'),
     ('rapidnet_ti', 'resnet50'),
     ('moat_0', 'none'),
+    ('parcnetv2_xt', 'none'),
 ]
 
 

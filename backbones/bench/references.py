@@ -63,6 +63,9 @@ TIMM_TWINS: Dict[str, Tuple[str, dict]] = {
     'sequencer2d_small': ('sequencer2d_s', {}),
     'sequencer2d_medium': ('sequencer2d_m', {}),
     'sequencer2d_large': ('sequencer2d_l', {}),
+    'convit_ti': ('convit_tiny', {}),
+    'convit_s': ('convit_small', {}),
+    'convit_b': ('convit_base', {}),
 }
 
 
