@@ -8,7 +8,7 @@ from timm.utils.model import reparameterize_model
 
 import backbones
 from backbones.bench import calibrate_bn_
-from backbones.layers import ConvNormAct, SelectiveKernelAttn, Shortcut
+from backbones.layers import ConvNormAct, MBConv, SelectiveKernelAttn, Shortcut
 
 
 def _model(name, **kwargs):
@@ -20,9 +20,11 @@ def _model(name, **kwargs):
 
 
 def _foldable(model):
-    """BatchNorms sitting directly after a conv in the shared layers (what the walker must fold)."""
+    """BatchNorms next to a conv in the shared layers (what the walker must fold)."""
     return [m for m in model.modules() if isinstance(m, (ConvNormAct, Shortcut, SelectiveKernelAttn))
-            and type(m.bn) is nn.BatchNorm2d]
+            and type(m.bn) is nn.BatchNorm2d] + [
+        m for m in model.modules() if isinstance(m, MBConv)
+        and any(type(n) is nn.BatchNorm2d for n in (m.pre_norm, m.norm1, m.norm2))]
 
 
 @pytest.mark.parametrize('name', SMALL_MODELS)
@@ -61,3 +63,20 @@ def test_leaves_unfoldable_norms():
     bn = ConvNormAct(4, 8, 3, norm_layer=lambda c, **kw: nn.BatchNorm2d(c, track_running_stats=False, **kw))
     model = backbones.optimize_for_inference(nn.Sequential(gn, bn))
     assert isinstance(model[0].bn, nn.GroupNorm) and isinstance(model[1].bn, nn.BatchNorm2d)
+
+
+def test_fold_bn_into_following_pointwise_conv():
+    """``conv(bn(x))`` folds into the 1x1 conv after it (exact), and refuses a conv where it would not be."""
+    from backbones.layers.fuse import fuse_bn_conv_
+    bn, conv = nn.BatchNorm2d(6).eval(), nn.Conv2d(6, 4, 1, bias=False)
+    with torch.no_grad():
+        for p in (bn.weight, bn.bias, bn.running_mean, conv.weight):
+            p.normal_()
+        bn.running_var.uniform_(0.5, 2.)
+    x = torch.randn(2, 6, 5, 7)
+    with torch.no_grad():
+        expected = conv(bn(x))
+        torch.testing.assert_close(fuse_bn_conv_(bn, conv)(x), expected, atol=1e-5, rtol=1e-5)
+    for bad in (nn.Conv2d(6, 4, 3, padding=1), nn.Conv2d(6, 4, 1, padding=1), nn.Conv2d(6, 4, 1, groups=2)):
+        with pytest.raises(ValueError, match='fold'):
+            fuse_bn_conv_(bn, bad)
