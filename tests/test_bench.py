@@ -1,5 +1,7 @@
 """The benchmark library (backbones.bench, tools/benchmark.py): contenders, the table, parity; never timings."""
 import copy
+import json
+from dataclasses import asdict
 from datetime import datetime, timezone
 
 import pytest
@@ -18,8 +20,11 @@ from backbones.bench import (
     benchmark,
     build_contenders,
     check_readme_speed,
+    merge_rows,
+    random_timm_model,
     readme_speed_block,
     render_readme_speed,
+    rows_from_dicts,
     rows_markdown,
     run_group,
 )
@@ -73,12 +78,40 @@ def test_twin_same_weights_and_official_op():
 def test_any_timm_reference_and_errors():
     contenders, ref = build_contenders('rapidnet_ti', 'resnet18', optimized=False)
     assert ref == 1 and contenders[1].label == 'timm resnet18' and not contenders[1].same_weights
+    rows = run_group(contenders, ref, [torch.randn(1, 3, 64, 64)], BenchConfig(memory=False, flops=False, **FAST))
+    assert rows[0].max_abs_diff is None and rows[0].speedup > 0  # other weights: no parity to report
+    assert rows_markdown(rows).splitlines()[4].endswith('| — |')
     with pytest.raises(ValueError, match='no timm twin'):
         build_contenders('rapidnet_ti', 'twin')
     with pytest.raises(ValueError, match='no official-operator reference'):
         build_contenders('sknet50', 'official')
     with pytest.raises(ValueError, match='mode'):
         BenchConfig(mode='fast')
+
+
+def test_twin_buffers_are_built():
+    """Computed buffers outside the state dict (MaxViT-TF's one-hot relative-position lookups) are rebuilt after
+    ``to_empty``, not left as uninitialised memory."""
+    twin = random_timm_model('maxvit_tiny_tf_224')
+    lookups = [b for n, b in twin.named_buffers() if n.endswith('_lookup')]
+    assert lookups and all(set(b.unique().tolist()) <= {0., 1.} for b in lookups)
+
+
+def test_merge_rows_and_json():
+    """--update: re-measured groups replace their stored rows in place, new groups join their table, JSON round trip."""
+    ours, ref = _pair()
+    cfg = BenchConfig(memory=False, flops=False, **FAST)
+    x = [torch.randn(1, 3, 16, 16)]
+    old = run_group([Contender('a', ours, 'zoo'), Contender('r', ref, 'timm twin')], 1, x, cfg, group='a') + \
+        run_group([Contender('b', ours, 'zoo'), Contender('r', ref, 'timm twin')], 1, x, cfg, group='b')
+    old = rows_from_dicts(json.loads(json.dumps([asdict(r) for r in old])))
+    assert old[0].input_size == (3, 16, 16) and old[0].when
+    new = run_group([Contender('a', ours, 'zoo'), Contender('r', ref, 'timm twin')], 1, x, cfg, group='a') + \
+        run_group([Contender('c', ours, 'zoo'), Contender('r', ref, 'timm twin')], 1, x, cfg, group='c')
+    merged = merge_rows(old, new)
+    assert [(r.group, r.label) for r in merged] == [('a', 'a'), ('a', 'r'), ('b', 'b'), ('b', 'r'), ('c', 'c'),
+                                                    ('c', 'r')]
+    assert merged[0] is new[0] and merged[2] is old[2]
 
 
 def test_twin_registry():

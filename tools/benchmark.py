@@ -7,12 +7,16 @@
     python tools/benchmark.py --models rapidnet_ti --ref none              # optimize_for_inference vs eager
     python tools/benchmark.py --models davit_t --mode train --threads 2
     python tools/benchmark.py --models maxvit_tiny --device cuda --amp bf16 --channels-last --compile
-    python tools/benchmark.py --markdown --threads 1 2                     # regenerate README's speed table
+    python tools/benchmark.py --markdown --mode both                       # regenerate README's speed table
+    python tools/benchmark.py --markdown --mode both --update --models sknet50   # re-measure one group of it
 
 Each model runs with its reference and (inference) its optimize_for_inference copy, in alternating rounds; the
 speed-up is the median over rounds of reference time / model time from the same round, so a busy machine slows
 all contenders alike. On the CPU, times are process CPU time (all threads) by default (--clock). The parity column
 is the largest output difference against the reference on the same input (same weights).
+
+--markdown also stores every row in benchmarks/speed.json (--store), the data behind README's table; --update
+re-measures only --models and merges them into the stored rows before writing README.
 """
 import argparse
 import json
@@ -31,13 +35,17 @@ from backbones.bench import (  # noqa: E402
     BenchConfig,
     benchmark,
     machine_summary,
+    merge_rows,
     official_notes,
     readme_speed_block,
     render_readme_speed,
+    rows_from_dicts,
     rows_markdown,
 )
 
-README = Path(__file__).resolve().parents[1] / 'README.md'
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / 'README.md'
+STORE = ROOT / 'benchmarks' / 'speed.json'
 
 
 def parse_args(argv=None):
@@ -63,7 +71,13 @@ def parse_args(argv=None):
     ap.add_argument('--json', type=Path, help='also write every row (with per-round times) to this file')
     ap.add_argument('--markdown', action='store_true', help="write the tables into README.md's speed section")
     ap.add_argument('--readme', type=Path, default=README)
-    return ap.parse_args(argv)
+    ap.add_argument('--store', type=Path, default=STORE, help='with --markdown: where the rows are kept')
+    ap.add_argument('--update', action='store_true',
+                    help='with --markdown: re-measure --models only, keep the other stored rows')
+    args = ap.parse_args(argv)
+    if args.update and not (args.markdown and args.models):
+        ap.error('--update needs --markdown and --models')
+    return args
 
 
 def main(argv=None) -> int:
@@ -93,7 +107,12 @@ def main(argv=None) -> int:
     print(summary)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    if args.markdown and args.update:
+        rows = merge_rows(rows_from_dicts(json.loads(args.store.read_text())), rows)
+        notes = official_notes(rows)
     if args.markdown:
+        args.store.parent.mkdir(parents=True, exist_ok=True)
+        args.store.write_text(json.dumps([asdict(r) for r in rows], indent=1) + '\n')
         cmd = 'python tools/benchmark.py --markdown ' + ' '.join(argv if argv is not None else sys.argv[1:]).replace(
             '--markdown', '').strip()
         text = readme_speed_block(rows, ' '.join(cmd.split()), summary, notes)

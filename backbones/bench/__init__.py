@@ -30,9 +30,11 @@ from .report import (
     SPEED_START,
     check_readme_speed,
     machine_summary,
+    merge_rows,
     official_notes,
     readme_speed_block,
     render_readme_speed,
+    rows_from_dicts,
     rows_markdown,
 )
 from .runner import BenchConfig, Row, peak_memory_mb, run_group
@@ -41,7 +43,8 @@ __all__ = [
     'benchmark', 'model_input', 'README_SUITE', 'BenchConfig', 'Row', 'Contender', 'run_group', 'peak_memory_mb',
     'build_contenders', 'calibrate_bn_', 'TIMM_TWINS', 'OFFICIAL_OPS', 'RECORDED_OFFICIAL', 'RecordedRatio', 'redraw_',
     'random_timm_model', 'zoo_model_from', 'recorded_official_note', 'rows_markdown', 'machine_summary',
-    'render_readme_speed', 'readme_speed_block', 'check_readme_speed', 'official_notes', 'SPEED_START', 'SPEED_END',
+    'render_readme_speed', 'readme_speed_block', 'check_readme_speed', 'official_notes',
+    'rows_from_dicts', 'merge_rows', 'SPEED_START', 'SPEED_END',
 ]
 
 # README's table: (zoo model, reference) -- the smallest paper variant of every family, against its timm twin where

@@ -162,9 +162,15 @@ def calibrate_bn_(model: nn.Module, x: torch.Tensor) -> nn.Module:
 
 
 def random_timm_model(name: str, seed: int = 1, **kwargs) -> nn.Module:
-    """``timm.create_model(name)`` built on meta (no init), then given :func:`redraw_` weights; eval mode, CPU."""
+    """``timm.create_model(name)`` built on meta (no init), then given :func:`redraw_` weights; eval mode, CPU.
+
+    Computed buffers that are not in the state dict (timm's relative-position lookup tables, RoPE frequencies) are
+    rebuilt: ``to_empty`` leaves them as uninitialised memory (MaxViT's gave NaN logits).
+    """
     import timm
+    from timm.models._manipulate import reinit_non_persistent_buffers
     model = timm.create_model(name, device='meta', **kwargs).to_empty(device='cpu')
+    reinit_non_persistent_buffers(model)
     return redraw_(model, seed).eval()
 
 

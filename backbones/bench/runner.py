@@ -11,6 +11,7 @@ import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -107,6 +108,7 @@ class Row:
     max_abs_diff: Optional[float] = None  # outputs vs the reference's (same weights only)
     ref_max_abs: Optional[float] = None  # largest reference output, to read max_abs_diff against
     rounds: int = 0
+    when: str = ''  # UTC, minutes, when the group was measured
     times: List[float] = field(default_factory=list, repr=False)
 
 
@@ -243,6 +245,7 @@ def run_group(
 
     r = chosen.index(ref)
     times = cpu if clock == 'cpu' else wall
+    when = datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')
     rows = []
     for j, i in enumerate(chosen):
         c = contenders[i]
@@ -250,13 +253,14 @@ def run_group(
         row = Row(
             group=group or contenders[0].label, label=c.label, kind=c.kind, mode=cfg.mode, batch=batch,
             input_size=tuple(inputs[0].shape[1:]), threads=torch.get_num_threads(), options=cfg.options(),
-            clock=clock, is_reference=j == r, ms=ms, img_s=batch / ms * 1e3, rounds=cfg.rounds, times=times[j])
+            clock=clock, is_reference=j == r, ms=ms, img_s=batch / ms * 1e3, rounds=cfg.rounds, when=when,
+            times=times[j])
         if j != r:
             ratios = [a / b for a, b in zip(times[r], times[j])]
             row.speedup = statistics.median(ratios)
             row.speedup_min, row.speedup_max = min(ratios), max(ratios)
             row.speedup_wall = statistics.median(a / b for a, b in zip(wall[r], wall[j]))
-        if c.same_weights and j != r:
+        if c.same_weights and contenders[ref].same_weights and j != r:  # another network: no parity to check
             row.max_abs_diff = (outputs[j] - outputs[r]).abs().max().item()
             row.ref_max_abs = outputs[r].abs().max().item()
         if cfg.flops:
