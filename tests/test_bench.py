@@ -3,6 +3,7 @@ import copy
 import json
 from dataclasses import asdict
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import timm
@@ -143,3 +144,25 @@ def test_readme_block_round_trip():
         with pytest.raises(ValueError, match='README speed block, line'):
             check_readme_speed(text.replace(old, new))
 
+
+
+def test_tool_markdown_store_and_update(tmp_path):
+    """tools/benchmark.py --markdown writes README's block and the stored rows; --update re-measures one group."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / 'tools' / 'benchmark.py'
+    spec = importlib.util.spec_from_file_location('benchmark_tool', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    readme, store = tmp_path / 'README.md', tmp_path / 'speed.json'
+    readme.write_text(f'# x\n{SPEED_START}\n{SPEED_END}\n')
+    fast = ['--ref', 'none', '--batch', '1', '--img-size', '64', '--rounds', '1', '--warmup', '0', '--no-memory',
+            '--no-flops', '--readme', str(readme), '--store', str(store)]
+    assert tool.main(['--markdown', '--models', 'rapidnet_ti', 'rednet26', *fast]) == 0
+    first = json.loads(store.read_text())
+    assert tool.main(['--markdown', '--update', '--models', 'rednet26', *fast]) == 0
+    second = json.loads(store.read_text())
+    assert [(r['group'], r['label']) for r in second] == [(r['group'], r['label']) for r in first]
+    assert second[0] == first[0] and second[2]['times'] != first[2]['times']  # rapidnet kept, rednet re-measured
+    cells = check_readme_speed(readme.read_text())
+    assert [c[0] for c in cells] == ['`rapidnet_ti`', 'rapidnet_ti + optimize_for_inference', '`rednet26`',
+                                     'rednet26 + optimize_for_inference']

@@ -82,9 +82,14 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_interop_threads(1)
+    if torch.get_num_interop_threads() != 1:
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # parallel work has started (a second call in one process): keep what is set
+            pass
     if args.models:
-        names, refs = args.models, [args.ref] * len(args.models)
+        suite = dict(README_SUITE) if args.markdown and args.ref == 'auto' else {}  # README's rows keep their refs
+        names, refs = args.models, [suite.get(n, args.ref) for n in args.models]
     elif args.markdown:
         names, refs = [n for n, _ in README_SUITE], [r for _, r in README_SUITE]
     else:
