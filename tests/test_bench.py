@@ -135,7 +135,7 @@ def test_readme_block_round_trip():
     block = readme_speed_block(rows, 'python tools/benchmark.py --markdown --threads 1', 'some CPU', ['a note'],
                                when=datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc))
     assert block.startswith('Measured 2026-01-02 03:04 UTC with `python tools/benchmark.py --markdown --threads 1` '
-                            'on: some CPU.')
+                            'on: some CPU; 1-minute load average ')  # each group's load, as it finished
     text = render_readme_speed(f'intro\n{SPEED_START}\n{SPEED_END}\n', block)
     cells = check_readme_speed(text)
     assert [c[0] for c in cells] == ['`ours`', 'ref'] and cells[1][6] == '**reference**'

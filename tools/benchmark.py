@@ -74,9 +74,11 @@ def parse_args(argv=None):
     ap.add_argument('--store', type=Path, default=STORE, help='with --markdown: where the rows are kept')
     ap.add_argument('--update', action='store_true',
                     help='with --markdown: re-measure --models only, keep the other stored rows')
+    ap.add_argument('--rows', type=Path,
+                    help='take the rows from this --json file (written on this machine) instead of measuring')
     args = ap.parse_args(argv)
-    if args.update and not (args.markdown and args.models):
-        ap.error('--update needs --markdown and --models')
+    if args.update and not (args.markdown and (args.models or args.rows)):
+        ap.error('--update needs --markdown and --models (or --rows)')
     return args
 
 
@@ -87,7 +89,9 @@ def main(argv=None) -> int:
             torch.set_num_interop_threads(1)
         except RuntimeError:  # parallel work has started (a second call in one process): keep what is set
             pass
-    if args.models:
+    if args.rows:
+        names, refs = [], []
+    elif args.models:
         suite = dict(README_SUITE) if args.markdown and args.ref == 'auto' else {}  # README's rows keep their refs
         names, refs = args.models, [suite.get(n, args.ref) for n in args.models]
     elif args.markdown:
@@ -96,8 +100,8 @@ def main(argv=None) -> int:
         raise SystemExit('give --models (or --markdown for the README suite)')
     load = os.getloadavg() if hasattr(os, 'getloadavg') else None
     modes = ['infer', 'train'] if args.mode == 'both' else [args.mode]
-    rows = []
-    for mode in modes:
+    rows = rows_from_dicts(json.loads(args.rows.read_text())) if args.rows else []
+    for mode in modes if names else []:
         for threads in args.threads:
             cfg = BenchConfig(
                 mode=mode, batch=args.batch, img_size=args.img_size, threads=threads, device=args.device,

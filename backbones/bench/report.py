@@ -180,6 +180,10 @@ def readme_speed_block(
     dates = sorted({r.when for r in rows if r.when})
     if len(dates) > 1:
         summary += f'; the rows were measured between {dates[0]} and {dates[-1]} UTC, groups re-measured with --update'
+    loads = [r.load for r in rows if r.load is not None]
+    if loads:
+        summary += (f'; 1-minute load average {min(loads):.1f}–{max(loads):.1f} as the groups finished '
+                    f'(benchmarks/speed.json has each row\'s)')
     return '\n'.join([
         f'Measured {when:%Y-%m-%d %H:%M} UTC with `{command}` on: {summary}.', '',
         rows_markdown(rows).rstrip(), *([''] if notes else []), *(f'- {n}' for n in notes)])

@@ -8,6 +8,7 @@ Absolute times (ms per batch, img/s, GFLOP/s) are medians too, but on a shared m
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ class Row:
     ref_max_abs: Optional[float] = None  # largest reference output, to read max_abs_diff against
     rounds: int = 0
     when: str = ''  # UTC, minutes, when the group was measured
+    load: Optional[float] = None  # the machine's 1-minute load average then (other jobs: 0 on an idle machine)
     times: List[float] = field(default_factory=list, repr=False)
 
 
@@ -246,6 +248,7 @@ def run_group(
     r = chosen.index(ref)
     times = cpu if clock == 'cpu' else wall
     when = datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')
+    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
     rows = []
     for j, i in enumerate(chosen):
         c = contenders[i]
@@ -254,7 +257,7 @@ def run_group(
             group=group or contenders[0].label, label=c.label, kind=c.kind, mode=cfg.mode, batch=batch,
             input_size=tuple(inputs[0].shape[1:]), threads=torch.get_num_threads(), options=cfg.options(),
             clock=clock, is_reference=j == r, ms=ms, img_s=batch / ms * 1e3, rounds=cfg.rounds, when=when,
-            times=times[j])
+            load=load, times=times[j])
         if j != r:
             ratios = [a / b for a, b in zip(times[r], times[j])]
             row.speedup = statistics.median(ratios)
