@@ -38,6 +38,8 @@ def _speedup(row: Row) -> str:
 def _diff(row: Row) -> str:
     if row.is_reference:
         return ''
+    if row.mode == 'train':  # dropout draws differ between models: parity is the inference table's
+        return '—'
     if row.max_abs_diff is None:
         return 'n/a (other weights)' if row.kind == 'timm' else '—'
     cell = f'{row.max_abs_diff:.1e}'
@@ -182,7 +184,8 @@ def readme_speed_block(
         summary += f'; the rows were measured between {dates[0]} and {dates[-1]} UTC, groups re-measured with --update'
     loads = [r.load for r in rows if r.load is not None]
     if loads:
-        summary += (f'; 1-minute load average {min(loads):.1f}–{max(loads):.1f} as the groups finished '
+        which = 'the groups' if len(loads) == len(rows) else 'the groups that recorded it'
+        summary += (f'; 1-minute load average {min(loads):.1f}–{max(loads):.1f} as {which} finished '
                     f'(benchmarks/speed.json has each row\'s)')
     return '\n'.join([
         f'Measured {when:%Y-%m-%d %H:%M} UTC with `{command}` on: {summary}.', '',

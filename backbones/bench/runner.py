@@ -263,7 +263,8 @@ def run_group(
             row.speedup = statistics.median(ratios)
             row.speedup_min, row.speedup_max = min(ratios), max(ratios)
             row.speedup_wall = statistics.median(a / b for a, b in zip(wall[r], wall[j]))
-        if c.same_weights and contenders[ref].same_weights and j != r:  # another network: no parity to check
+        # parity: inference only (a training step's outputs differ by dropout draws), same weights only
+        if not train and c.same_weights and contenders[ref].same_weights and j != r:
             row.max_abs_diff = (outputs[j] - outputs[r]).abs().max().item()
             row.ref_max_abs = outputs[r].abs().max().item()
         if cfg.flops:
