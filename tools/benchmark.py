@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     notes = official_notes(rows)
     for n in notes:
         print(n)
-    summary = machine_summary(load)
+    summary = machine_summary(load if names else None)  # --rows: this process measured nothing
     print(summary)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
