@@ -13,6 +13,7 @@ import torch.nn as nn
 import backbones
 from backbones.bench import (
     OFFICIAL_OPS,
+    README_SUITE,
     SPEED_END,
     SPEED_START,
     TIMM_TWINS,
@@ -166,3 +167,13 @@ def test_tool_markdown_store_and_update(tmp_path):
     cells = check_readme_speed(readme.read_text())
     assert [c[0] for c in cells] == ['`rapidnet_ti`', 'rapidnet_ti + optimize_for_inference', '`rednet26`',
                                      'rednet26 + optimize_for_inference']
+
+
+def test_readme_speed_table_is_the_tools_format():
+    """README's speed block is the tool's output (format only, never timings) and covers the whole README suite."""
+    readme = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
+    zoo_rows = {c[0].strip('`') for c in check_readme_speed(readme) if c[0].startswith('`')}
+    missing = {name for name, _ in README_SUITE} - zoo_rows
+    assert not missing, f'README speed table lacks {sorted(missing)}: run python tools/benchmark.py --markdown'
+    stored = rows_from_dicts(json.loads((Path(__file__).resolve().parents[1] / 'benchmarks/speed.json').read_text()))
+    assert rows_markdown(stored).strip() in readme  # the table renders the stored rows, nothing edited by hand
