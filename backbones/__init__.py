@@ -4,9 +4,12 @@
 """
 from . import models  # noqa: F401  (registers the zoo with timm)
 from ._registry import get_family, get_variant_info, list_families, list_models
+from .optimize import optimize_for_inference
 from .version import __version__
 
-__all__ = ['list_models', 'list_families', 'get_family', 'get_variant_info', 'count', '__version__']
+__all__ = [
+    'list_models', 'list_families', 'get_family', 'get_variant_info', 'count', 'optimize_for_inference', '__version__',
+]
 
 
 def count(model_or_name, input_size=None, per_module: bool = False, batch_size: int = 1, table_depth: int = 3):

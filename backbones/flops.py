@@ -51,7 +51,6 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 with warnings.catch_warnings():  # fvcore's loss modules use torch.jit.script, deprecated in torch 2.x
     warnings.simplefilter('ignore', FutureWarning)
@@ -212,19 +211,9 @@ def _involution_macs(module: nn.Module, inputs: Tuple[Any, ...], output: torch.T
     return output.numel() * taps
 
 
-def _involution_unfold_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The official (naive, unfold-based) involution: the same result as the layer's tap-by-tap loop, in a handful
-    of traced ops instead of ~5 per kernel tap. Used only while counting."""
-    k, s, g = module.kernel_size, module.stride, module.groups
-    weight = module.conv2(module.conv1(module.pool(x)))  # [B, G*K*K, Ho, Wo]: the counted convs
-    b, _, h, w = weight.shape
-    cols = F.unfold(x, k, padding=(k - 1) // 2, stride=s)  # [B, C*K*K, Ho*Wo]
-    cols = cols.view(b, g, -1, k * k, h, w)
-    return (cols * weight.view(b, g, 1, k * k, h, w)).sum(dim=3).view(b, -1, h, w)
-
-
 register_module_handle(
-    'backbones.layers.involution.Involution', 'involution', _involution_macs, _involution_unfold_forward)
+    'backbones.layers.involution.Involution', 'involution', _involution_macs,
+    lambda module, x: module.forward_unfold(x))  # the official unfold form: a handful of traced ops, not ~5 per tap
 
 
 def _msa_conv_macs(module: nn.Module, inputs: Tuple[Any, ...], output: torch.Tensor) -> int:
@@ -234,21 +223,11 @@ def _msa_conv_macs(module: nn.Module, inputs: Tuple[Any, ...], output: torch.Ten
     return 2 * inputs[0].numel() * module.taps
 
 
-def _msa_conv_unfold_forward(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The unfold formulation of MSA-Conv attention (what the official im2col op computes): the same result as the
-    layer's tap-by-tap loops in a handful of traced ops, none of which fvcore counts. Used only while counting."""
-    B, C, H, W = q.shape
-    h, (kh, kw), (vh, vw) = module.num_heads, module.kernel_size, module.value_kernel_size
-    d = module.dilation
-    k = F.unfold(k, (kh, kw), dilation=d, padding=(d[0] * (kh - 1) // 2, d[1] * (kw - 1) // 2))
-    attn = (q.view(B, h, C // h, 1, H, W) * k.view(B, h, C // h, kh * kw, H, W)).sum(2) * module.scale
-    attn = module.attn_drop(attn.softmax(dim=2))  # [B, h, T, H, W]
-    v = F.unfold(v, (vh, vw), dilation=d, padding=(d[0] * (vh - 1) // 2, d[1] * (vw - 1) // 2))
-    return (v.view(B, h, C // h, vh * vw, H, W) * attn.unsqueeze(2)).sum(3).view(B, C, H, W)
-
-
 register_module_handle(
-    'backbones.layers.msa_conv.MSAConvAttention', 'msa_conv', _msa_conv_macs, _msa_conv_unfold_forward)
+    'backbones.layers.msa_conv.MSAConvAttention', 'msa_conv', _msa_conv_macs,
+    lambda module, q, k, v: module.forward_unfold(q, k, v))  # the im2col form: a handful of traced ops
+
+
 def _bilstm_macs(module: nn.Module, inputs: Tuple[Any, ...], output: torch.Tensor) -> int:
     """Sequencer's ``BiLSTM`` (``nn.LSTM``'s parameters and ``aten::lstm`` kernel on ``[T, N, C]``): as
     :func:`rnn_flop_jit`, every weight matrix once per time step, sequence and direction."""

@@ -1,38 +1,14 @@
 """Helpers for parity tests: non-trivial random weights, as the shared fixtures draw them."""
 import torch
 
+from backbones.bench import random_timm_model, redraw_
 
-def redraw_(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Re-draw every floating state entry so a wrong mapping cannot hide.
-
-    Norm weights 1+0.02*randn, BN running_mean 0.1*randn, running_var 1+0.1*rand, conv/linear weights
-    randn/sqrt(fan_in), every other float tensor (biases) 0.02*randn — the recipe of shared/parity.
-    """
-    g = torch.Generator().manual_seed(seed)
-    sd = model.state_dict()
-    with torch.no_grad():
-        for k, v in sd.items():
-            if not v.is_floating_point():
-                continue
-            if k.endswith('running_mean'):
-                new = 0.1 * torch.randn(v.shape, generator=g)
-            elif k.endswith('running_var'):
-                new = 1 + 0.1 * torch.rand(v.shape, generator=g)
-            elif v.dim() >= 2:
-                new = torch.randn(v.shape, generator=g) / max(1, v[0].numel()) ** 0.5
-            elif k.endswith('weight'):
-                new = 1 + 0.02 * torch.randn(v.shape, generator=g)
-            else:
-                new = 0.02 * torch.randn(v.shape, generator=g)
-            v.copy_(new.to(v.dtype))
-    return model
+__all__ = ['redraw_', 'random_model', 'load_converted', 'assert_same_layout']
 
 
 def random_model(name: str, **kwargs) -> torch.nn.Module:
     """``timm.create_model`` without the (slow, irrelevant) init: built on meta, then re-drawn by ``redraw_``."""
-    import timm
-    model = timm.create_model(name, device='meta', **kwargs).to_empty(device='cpu')
-    return redraw_(model).eval()
+    return random_timm_model(name, **kwargs)
 
 
 def load_converted(name: str, state_dict, filter_fn, **kwargs) -> torch.nn.Module:

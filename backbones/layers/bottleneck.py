@@ -4,8 +4,12 @@
 
 What differs between those families is only ``conv2`` (grouped 3x3, selective kernel, hierarchical split,
 involution), ``attn`` (squeeze-excitation or nothing), where the stride sits and the shortcut's form.
+
+A channel gate (an ``attn`` with an ``excitation(x)`` method, e.g. :class:`~backbones.layers.SqueezeExcite`) is
+fused with the residual sum: ``addcmul(shortcut, x, excitation(x))`` reads and writes the block's widest tensor once
+instead of twice (stochastic depth's per-sample mask applies to the gate, the same thing).
 """
-from typing import Callable, Optional
+from typing import Callable, Final, Optional
 
 import torch
 import torch.nn as nn
@@ -36,6 +40,8 @@ class Bottleneck(nn.Module):
         drop_path: stochastic-depth rate of the residual branch.
     """
 
+    gated: Final[bool]  # attn is a channel gate, fused with the residual sum
+
     def __init__(
             self,
             in_chs: int,
@@ -61,6 +67,7 @@ class Bottleneck(nn.Module):
         self.conv2 = mixer_fn(mid_chs, mixer_chs, 1 if stride_in_1x1 else stride, first, **dd)
         self.conv3 = ConvNormAct(mixer_chs, out_chs, 1, act_layer=None, **dd)
         self.attn = attn_layer(out_chs, **dd) if attn_layer is not None else nn.Identity()
+        self.gated = hasattr(self.attn, 'excitation')
         if stride != 1 or in_chs != out_chs:
             self.downsample = Shortcut(
                 in_chs, out_chs, stride, kernel_size=shortcut_kernel_size, avg_down=avg_down, **dd)
@@ -78,5 +85,6 @@ class Bottleneck(nn.Module):
         x = self.conv1(x)
         x = self.conv2(x)
         x = self.conv3(x)
-        x = self.attn(x)
-        return self.act(self.drop_path(x) + shortcut)
+        if self.gated:
+            return self.act(torch.addcmul(shortcut, x, self.drop_path(self.attn.excitation(x))))
+        return self.act(self.drop_path(self.attn(x)) + shortcut)

@@ -3,14 +3,15 @@
 Both are exact algebra (``bn(conv(x)) == conv'(x)`` with the eval statistics); the new weights are computed in
 float64 and cast back, so the folded layer differs from the pair only by the rounding of its own arithmetic.
 """
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import torch
 import torch.nn as nn
 
-from .conv import ConvNormAct
+if TYPE_CHECKING:
+    from .conv import ConvNormAct
 
-__all__ = ['fuse_conv_bn', 'fuse_conv_norm_act_', 'scale_conv_']
+__all__ = ['fuse_conv_bn', 'fuse_conv_bn_', 'fuse_bn_conv_', 'fuse_conv_norm_act_', 'scale_conv_']
 
 
 @torch.no_grad()
@@ -42,8 +43,61 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
+def _bn_scale_shift(bn: nn.BatchNorm2d):
+    """``bn(x) == x * scale + shift`` per channel in eval mode, in float64."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError('cannot fold a BatchNorm without running statistics (track_running_stats=False)')
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.double()
+    return scale, shift
+
+
+def _set_weight_bias_(conv: nn.Conv2d, w: torch.Tensor, b: torch.Tensor) -> nn.Conv2d:
+    conv.weight.copy_(w)
+    if conv.bias is None:  # nn.Conv2d keeps a None slot for it: the new bias is an ordinary parameter
+        conv.bias = nn.Parameter(b.to(conv.weight), requires_grad=conv.weight.requires_grad)
+    else:
+        conv.bias.copy_(b)
+    return conv
+
+
 @torch.no_grad()
-def fuse_conv_norm_act_(module: ConvNormAct) -> ConvNormAct:
+def fuse_conv_bn_(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Like :func:`fuse_conv_bn` (``bn(conv(x))`` in eval mode), but in place: ``conv`` keeps its class (timm's
+    ``Conv2dSame`` and its dynamic padding included) and gains a bias if it had none."""
+    if bn.num_features != conv.out_channels:
+        raise ValueError(f'BatchNorm width {bn.num_features} != conv output channels {conv.out_channels}')
+    scale, shift = _bn_scale_shift(bn)
+    b = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    return _set_weight_bias_(conv, conv.weight.double() * scale.view(-1, 1, 1, 1), b * scale + shift)
+
+
+@torch.no_grad()
+def fuse_bn_conv_(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
+    """Fold a BatchNorm that comes BEFORE a 1x1 conv into it, in place: ``conv(bn(x))`` in eval mode.
+
+    Exact only for a plain ungrouped 1x1 conv without padding (a zero-padded border would see the BatchNorm's shift):
+    ``W (s x + t) = (W s) x + W t``. Raises ``ValueError`` for any other conv.
+    """
+    if conv.kernel_size != (1, 1) or conv.padding not in ((0, 0), 'valid') or type(conv) is not nn.Conv2d:
+        raise ValueError(f'a BatchNorm folds into a following conv only if it is 1x1 without padding, got '
+                         f'kernel {conv.kernel_size}, padding {conv.padding}')
+    if conv.groups != 1 or bn.num_features != conv.in_channels:
+        raise ValueError(f'BatchNorm width {bn.num_features} vs conv input channels {conv.in_channels} '
+                         f'(groups {conv.groups}): cannot fold')
+    scale, shift = _bn_scale_shift(bn)
+    w = conv.weight.double()  # [out, in, 1, 1]
+    b = conv.bias.double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64,
+                                                                     device=w.device)
+    return _set_weight_bias_(conv, w * scale.view(1, -1, 1, 1), b + w[:, :, 0, 0] @ shift)
+
+
+@torch.no_grad()
+def fuse_conv_norm_act_(module: 'ConvNormAct') -> 'ConvNormAct':
     """Fold ``module.bn`` into ``module.conv`` in place (``bn`` becomes ``Identity``); a no-op once folded."""
     if isinstance(module.bn, nn.BatchNorm2d):
         module.conv = fuse_conv_bn(module.conv, module.bn)

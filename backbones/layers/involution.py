@@ -14,6 +14,7 @@ with ``Xp`` the input zero-padded by ``(K - 1) // 2``. Parameter names follow th
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .conv import ConvNormAct
 from .window_taps import window_weighted_sum
@@ -75,6 +76,18 @@ class Involution(nn.Module):
         weight = weight.unflatten(1, (self.groups, k * k))  # [B, G, K*K, Ho, Wo], tap t = a*K + b
         x = x.unflatten(1, (self.groups, self.group_channels))  # [B, G, C/G, H, W]
         return window_weighted_sum(x, weight, (k, k), stride=s).flatten(1, 2)  # [B, C, Ho, Wo]
+
+    def forward_unfold(self, x: torch.Tensor) -> torch.Tensor:
+        """The official operator's formulation (its naive PyTorch path): unfold the input into ``[B, C*K*K, Ho*Wo]``
+        windows and multiply-sum them with the generated kernels. The same numbers as :meth:`forward` in a handful of
+        ops, with a ``K*K`` times larger temporary: the FLOP counter traces it, and the benchmark runs it as the
+        official reference."""
+        k, s, g = self.kernel_size, self.stride, self.groups
+        weight = self.conv2(self.conv1(self.pool(x)))  # [B, G*K*K, Ho, Wo]
+        b, _, h, w = weight.shape
+        cols = F.unfold(x, k, padding=self.padding, stride=s)  # [B, C*K*K, Ho*Wo]
+        cols = cols.view(b, g, -1, k * k, h, w)
+        return (cols * weight.view(b, g, 1, k * k, h, w)).sum(dim=3).view(b, -1, h, w)
 
     def extra_repr(self) -> str:
         return f'{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, groups={self.groups}'

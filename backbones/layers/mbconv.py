@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, create_conv2d, pad_same, register_notrace_function
 
 from .conv import LayerType
+from .fuse import fuse_bn_conv_, fuse_conv_bn_
 from .se import SqueezeExcite
 
 __all__ = ['MBConv', 'MBConvShortcut', 'avg_pool_same']
@@ -103,3 +104,21 @@ class MBConv(nn.Module):
         x = self.act2(self.norm2(self.conv2(x)))
         x = self.conv3(self.se(x))
         return shortcut + self.drop_path(x)
+
+    def fuse(self) -> 'MBConv':
+        """Fold the three BatchNorms (running statistics: the eval-mode function) into the convolutions, in place;
+        returns ``self``. All exact: ``pre_norm`` into the 1x1 ``conv1`` after it (no padding, so no border sees its
+        shift), ``norm1`` into ``conv1``, ``norm2`` into the depthwise ``conv2`` (which keeps its "SAME" padding).
+        timm's ``reparameterize_model`` and :func:`backbones.optimize_for_inference` call it."""
+        if self._foldable(self.pre_norm):
+            fuse_bn_conv_(self.pre_norm, self.conv1)
+            self.pre_norm = nn.Identity()
+        for conv, norm in (('conv1', 'norm1'), ('conv2', 'norm2')):
+            if self._foldable(getattr(self, norm)):
+                fuse_conv_bn_(getattr(self, conv), getattr(self, norm))
+                setattr(self, norm, nn.Identity())
+        return self
+
+    @staticmethod
+    def _foldable(norm: nn.Module) -> bool:
+        return type(norm) is nn.BatchNorm2d and norm.track_running_stats

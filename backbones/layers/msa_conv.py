@@ -34,6 +34,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import to_2tuple
 
 from .window_taps import window_dot, window_weighted_sum
@@ -119,6 +120,18 @@ class MSAConvAttention(nn.Module):
         attn = self.attn_drop(attn)
         out = window_weighted_sum(v.reshape(heads), attn, self.value_kernel_size, self.dilation)  # [B, h, C/h, H, W]
         return out.reshape(B, C, H, W)
+
+    def forward_unfold(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The official op's im2col formulation: K and V unfolded into ``C * kh * kw``-row buffers. The same numbers
+        as :meth:`forward` in a handful of ops: the FLOP counter traces it, and the benchmark runs it as the
+        official reference."""
+        B, C, H, W = q.shape
+        h, (kh, kw), (vh, vw), d = self.num_heads, self.kernel_size, self.value_kernel_size, self.dilation
+        k = F.unfold(k, (kh, kw), dilation=d, padding=(d[0] * (kh - 1) // 2, d[1] * (kw - 1) // 2))
+        attn = (q.view(B, h, C // h, 1, H, W) * k.view(B, h, C // h, kh * kw, H, W)).sum(2) * self.scale
+        attn = self.attn_drop(attn.softmax(dim=2))  # [B, h, T, H, W]
+        v = F.unfold(v, (vh, vw), dilation=d, padding=(d[0] * (vh - 1) // 2, d[1] * (vw - 1) // 2))
+        return (v.view(B, h, C // h, vh * vw, H, W) * attn.unsqueeze(2)).sum(3).view(B, C, H, W)
 
     def extra_repr(self) -> str:
         s = f'{self.dim}, kernel_size={self.kernel_size}, dilation={self.dilation}, num_heads={self.num_heads}'

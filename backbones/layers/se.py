@@ -35,7 +35,11 @@ class SqueezeExcite(nn.Module):
         self.fc2 = nn.Conv2d(rd_chs, chs, 1, bias=True, **dd)
         self.gate = gate_layer()
 
-    def forward(self, x):
+    def excitation(self, x):
+        """The channel weights ``[B, C, 1, 1]`` (``forward(x) = x * excitation(x)``; a residual block can fuse the
+        product with its sum, see :class:`~backbones.layers.Bottleneck`)."""
         s = x.mean((2, 3), keepdim=True)
-        s = self.fc2(self.act(self.fc1(s)))
-        return x * self.gate(s)
+        return self.gate(self.fc2(self.act(self.fc1(s))))
+
+    def forward(self, x):
+        return x * self.excitation(x)

@@ -2,6 +2,7 @@
 import torch.nn as nn
 
 from .conv import LayerType
+from .fuse import fuse_conv_bn
 
 __all__ = ['Shortcut']
 
@@ -41,3 +42,10 @@ class Shortcut(nn.Module):
 
     def forward(self, x):
         return self.bn(self.conv(self.pool(x)))
+
+    def fuse(self) -> 'Shortcut':
+        """Fold a ``BatchNorm2d`` into the conv, in place (see :meth:`ConvNormAct.fuse`); returns ``self``."""
+        if type(self.bn) is nn.BatchNorm2d and self.bn.track_running_stats:
+            self.conv = fuse_conv_bn(self.conv, self.bn)
+            self.bn = nn.Identity()
+        return self

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .conv import ConvNormAct, LayerType
+from .fuse import fuse_conv_bn
 
 __all__ = ['SelectiveKernel', 'SelectiveKernelAttn', 'sk_attn_chs']
 
@@ -27,7 +28,8 @@ class SelectiveKernelAttn(nn.Module):
             breaks that rule in one stage).
         num_paths: number of branches M.
 
-    ``forward(u)`` maps ``U`` of shape ``[B, C, H, W]`` to attention weights ``[B, M, C, 1, 1]`` (summing to 1 over M).
+    ``forward(s)`` maps the pooled sum of the paths ``s = mean_hw(U)``, ``[B, C, 1, 1]``, to attention weights
+    ``[B, M, C, 1, 1]`` (summing to 1 over M).
     As in the paper (and timm), ``bn`` normalizes the pooled vector, so training mode needs a batch of 2 or more.
     """
 
@@ -49,11 +51,17 @@ class SelectiveKernelAttn(nn.Module):
         self.act = act_layer(inplace=True)
         self.fc_select = nn.Conv2d(attn_chs, chs * num_paths, 1, bias=False, **dd)
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        s = u.mean((2, 3), keepdim=True)  # [B, C, 1, 1]
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
         z = self.act(self.bn(self.fc_reduce(s)))  # [B, d, 1, 1]
         logits = self.fc_select(z)  # [B, M*C, 1, 1]; path i owns channels i*C .. (i+1)*C
-        return logits.reshape(u.shape[0], self.num_paths, u.shape[1], 1, 1).softmax(dim=1)
+        return logits.reshape(s.shape[0], self.num_paths, s.shape[1], 1, 1).softmax(dim=1)
+
+    def fuse(self) -> 'SelectiveKernelAttn':
+        """Fold a ``BatchNorm2d`` into ``fc_reduce`` (which gains a bias), in place; returns ``self``."""
+        if type(self.bn) is nn.BatchNorm2d and self.bn.track_running_stats:
+            self.fc_reduce = fuse_conv_bn(self.fc_reduce, self.bn)
+            self.bn = nn.Identity()
+        return self
 
 
 class SelectiveKernel(nn.Module):
@@ -94,15 +102,16 @@ class SelectiveKernel(nn.Module):
             out_chs, attn_chs, num_paths, norm_layer=norm_layer, act_layer=act_layer, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the paths are kept as a list (no [B, M, C, H, W] stack): two fewer full-size tensors in memory
+        # the paths are kept as a list (no [B, M, C, H, W] stack), U is never formed (the mean of a sum is the sum of
+        # the means) and the weighted sum accumulates with addcmul: each path is read twice, nothing else is written
         v = [path(x) for path in self.paths]  # M x [B, C, H, W]
-        u = v[0]
+        s = v[0].mean((2, 3), keepdim=True)
         for vi in v[1:]:
-            u = u + vi
-        a = self.attn(u).unbind(1)  # M x [B, C, 1, 1]
+            s = s + vi.mean((2, 3), keepdim=True)
+        a = self.attn(s).unbind(1)  # M x [B, C, 1, 1]
         out = v[0] * a[0]
         for i in range(1, len(v)):
-            out = out + v[i] * a[i]
+            out = torch.addcmul(out, v[i], a[i])
         return out
 
 

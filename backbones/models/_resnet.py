@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from .._features import StageFeatureMixin, stage_feature_info
-from ..layers import Bottleneck, Head, Stage, drop_path_schedule
+from ..layers import Bottleneck, ConvNormAct, Head, Stage, drop_path_schedule
 
 __all__ = ['ResNetSkeleton']
 
@@ -67,6 +67,10 @@ class ResNetSkeleton(StageFeatureMixin, nn.Module):
             reduction *= stride
             reductions.append(reduction)
         self.stages = nn.Sequential(*stages)
+        if getattr(stem, 'channels_last', False):  # the stages see channels-last maps: 1x1 convs as matmuls
+            for m in self.stages.modules():
+                if isinstance(m, ConvNormAct):
+                    m.use_matmul_1x1()
         self.feature_info = stage_feature_info(list(widths), reductions)
         self.num_features = prev_chs
         self.norm = nn.Identity()

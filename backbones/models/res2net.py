@@ -77,9 +77,9 @@ class Res2Net(ResNetSkeleton):
     ):
         dd = dict(device=device, dtype=dtype)
         if deep_stem:
-            stem = ConvStem(in_chans, (32, 32, 64), kernel_size=3, pool='max', **dd)
+            stem = ConvStem(in_chans, (32, 32, 64), kernel_size=3, pool='max', channels_last=True, **dd)
         else:
-            stem = ConvStem(in_chans, 64, kernel_size=7, pool='max', **dd)
+            stem = ConvStem(in_chans, 64, kernel_size=7, pool='max', channels_last=True, **dd)
         block_fn = partial(
             _res2_bottleneck, base_width=base_width, scale=scale, cardinality=cardinality, avg_down=avg_down)
         super().__init__(stem, block_fn, depths, in_chans=in_chans, **dd, **kwargs)

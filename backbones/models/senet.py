@@ -84,9 +84,9 @@ class SENet(ResNetSkeleton):
     ):
         dd = dict(device=device, dtype=dtype)
         if deep_stem:
-            stem = ConvStem(in_chans, (64, 64, 128), kernel_size=3, pool='max_caffe', **dd)
+            stem = ConvStem(in_chans, (64, 64, 128), kernel_size=3, pool='max_caffe', channels_last=True, **dd)
         else:
-            stem = ConvStem(in_chans, 64, kernel_size=7, pool='max_caffe', **dd)
+            stem = ConvStem(in_chans, 64, kernel_size=7, pool='max_caffe', channels_last=True, **dd)
         block_fn = partial(
             _se_bottleneck, groups=groups, base_width=base_width, stride_in_1x1=stride_in_1x1,
             reduce_first=reduce_first, shortcut_kernel_size=shortcut_kernel_size)

@@ -94,7 +94,7 @@ class SKNet(ResNetSkeleton):
             fuse_dims = [sk_attn_chs(w // 4 * base_width // 64 * groups, sk_reduction, sk_min_dim) for w in widths]
         if len(fuse_dims) != len(widths):
             raise ValueError(f'fuse_dims needs one value per stage ({len(widths)}), got {tuple(fuse_dims)}')
-        stem = ConvStem(in_chans, 64, kernel_size=7, pool=stem_pool, **dd)
+        stem = ConvStem(in_chans, 64, kernel_size=7, pool=stem_pool, channels_last=True, **dd)
         block_fn = partial(
             _sk_bottleneck, groups=groups, base_width=base_width, fuse_dims=dict(zip(widths, fuse_dims)))
         super().__init__(stem, block_fn, depths, widths=widths, in_chans=in_chans, **dd, **kwargs)

@@ -1,0 +1,179 @@
+"""The benchmark library (backbones.bench, tools/benchmark.py): contenders, the table, parity; never timings."""
+import copy
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import backbones
+from backbones.bench import (
+    OFFICIAL_OPS,
+    README_SUITE,
+    SPEED_END,
+    SPEED_START,
+    TIMM_TWINS,
+    BenchConfig,
+    Contender,
+    benchmark,
+    build_contenders,
+    check_readme_speed,
+    merge_rows,
+    random_timm_model,
+    readme_speed_block,
+    render_readme_speed,
+    rows_from_dicts,
+    rows_markdown,
+    run_group,
+)
+from backbones.layers import ConvNormAct
+
+FAST = dict(rounds=1, warmup=0, batch=1)
+
+
+def _pair():
+    torch.manual_seed(0)
+    ours = nn.Sequential(ConvNormAct(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    return ours, copy.deepcopy(ours)
+
+
+def test_run_group_rows_and_table():
+    ours, ref = _pair()
+    with torch.no_grad():
+        ref[3].bias.add_(0.5)  # a known output difference for the parity column
+    contenders = [Contender('ours', ours, 'zoo'), Contender('ours fast', copy.deepcopy(ours), 'zoo+opt', train=False),
+                  Contender('ref', ref, 'timm twin')]
+    rows = run_group(contenders, 2, [torch.randn(2, 3, 16, 16)], BenchConfig(**FAST), group='g')
+    assert [r.label for r in rows] == ['ours', 'ours fast', 'ref'] and [r.is_reference for r in rows] == [0, 0, 1]
+    assert rows[0].max_abs_diff == pytest.approx(0.5) and rows[1].max_abs_diff == pytest.approx(0.5)
+    assert rows[2].max_abs_diff is None and rows[2].speedup is None and rows[0].speedup > 0
+    # fvcore's convention: conv 8*27 per pixel, eval BN 2 per element, average pool 1, linear 8*5
+    assert rows[0].gmacs == pytest.approx((16 * 16 * 8 * (27 + 2 + 1) + 8 * 5) / 1e9)
+    assert rows[0].peak_mb > 0 and rows[0].batch == 2 and rows[0].input_size == (3, 16, 16)
+    table = rows_markdown(rows)
+    lines = table.splitlines()
+    assert lines[0].startswith('**inference, batch 2 @ 16x16, ') and 'median of 1 interleaved rounds' in lines[0]
+    assert lines[2] == ('| model | ms / batch | img/s | peak MiB | GMACs / img | GFLOP/s | speed-up vs ref | '
+                        'wall speed-up | max abs diff vs ref |')
+    assert lines[4].startswith('| `ours` |') and lines[4].endswith('| 5.0e-01 |')
+    assert '| ref |' in lines[6] and '**reference**' in lines[6]
+
+    train = run_group(contenders, 2, [torch.randn(2, 3, 16, 16)], BenchConfig(mode='train', **FAST))
+    assert [r.label for r in train] == ['ours', 'ref']  # the inference-only copy sits training out
+    assert 'training step' in rows_markdown(train)
+
+
+def test_twin_same_weights_and_official_op():
+    cfg = BenchConfig(img_size=64, flops=False, memory=False, **FAST)
+    rows = benchmark(['se_resnet50', 'rednet26'], cfg, optimized=False)
+    assert [r.label for r in rows] == [
+        'se_resnet50', 'timm legacy_seresnet50', 'rednet26', OFFICIAL_OPS['involution'][0]]
+    for r in rows:
+        if not r.is_reference:  # same weights through checkpoint_filter_fn: the same logits
+            assert r.max_abs_diff <= 1e-5 * max(1., r.ref_max_abs), r
+
+
+def test_any_timm_reference_and_errors():
+    contenders, ref = build_contenders('rapidnet_ti', 'resnet18', optimized=False)
+    assert ref == 1 and contenders[1].label == 'timm resnet18' and not contenders[1].same_weights
+    rows = run_group(contenders, ref, [torch.randn(1, 3, 64, 64)], BenchConfig(memory=False, flops=False, **FAST))
+    assert rows[0].max_abs_diff is None and rows[0].speedup > 0  # other weights: no parity to report
+    assert rows_markdown(rows).splitlines()[4].endswith('| — |')
+    with pytest.raises(ValueError, match='no timm twin'):
+        build_contenders('rapidnet_ti', 'twin')
+    with pytest.raises(ValueError, match='no official-operator reference'):
+        build_contenders('sknet50', 'official')
+    with pytest.raises(ValueError, match='mode'):
+        BenchConfig(mode='fast')
+
+
+def test_twin_buffers_are_built():
+    """Computed buffers outside the state dict (MaxViT-TF's one-hot relative-position lookups) are rebuilt after
+    ``to_empty``, not left as uninitialised memory."""
+    twin = random_timm_model('maxvit_tiny_tf_224')
+    lookups = [b for n, b in twin.named_buffers() if n.endswith('_lookup')]
+    assert lookups and all(set(b.unique().tolist()) <= {0., 1.} for b in lookups)
+
+
+def test_merge_rows_and_json():
+    """--update: re-measured groups replace their stored rows in place, new groups join their table, JSON round trip."""
+    ours, ref = _pair()
+    cfg = BenchConfig(memory=False, flops=False, **FAST)
+    x = [torch.randn(1, 3, 16, 16)]
+    old = run_group([Contender('a', ours, 'zoo'), Contender('r', ref, 'timm twin')], 1, x, cfg, group='a') + \
+        run_group([Contender('b', ours, 'zoo'), Contender('r', ref, 'timm twin')], 1, x, cfg, group='b')
+    old = rows_from_dicts(json.loads(json.dumps([asdict(r) for r in old])))
+    assert old[0].input_size == (3, 16, 16) and old[0].when
+    new = run_group([Contender('a', ours, 'zoo'), Contender('r', ref, 'timm twin')], 1, x, cfg, group='a') + \
+        run_group([Contender('c', ours, 'zoo'), Contender('r', ref, 'timm twin')], 1, x, cfg, group='c')
+    merged = merge_rows(old, new)
+    assert [(r.group, r.label) for r in merged] == [('a', 'a'), ('a', 'r'), ('b', 'b'), ('b', 'r'), ('c', 'c'),
+                                                    ('c', 'r')]
+    assert merged[0] is new[0] and merged[2] is old[2]
+
+
+def test_twin_registry():
+    zoo, entrypoints = set(backbones.list_models()), set(timm.list_models())
+    assert set(TIMM_TWINS) <= zoo and {t for t, _ in TIMM_TWINS.values()} <= entrypoints
+
+
+def test_readme_markers():
+    text = f'intro\n{SPEED_START}\nold\n{SPEED_END}\nrest\n'
+    assert render_readme_speed(text, 'new table') == f'intro\n{SPEED_START}\n\nnew table\n\n{SPEED_END}\nrest\n'
+    with pytest.raises(ValueError, match='speed-table markers'):
+        render_readme_speed('no markers', 'x')
+
+
+def test_readme_block_round_trip():
+    """What the tool writes passes the README check; a hand-edited line does not."""
+    ours, ref = _pair()
+    rows = run_group([Contender('ours', ours, 'zoo'), Contender('ref', ref, 'timm twin')], 1,
+                     [torch.randn(1, 3, 16, 16)], BenchConfig(memory=False, **FAST), group='g')
+    block = readme_speed_block(rows, 'python tools/benchmark.py --markdown --threads 1', 'some CPU', ['a note'],
+                               when=datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc))
+    assert block.startswith('Measured 2026-01-02 03:04 UTC with `python tools/benchmark.py --markdown --threads 1` '
+                            'on: some CPU; 1-minute load average ')  # each group's load, as it finished
+    text = render_readme_speed(f'intro\n{SPEED_START}\n{SPEED_END}\n', block)
+    cells = check_readme_speed(text)
+    assert [c[0] for c in cells] == ['`ours`', 'ref'] and cells[1][6] == '**reference**'
+    for old, new in (('**reference**', 'reference'), ('| ms / batch |', '| ms |'), ('Measured 2026', 'Run 2026'),
+                     ('- a note', 'a note')):
+        with pytest.raises(ValueError, match='README speed block, line'):
+            check_readme_speed(text.replace(old, new))
+
+
+
+def test_tool_markdown_store_and_update(tmp_path):
+    """tools/benchmark.py --markdown writes README's block and the stored rows; --update re-measures one group."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / 'tools' / 'benchmark.py'
+    spec = importlib.util.spec_from_file_location('benchmark_tool', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    readme, store = tmp_path / 'README.md', tmp_path / 'speed.json'
+    readme.write_text(f'# x\n{SPEED_START}\n{SPEED_END}\n')
+    fast = ['--ref', 'none', '--batch', '1', '--img-size', '64', '--rounds', '1', '--warmup', '0', '--no-memory',
+            '--no-flops', '--readme', str(readme), '--store', str(store)]
+    assert tool.main(['--markdown', '--models', 'rapidnet_ti', 'rednet26', *fast]) == 0
+    first = json.loads(store.read_text())
+    assert tool.main(['--markdown', '--update', '--models', 'rednet26', *fast]) == 0
+    second = json.loads(store.read_text())
+    assert [(r['group'], r['label']) for r in second] == [(r['group'], r['label']) for r in first]
+    assert second[0] == first[0] and second[2]['times'] != first[2]['times']  # rapidnet kept, rednet re-measured
+    cells = check_readme_speed(readme.read_text())
+    assert [c[0] for c in cells] == ['`rapidnet_ti`', 'rapidnet_ti + optimize_for_inference', '`rednet26`',
+                                     'rednet26 + optimize_for_inference']
+
+
+def test_readme_speed_table_is_the_tools_format():
+    """README's speed block is the tool's output (format only, never timings) and covers the whole README suite."""
+    readme = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
+    zoo_rows = {c[0].strip('`') for c in check_readme_speed(readme) if c[0].startswith('`')}
+    missing = {name for name, _ in README_SUITE} - zoo_rows
+    assert not missing, f'README speed table lacks {sorted(missing)}: run python tools/benchmark.py --markdown'
+    stored = rows_from_dicts(json.loads((Path(__file__).resolve().parents[1] / 'benchmarks/speed.json').read_text()))
+    assert rows_markdown(stored).strip() in readme  # the table renders the stored rows, nothing edited by hand

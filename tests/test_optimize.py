@@ -1,0 +1,82 @@
+"""backbones.optimize_for_inference: the same logits as the eval-mode model, BatchNorms folded, on every family."""
+import pytest
+import torch
+import torch.nn as nn
+from _oracle import random_model
+from conftest import SMALL_MODELS, input_side
+from timm.utils.model import reparameterize_model
+
+import backbones
+from backbones.bench import calibrate_bn_
+from backbones.layers import ConvNormAct, MBConv, SelectiveKernelAttn, Shortcut
+
+
+def _model(name, **kwargs):
+    """Random non-trivial weights, BatchNorm statistics calibrated on a random batch (``calibrate_bn_``: non-trivial
+    and well-conditioned); returned in train mode: optimize_for_inference must switch to eval itself."""
+    model = random_model(name, num_classes=10, **kwargs)
+    side = input_side(model, 64)
+    return calibrate_bn_(model, torch.randn(2, 3, side, side)).train()
+
+
+def _foldable(model):
+    """BatchNorms next to a conv in the shared layers (what the walker must fold)."""
+    return [m for m in model.modules() if isinstance(m, (ConvNormAct, Shortcut, SelectiveKernelAttn))
+            and type(m.bn) is nn.BatchNorm2d] + [
+        m for m in model.modules() if isinstance(m, MBConv)
+        and any(type(n) is nn.BatchNorm2d for n in (m.pre_norm, m.norm1, m.norm2))]
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_same_logits(name):
+    model = _model(name)
+    side = input_side(model, 64)
+    x = torch.randn(1, 3, side, side)
+    fast = backbones.optimize_for_inference(model)
+    assert not fast.training and model.training  # a copy, in eval mode; the original is untouched
+    assert not _foldable(fast)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    if _foldable(model):
+        assert sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) < n_bn
+    with torch.no_grad():
+        expected, got = model.eval()(x), fast(x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_inplace_idempotent_and_timm_walker():
+    model = _model('se_resnext50_32x4d', depths=(1, 1, 1, 1)).eval()  # SE, shortcuts and grouped convs
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        via_timm = reparameterize_model(model)  # timm's own walker reaches the same fuse() methods
+        assert not _foldable(via_timm)
+        torch.testing.assert_close(via_timm(x), expected, atol=1e-5, rtol=1e-5)
+        same = backbones.optimize_for_inference(model, inplace=True)
+        assert same is model and not _foldable(model)
+        again = backbones.optimize_for_inference(model, inplace=True)  # nothing left to fold: a no-op
+        torch.testing.assert_close(again(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_leaves_unfoldable_norms():
+    """A norm that is not an eval-mode BatchNorm2d (here GroupNorm, and BN without running statistics) stays."""
+    gn = ConvNormAct(4, 8, 3, norm_layer=lambda c, **kw: nn.GroupNorm(2, c, **kw))
+    bn = ConvNormAct(4, 8, 3, norm_layer=lambda c, **kw: nn.BatchNorm2d(c, track_running_stats=False, **kw))
+    model = backbones.optimize_for_inference(nn.Sequential(gn, bn))
+    assert isinstance(model[0].bn, nn.GroupNorm) and isinstance(model[1].bn, nn.BatchNorm2d)
+
+
+def test_fold_bn_into_following_pointwise_conv():
+    """``conv(bn(x))`` folds into the 1x1 conv after it (exact), and refuses a conv where it would not be."""
+    from backbones.layers.fuse import fuse_bn_conv_
+    bn, conv = nn.BatchNorm2d(6).eval(), nn.Conv2d(6, 4, 1, bias=False)
+    with torch.no_grad():
+        for p in (bn.weight, bn.bias, bn.running_mean, conv.weight):
+            p.normal_()
+        bn.running_var.uniform_(0.5, 2.)
+    x = torch.randn(2, 6, 5, 7)
+    with torch.no_grad():
+        expected = conv(bn(x))
+        torch.testing.assert_close(fuse_bn_conv_(bn, conv)(x), expected, atol=1e-5, rtol=1e-5)
+    for bad in (nn.Conv2d(6, 4, 3, padding=1), nn.Conv2d(6, 4, 1, padding=1), nn.Conv2d(6, 4, 1, groups=2)):
+        with pytest.raises(ValueError, match='fold'):
+            fuse_bn_conv_(bn, bad)
