@@ -2,7 +2,7 @@
 from .attention import Attention, sdpa
 from .bottleneck import Bottleneck, MixerFn
 from .channel_attention import ChannelAttention
-from .conv import ConvNormAct, LayerType, same_padding
+from .conv import Conv2dSame, ConvNormAct, LayerType, create_conv2d_same, pad_same, same_padding
 from .head import Head
 from .helpers import check_input
 from .involution import Involution
@@ -16,4 +16,14 @@ from .sk import SelectiveKernel, SelectiveKernelAttn, sk_attn_chs
 from .stage import Stage, drop_path_schedule
 from .stem import ConvStem, stem_pool
 from .subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
-from .window import crop, grid_partition, grid_reverse, pad_to_multiple, window_partition, window_reverse
+from .tracing import contiguous_for_export, is_exporting, is_tracing
+from .window import (
+    contiguous_reshape,
+    crop,
+    grid_partition,
+    grid_reverse,
+    pad_to_multiple,
+    round_up,
+    window_partition,
+    window_reverse,
+)

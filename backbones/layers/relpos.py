@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
+from .tracing import is_tracing
+
 __all__ = ['RelPosBias', 'rel_pos_index', 'resize_rel_pos_table']
 
 
@@ -34,8 +36,8 @@ def rel_pos_index(window: Tuple[int, int], key_minus_query: bool = True,
 
 def resize_rel_pos_table(table: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of a ``[heads, h, w]`` table to ``[heads, size[0], size[1]]`` (``tf.image.resize`` default)."""
-    if table.shape[-2] == size[0] and table.shape[-1] == size[1]:
-        return table
+    if not is_tracing() and table.shape[-2] == size[0] and table.shape[-1] == size[1]:
+        return table  # (a traced graph always resizes: to the same size, bilinear is the identity, exactly)
     return F.interpolate(table.unsqueeze(0), size=size, mode='bilinear', align_corners=False).squeeze(0)
 
 
