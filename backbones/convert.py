@@ -138,7 +138,7 @@ def _sha256(path: Path) -> str:
 
 
 def _write_atomically(model, out_dir: Path, overwrite: bool, model_config: dict) -> None:
-    from timm.models import save_for_hf
+    from .hub import save_for_hf
     created = []  # parents we create, removed again on failure
     for parent in reversed(out_dir.parents):
         if not parent.exists():
