@@ -25,8 +25,9 @@ def rel_pos_index(window: Tuple[int, int], key_minus_query: bool = True,
                   device: Optional[torch.device] = None) -> torch.Tensor:
     """``[N, N]`` (N = wh * ww, tokens row-major) indices into a flattened ``(2wh-1) x (2ww-1)`` offset table."""
     wh, ww = window
-    ys = torch.arange(wh, device=device).repeat_interleave(ww)
-    xs = torch.arange(ww, device=device).repeat(wh)
+    token = torch.arange(wh * ww, device=device)
+    ys = token // ww  # row-major (y, x) of each token, in ops the exporters take with a dynamic window
+    xs = token - ys * ww
     dy = ys[None, :] - ys[:, None]  # [query, key] = key - query
     dx = xs[None, :] - xs[:, None]
     if not key_minus_query:

@@ -21,7 +21,7 @@ from timm.layers import to_2tuple, use_fused_attn
 from .attention import Attention, sdpa
 from .conv import LayerType
 from .tracing import contiguous_for_export
-from .window import crop, pad_to_multiple, window_partition, window_reverse
+from .window import contiguous_reshape, crop, pad_to_multiple, window_partition, window_reverse
 
 __all__ = ['LocallyGroupedAttention', 'GlobalSubsampledAttention']
 
@@ -118,5 +118,5 @@ class GlobalSubsampledAttention(nn.Module):
         kv = self.kv(kv).reshape(B, kv.shape[1], 2, self.num_heads, self.head_dim)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         x = sdpa(q, k, v, None, self.scale, self.attn_drop.p if self.training else 0., self.fused_attn)
-        x = x.transpose(1, 2).reshape(B, H, W, C)
+        x = contiguous_reshape(x.transpose(1, 2), [B, H, W, C])
         return self.proj_drop(self.proj(x))

@@ -8,11 +8,10 @@ position ``(i * H / gh + a, j * W / gw + b)``), MaxViT's dilated "grid" attentio
 
 Export notes. Every size is written out from the map's own sizes (no ``-1``), so an empty batch stays empty and shapes
 stay symbolic under ``torch.export``; padded sizes are ``ceil(H / m) * m`` rather than ``H + (m - H % m) % m`` (the
-same number, but a far simpler expression for the exporter's shape solver). The permuted windows are copied out
-with an explicit contiguous ``clone`` (:func:`contiguous_reshape`) instead of ``reshape``: ``reshape`` asks whether
-the permuted view happens to be contiguous (it is when there is one window per side), and a traced graph would then
-only hold for inputs with the same answer. ``reshape`` copies in every other case anyway: eager mode does the same
-work.
+same number, but a far simpler expression for the exporter's shape solver). While tracing, permuted windows are
+copied out with an explicit contiguous ``clone`` (:func:`contiguous_reshape`) instead of ``reshape``: ``reshape`` asks
+whether the permuted view happens to be contiguous (it is when there is one window per side), and a traced graph would
+then only hold for inputs with the same answer.
 """
 from typing import List, Tuple
 
@@ -28,9 +27,11 @@ __all__ = [
 
 
 def contiguous_reshape(x: torch.Tensor, shape: List[int]) -> torch.Tensor:
-    """``x.reshape(shape)`` of a permuted ``x``, always as a contiguous copy (see the module docstring, export notes):
-    a traced graph then does not depend on whether the permuted view happened to be contiguous."""
-    return x.clone(memory_format=torch.contiguous_format).view(shape)
+    """``x.reshape(shape)`` of a permuted ``x``; a traced graph always copies (``clone`` + ``view``), so that it does
+    not depend on whether the permuted view happened to be contiguous (see the module docstring, export notes)."""
+    if is_tracing():
+        return x.clone(memory_format=torch.contiguous_format).view(shape)
+    return x.reshape(shape)
 
 
 def window_partition(x: torch.Tensor, window: Tuple[int, int]) -> torch.Tensor:
