@@ -9,19 +9,22 @@ these attributes:
 - ``norm``: final norm applied to the last stage's output (``nn.Identity`` when the net has none);
 - ``head``: :class:`backbones.layers.Head`;
 - ``feature_info``: one dict per stage (``num_chs``, ``reduction``, ``module='stages.<i>'``);
-- ``in_chans``, ``input_divisor`` (input sides must be multiples of it; 1 = any size) and ``_model_name`` (for error
-  messages), which the default ``_check_input`` uses; a model with another size rule overrides ``_check_input``.
+- ``in_chans``, ``input_divisor`` (input sides must be multiples of it; 1 = any size), ``_model_name`` (for error
+  messages) and, when its strides / pooling cannot take every size down to 1x1, ``min_input_size``, which the
+  default ``_check_input`` uses; a model with another size rule overrides ``_check_input`` (calling ``check_input``
+  with ``self._input_weight()`` first, so the channel / rank / dtype checks stay the same).
 
 ``forward_features`` is ``norm(stages(stem(x)))`` and ``forward_head`` is ``head(x, pre_logits)``.
+
+Token (ViT-style) models use :class:`backbones._token.TokenFeatureMixin` instead.
 """
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Final, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
-from timm.models._features import feature_take_indices
 
-from .layers.helpers import check_input
+from .layers.helpers import check_feature_indices, check_input
 
 __all__ = ['StageFeatureMixin', 'stage_feature_info']
 
@@ -32,6 +35,7 @@ def stage_feature_info(chs: List[int], reductions: List[int]) -> List[Dict]:
 
 class StageFeatureMixin:
     """timm's model contract for ``stem -> stages -> norm -> head`` networks (see module docstring)."""
+    min_input_size: Final[int] = 1  # smallest input side (Final: TorchScript reads this class-level default)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
@@ -77,7 +81,7 @@ class StageFeatureMixin:
         assert output_fmt == 'NCHW', 'output_fmt must be NCHW for this model'
         self._check_input(x)
         intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        take_indices, max_index = check_feature_indices(len(self.stages), indices, self._model_name)
         last_index = len(self.stages) - 1
         x = self.stem(x)
         if torch.jit.is_scripting() or not stop_early:
@@ -105,7 +109,7 @@ class StageFeatureMixin:
         ``prune_norm`` drops the final norm and ``prune_head`` the head (pool, norm, fc); cutting any stage drops
         both, since they are sized for the last stage.
         """
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        take_indices, max_index = check_feature_indices(len(self.stages), indices, self._model_name)
         self.stages = self.stages[:max_index + 1]
         prune_end = max_index < len(self.feature_info) - 1
         if prune_norm or prune_end:  # the final norm is sized for the last stage
@@ -117,8 +121,18 @@ class StageFeatureMixin:
             self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
         return take_indices
 
+    def _input_weight(self) -> Optional[torch.Tensor]:
+        """The first parameter (the input layer's weight), whose dtype ``check_input`` expects of the input. Passed
+        as a tensor, so an FX graph reads it at run time (it follows ``.half()``); None in TorchScript, which skips
+        the dtype check."""
+        weight: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():
+            weight = next(self.parameters(), None)
+        return weight
+
     def _check_input(self, x: torch.Tensor):
-        check_input(x, self.in_chans, self.input_divisor, self._model_name)
+        check_input(
+            x, self.in_chans, self.input_divisor, self._model_name, self.min_input_size, self._input_weight())
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

@@ -8,6 +8,7 @@ import fail loudly, naming the clash, instead of shadowing timm.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
@@ -15,6 +16,8 @@ from typing import Callable, Dict, List, Optional
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model
 from timm.models._registry import _model_entrypoints
+
+from .layers.helpers import check_model_kwargs
 
 __all__ = [
     'Family', 'VariantInfo', 'register_family', 'register_zoo_model', 'list_models', 'list_families',
@@ -81,7 +84,9 @@ def register_zoo_model(
     """Register a zoo entrypoint with timm after checking that timm does not own its name.
 
     The decorated function's module must have registered its family with :func:`register_family` and define
-    ``default_cfgs`` above the entrypoints (timm's ``register_model`` reads it).
+    ``default_cfgs`` above the entrypoints (timm's ``register_model`` reads it). The registered entrypoint checks
+    timm's generic arguments (``in_chans``, ``drop_path_rate``: :func:`~backbones.layers.check_model_kwargs`) before
+    anything is built, so every zoo model refuses them with one clear message.
     """
     def _register(fn: Callable) -> Callable:
         name = fn.__name__
@@ -95,7 +100,12 @@ def register_zoo_model(
         _ours.add(name)
         _VARIANTS[name] = VariantInfo(
             name=name, family=family, params=params, gmacs=gmacs, top1=top1, gmacs_source=gmacs_source, notes=notes)
-        return register_model(fn)
+
+        @functools.wraps(fn)
+        def entrypoint(pretrained: bool = False, **kwargs):
+            check_model_kwargs(name, kwargs)
+            return fn(pretrained=pretrained, **kwargs)
+        return register_model(entrypoint)
     return _register
 
 

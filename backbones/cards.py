@@ -31,8 +31,8 @@ from ._registry import get_family, get_variant_info, list_models
 from .docs import weights_source
 
 __all__ = [
-    'BIBTEX', 'MEASURE_VERSION', 'render_card', 'measure', 'fingerprint', 'card_filename', 'load_measured',
-    'update_measured', 'render_all', 'write_cards', 'check_cards', 'front_matter',
+    'BIBTEX', 'RECONSTRUCTED', 'MEASURE_VERSION', 'render_card', 'measure', 'fingerprint', 'card_filename',
+    'load_measured', 'update_measured', 'render_all', 'write_cards', 'check_cards', 'front_matter',
 ]
 
 MEASURE_VERSION = 1  # bump when what measure() computes changes (cached figures are then recounted)
@@ -45,6 +45,13 @@ BIBTEX: Dict[str, str] = {
   author={Zhu, Lei and Wang, Xinjiang and Ke, Zhanghan and Zhang, Wayne and Lau, Rynson W.H.},
   booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
   year={2023}
+}""",
+    'convit': """@inproceedings{dascoli2021convit,
+  title={ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases},
+  author={d'Ascoli, St{\\'e}phane and Touvron, Hugo and Leavitt, Matthew and Morcos, Ari and Biroli, Giulio and
+          Sagun, Levent},
+  booktitle={Proceedings of the 38th International Conference on Machine Learning (ICML)},
+  year={2021}
 }""",
     'davit': """@inproceedings{ding2022davit,
   title={DaViT: Dual Attention Vision Transformers},
@@ -74,6 +81,19 @@ BIBTEX: Dict[str, str] = {
   booktitle={International Conference on Learning Representations (ICLR)},
   year={2023}
 }""",
+    'parcnetv2': """@inproceedings{xu2023parcnetv2,
+  title={ParCNetV2: Oversized Kernel with Enhanced Attention},
+  author={Xu, Ruihan and Zhang, Haokui and Hu, Wenze and Zhang, Shiliang and Wang, Xiaoyu},
+  booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
+  year={2023}
+}""",
+    'rapidnet': """@inproceedings{munir2025rapidnet,
+  title={RapidNet: Multi-Level Dilated Convolution Based Mobile Backbone},
+  author={Munir, Mustafa and Rahman, Md Mostafijur and Marculescu, Radu},
+  booktitle={Proceedings of the IEEE/CVF Winter Conference on Applications of Computer Vision (WACV)},
+  pages={8291--8301},
+  year={2025}
+}""",
     'res2net': """@article{gao2021res2net,
   title={Res2Net: A New Multi-scale Backbone Architecture},
   author={Gao, Shang-Hua and Cheng, Ming-Ming and Zhao, Kai and Zhang, Xin-Yu and Yang, Ming-Hsuan and Torr, Philip},
@@ -90,12 +110,24 @@ BIBTEX: Dict[str, str] = {
   pages={7132--7141},
   year={2018}
 }""",
+    'sequencer': """@inproceedings{tatsunami2022sequencer,
+  title={Sequencer: Deep LSTM for Image Classification},
+  author={Tatsunami, Yuki and Taki, Masato},
+  booktitle={Advances in Neural Information Processing Systems (NeurIPS)},
+  year={2022}
+}""",
     'sknet': """@inproceedings{li2019selective,
   title={Selective Kernel Networks},
   author={Li, Xiang and Wang, Wenhai and Hu, Xiaolin and Yang, Jian},
   booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
   pages={510--519},
   year={2019}
+}""",
+    'tic': """@article{zhang2023tic,
+  title={TiC: Exploring Vision Transformer in Convolution},
+  author={Zhang, Song and Wang, Qingzhong and Bian, Jiang and Xiong, Haoyi},
+  journal={arXiv preprint arXiv:2310.04134},
+  year={2023}
 }""",
     'twins': """@inproceedings{chu2021twins,
   title={Twins: Revisiting the Design of Spatial Attention in Vision Transformers},
@@ -104,6 +136,14 @@ BIBTEX: Dict[str, str] = {
   booktitle={Advances in Neural Information Processing Systems (NeurIPS)},
   year={2021}
 }""",
+}
+
+# families whose network was never published, rebuilt by us around the official pieces (key: Family.name): the card
+# says so instead of calling the model faithful, and calls the registered params our count, not an official one
+RECONSTRUCTED: Dict[str, str] = {
+    'tic': ('Only the MSA-Conv operator and its block are official (and reproduce the official code); the TiC network '
+            'is OUR reconstruction from the paper\'s abstract, sized beside Swin-T/S/B: the paper\'s architecture '
+            'tables could not be read, and no weights exist.'),
 }
 
 _DATASETS = {'in1k': ('imagenet-1k', 'ImageNet-1k'), 'in22k': ('imagenet-22k', 'ImageNet-22k'),
@@ -337,12 +377,18 @@ def render_card(model_name: str, **extra) -> str:
     lines += ['pipeline_tag: image-classification', '---', '']
     lines += [f'# Model card for {full}', '']
     lines += [description.strip(), ''] if description else []
-    lines += [f'`{arch}` from Backbone Zoo (python package `backbones`): the model of "{family.paper}" '
-              f'as a timm-compatible backbone, faithful to the paper and the official code.', '']
+    reconstructed = RECONSTRUCTED.get(family.name)
+    if reconstructed:
+        lines += [f'`{arch}` from Backbone Zoo (python package `backbones`): a timm-compatible backbone after '
+                  f'"{family.paper}". {reconstructed}', '']
+    else:
+        lines += [f'`{arch}` from Backbone Zoo (python package `backbones`): the model of "{family.paper}" '
+                  f'as a timm-compatible backbone, faithful to the paper and the official code.', '']
 
     lines += ['## Model Details', '', '- **Model Type:** Image classification / feature backbone', '- **Model Stats:**']
     params_m = measured['params'] / 1e6
-    lines.append(f'  - Params (M): {params_m:.2f} (official: {info.params / 1e6:.2f})')
+    registered = 'our design' if reconstructed else 'official'
+    lines.append(f'  - Params (M): {params_m:.2f} ({registered}: {info.params / 1e6:.2f})')
     paper_macs = f' (reported: {info.gmacs:.2f}' + (f'; {info.gmacs_source}' if info.gmacs_source else '') + ')' \
         if info.gmacs is not None else ''
     lines.append(f'  - GMACs: {measured["macs"] / 1e9:.2f}{paper_macs}')

@@ -17,9 +17,12 @@ On top of fvcore:
     under-counts a broadcast left operand);
 * module handles (:data:`MODULE_HANDLES`, keyed by layer class) for layers whose work is invisible at op level
   (element-wise multiply + sum, which fvcore rightly skips elsewhere), gathered with forward hooks during the traced
-  forward and added to the module's row, its ancestors' rows and the total: so far the aggregation of
-  :class:`backbones.layers.involution.Involution` (``C * K**2 * H_out * W_out`` per image). A handle may also give a
-  same-result forward that is cheaper to trace (the involution's unfold form instead of its loop over 49 taps).
+  forward and added to the module's row, its ancestors' rows and the total: the aggregation of
+  :class:`backbones.layers.involution.Involution` (``C * K**2 * H_out * W_out`` per image), the windowed
+  attention of :class:`backbones.layers.msa_conv.MSAConvAttention` (Q.K and A.V, ``2 * C * kh*kw * H * W``) and
+  Sequencer's ``BiLSTM`` (as ``aten::lstm``). A handle may also give a forward that is cheaper to trace: the same
+  result (the unfold forms of the involution and MSA-Conv instead of their loops over the window taps), or only the
+  output's shape where no value decides a later shape (the LSTM, whose meta fallback steps through time in Python).
 
 Everything else fvcore does not know (element-wise ops, softmax, pooling other than adaptive average, ...) is not
 counted, by convention, and listed in :attr:`FlopCount.skipped_ops`.
@@ -172,7 +175,7 @@ ModuleHandle = Callable[[nn.Module, Tuple[Any, ...], Any], int]
 class _ModuleEntry:
     label: str  # operator name the MACs are reported under
     macs: ModuleHandle  # (module, inputs, output) -> MACs of one call
-    count_forward: Optional[Callable[..., Any]] = None  # same-result forward that is cheaper to trace
+    count_forward: Optional[Callable[..., Any]] = None  # forward that is cheaper to trace (see register_...)
 
 
 MODULE_HANDLES: Dict[str, _ModuleEntry] = {}
@@ -193,7 +196,8 @@ def register_module_handle(
 
     ``count_forward(module, *inputs)``, if given, replaces the module's forward while the model is traced: a forward
     with the same result (and the same counted ops: the child modules fvcore should see) that records far fewer jit
-    nodes, for layers that loop over small ops (jit tracing costs about a millisecond per recorded op).
+    nodes, for layers that loop over small ops (jit tracing costs about a millisecond per recorded op); or, for a
+    layer whose output values never decide a later shape, one that returns a tensor of the output's shape.
     """
     MODULE_HANDLES[cls if isinstance(cls, str) else _class_key(cls)] = _ModuleEntry(label, macs, count_forward)
 
@@ -220,6 +224,44 @@ def _involution_unfold_forward(module: nn.Module, x: torch.Tensor) -> torch.Tens
 
 register_module_handle(
     'backbones.layers.involution.Involution', 'involution', _involution_macs, _involution_unfold_forward)
+
+
+def _msa_conv_macs(module: nn.Module, inputs: Tuple[Any, ...], output: torch.Tensor) -> int:
+    """MSA-Conv attention: for each of the ``kh * kw`` window taps, Q.K costs one MAC per channel and pixel (summed
+    over the heads: ``C * kh*kw * H * W``) and A.V the same again; softmax and scaling are element-wise. Its qkv /
+    output convs are ordinary convs counted by fvcore."""
+    return 2 * inputs[0].numel() * module.taps
+
+
+def _msa_conv_unfold_forward(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The unfold formulation of MSA-Conv attention (what the official im2col op computes): the same result as the
+    layer's tap-by-tap loops in a handful of traced ops, none of which fvcore counts. Used only while counting."""
+    B, C, H, W = q.shape
+    h, (kh, kw), (vh, vw) = module.num_heads, module.kernel_size, module.value_kernel_size
+    d = module.dilation
+    k = F.unfold(k, (kh, kw), dilation=d, padding=(d[0] * (kh - 1) // 2, d[1] * (kw - 1) // 2))
+    attn = (q.view(B, h, C // h, 1, H, W) * k.view(B, h, C // h, kh * kw, H, W)).sum(2) * module.scale
+    attn = module.attn_drop(attn.softmax(dim=2))  # [B, h, T, H, W]
+    v = F.unfold(v, (vh, vw), dilation=d, padding=(d[0] * (vh - 1) // 2, d[1] * (vw - 1) // 2))
+    return (v.view(B, h, C // h, vh * vw, H, W) * attn.unsqueeze(2)).sum(3).view(B, C, H, W)
+
+
+register_module_handle(
+    'backbones.layers.msa_conv.MSAConvAttention', 'msa_conv', _msa_conv_macs, _msa_conv_unfold_forward)
+def _bilstm_macs(module: nn.Module, inputs: Tuple[Any, ...], output: torch.Tensor) -> int:
+    """Sequencer's ``BiLSTM`` (``nn.LSTM``'s parameters and ``aten::lstm`` kernel on ``[T, N, C]``): as
+    :func:`rnn_flop_jit`, every weight matrix once per time step, sequence and direction."""
+    steps = _prod(inputs[0].shape[:2])
+    return steps * sum(p.numel() for p in module.parameters() if p.dim() == 2)
+
+
+def _bilstm_shape_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The LSTM's output shape only: no value of it decides a later shape, and tracing ``aten::lstm`` on meta
+    tensors steps through every time step in Python (seconds per call)."""
+    return x.new_zeros(x.shape[0], x.shape[1], 2 * module.hidden_size)
+
+
+register_module_handle('backbones.models.sequencer.BiLSTM', 'lstm', _bilstm_macs, _bilstm_shape_forward)
 
 
 def _module_handle(module: nn.Module) -> Tuple[Optional[_ModuleEntry], Optional[type]]:

@@ -9,11 +9,14 @@ untouched, so a second push would keep a stale card. Anything pushed loads back 
     import backbones, timm
     model = timm.create_model('hf-hub:org/name', pretrained=True)
 
-:func:`pull` downloads the files timm needs into the Hugging Face cache (offline after the first time, with
-``HF_HUB_OFFLINE=1``) and returns the snapshot folder; :func:`load_model` pulls and builds the model. Both check
-what timm would only discover later, with messages that say what to do: a wrong repo id, an architecture that is
-not registered (``import backbones`` first), a repo whose only weights are a pickle (never loaded: pickles can run
-code), a truncated or corrupt ``model.safetensors``.
+:func:`pull` downloads the files timm needs into the Hugging Face cache and returns the snapshot folder;
+:func:`load_model` pulls and builds the model. Offline (``HF_HUB_OFFLINE=1``, or the Hub cannot be reached: one
+probe request, no retries) a pulled repo loads from the cache at once and a missing one is a one-line error naming
+it. Both check what timm would only discover later, with messages that say what to do: a wrong repo id, a
+``config.json`` that is not valid JSON, lacks ``architecture``, has values of the wrong type or a ``num_classes``
+the weights' classifier does not have (each naming the file), an architecture that is not registered (``import
+backbones`` first), a repo whose only weights are a pickle (never loaded: pickles can run code), a truncated
+``model.safetensors`` or one that is not safetensors at all.
 
 :func:`save_for_hf` is the one writer of the zoo's folders (``push``, ``tools/convert.py``, a training run's
 ``best/``): timm's ``save_for_hf`` whose ``config.json`` also loads in Hugging Face transformers
@@ -24,16 +27,17 @@ from __future__ import annotations
 import functools
 import json
 import os
-import struct
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
 import torch.nn as nn
-from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    FileMetadataError,
+    HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
@@ -43,7 +47,15 @@ from huggingface_hub.utils import validate_repo_id
 from timm.models import is_model
 from timm.models import save_for_hf as timm_save_for_hf
 
-from ._checkpoint import CheckpointMismatchError, UnreadableCheckpointError, family_filter_fn, read_checkpoint_file
+from ._checkpoint import (
+    CheckpointMismatchError,
+    UnreadableCheckpointError,
+    caller_adapts,
+    classifier_names,
+    family_filter_fn,
+    read_checkpoint_file,
+)
+from ._checkpoint import check_safetensors as _check_safetensors
 
 __all__ = [
     'push', 'pull', 'load_model', 'load_checkpoint', 'build_model', 'check_safetensors', 'read_label_names',
@@ -104,35 +116,16 @@ def save_for_hf(
 # -- checkpoints ------------------------------------------------------------------------------------------------
 
 def check_safetensors(path: Union[str, Path]) -> None:
-    """Raise :class:`CorruptWeightsError` unless ``path`` is a complete safetensors file (reads the header only)."""
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, 'rb') as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CorruptWeightsError(f'{path} is not a safetensors file: {size} bytes, shorter than the 8-byte header')
-        n = struct.unpack('<Q', head)[0]
-        if n > size - 8:
-            raise CorruptWeightsError(
-                f'{path} is truncated: its header says {n} header bytes, the file has {size} bytes in all '
-                f'(an interrupted download or copy? delete it and fetch it again)')
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CorruptWeightsError(f'{path} is not a safetensors file (unreadable header: {e})') from e
-    ends = [v['data_offsets'][1] for k, v in header.items() if k != '__metadata__' and isinstance(v, dict)
-            and 'data_offsets' in v]
-    expected = 8 + n + max(ends, default=0)
-    if size < expected:
-        raise CorruptWeightsError(
-            f'{path} is truncated: {size} bytes, the tensors it lists need {expected} '
-            f'(an interrupted download or copy? delete it and fetch it again)')
+    """Raise :class:`CorruptWeightsError` unless ``path`` is a complete safetensors file (reads the header only):
+    "truncated" for a cut safetensors file, "not a safetensors file" for anything else (a torch pickle, text)."""
+    try:
+        _check_safetensors(path)
+    except UnreadableCheckpointError as e:
+        raise CorruptWeightsError(str(e)) from e
 
 
 def _read_checkpoint(path: Union[str, Path]) -> Mapping:
     """Read a safetensors file or a torch checkpoint WITHOUT executing pickled code."""
-    if Path(path).suffix == '.safetensors' and Path(path).is_file():
-        check_safetensors(path)
     try:
         return read_checkpoint_file(path)
     except UnreadableCheckpointError as e:
@@ -151,6 +144,13 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, Mapping]) -> 
     """Load ``checkpoint`` (a file or a state dict, in any layout the family's filter accepts) strictly."""
     sd = _read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
     sd = family_filter_fn(_arch(model))(sd, model)
+    own = model.state_dict()
+    shapes = [f'{k} {tuple(v.shape)} != {tuple(own[k].shape)}' for k, v in sd.items()
+              if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if shapes:  # a head or input channels the filter leaves to timm's adaptation: here the load is strict
+        raise CheckpointMismatchError(
+            f'checkpoint does not fit {_arch(model)} as built (num_classes={model.num_classes}): '
+            f'{", ".join(shapes[:4])}')
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.endswith('num_batches_tracked')]
     if missing or unexpected:
@@ -178,10 +178,11 @@ def build_model(
         return timm.create_model(name, **kwargs)
     sd = _read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
     probe = timm.create_model(name, **dict(kwargs, pretrained=False), device='meta')  # shapes only, no init cost
-    sd = family_filter_fn(_arch(probe))(sd, probe)  # our layout now; checks every key but the head's
+    with caller_adapts():  # our layout now; every key checked but the head's size and the input channels
+        sd = family_filter_fn(_arch(probe))(sd, probe)
     # rebuild when the checkpoint's head size / input channels differ from the defaults (a fine-tuned checkpoint)
     overrides = {}
-    classifier = probe.pretrained_cfg.get('classifier')
+    classifier = next(iter(classifier_names(probe)), None)
     if classifier and 'num_classes' not in kwargs:
         w = sd.get(f'{classifier}.weight')
         n = 0 if w is None else w.shape[0]
@@ -317,26 +318,84 @@ def _split_repo(repo_id: str, revision: Optional[str]) -> Tuple[str, Optional[st
     return repo_id, revision
 
 
+def _config_problem(cfg) -> Optional[str]:
+    """What makes a parsed config.json unusable for timm, or None. Types are checked where timm would fail later with
+    an error that does not name the file."""
+    if not isinstance(cfg, dict):
+        return f'expected a JSON object, got a {type(cfg).__name__}'
+    arch = cfg.get('architecture')
+    if arch is None:
+        return "no 'architecture': not a timm model export"
+    if not isinstance(arch, str) or not arch:
+        return f"'architecture' must be a model name (a string), got {arch!r}"
+    is_count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    for key in ('num_classes', 'num_features'):
+        if key in cfg and cfg[key] is not None and not is_count(cfg[key]):
+            return f"'{key}' must be a whole number >= 0, got {cfg[key]!r}"
+    for key in ('model_args', 'pretrained_cfg'):
+        if key in cfg and not isinstance(cfg[key], dict):
+            return f"'{key}' must be a JSON object, got {type(cfg[key]).__name__} {cfg[key]!r}"
+    labels = cfg.get('label_names', (cfg.get('pretrained_cfg') or {}).get('label_names'))
+    if labels is not None:
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            return f"'label_names' must be a list of strings, got {labels!r}"[:200]
+        if is_count(cfg.get('num_classes')) and len(labels) != cfg['num_classes']:
+            return f"'label_names' has {len(labels)} names for num_classes={cfg['num_classes']}"
+    pcfg = cfg.get('pretrained_cfg', cfg)
+    size = pcfg.get('input_size')
+    if size is not None and not (isinstance(size, list) and len(size) == 3 and all(is_count(v) and v for v in size)):
+        return f"'input_size' must be [channels, height, width], got {size!r}"
+    for key in ('mean', 'std'):
+        v = pcfg.get(key)
+        if v is not None and not (isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)):
+            return f"'{key}' must be a list of numbers, got {v!r}"
+    return None
+
+
 def _check_config(config_path: Path, where: str) -> Dict:
+    """Read and check a timm ``config.json``; every problem is a :class:`HubError` naming the file (``where``)."""
     try:
         cfg = json.loads(Path(config_path).read_text(encoding='utf-8'))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HubError(f'{where}: config.json is not valid JSON ({e})') from e
-    arch = cfg.get('architecture')
-    if not arch:
-        raise HubError(f"{where}: config.json has no 'architecture': not a timm model export")
+        raise HubError(f'{where} is not valid JSON ({e})') from e
+    problem = _config_problem(cfg)
+    if problem:
+        raise HubError(f'{where}: {problem}')
+    arch = cfg['architecture']
     if not is_model(arch):
         raise UnregisteredArchitectureError(
-            f"{where}: architecture '{arch}' in config.json is not registered with timm: `import backbones` first "
+            f"{where}: architecture '{arch}' is not registered with timm: `import backbones` first "
             f"(it registers the zoo models; any other package defining '{arch}' likewise). "
             f"Zoo models: backbones.list_models()")
     return cfg
 
 
-def _download(repo_id: str, filename: str, revision: Optional[str], cache_dir, token) -> Path:
+def _hub_reachable(repo_id: str, revision: Optional[str], token) -> bool:
+    """Whether the Hub answers: ONE request, no retries (huggingface_hub retries a file that is not cached for ~23 s
+    when the network is down). ``HF_HUB_OFFLINE=1``: no request, False."""
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, CONFIG_NAME, revision=revision), token=token,
+                             timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except (HfHubHTTPError, EntryNotFoundError, FileMetadataError):
+        return True  # the Hub answered; the download says what is wrong
+    except Exception:  # noqa: BLE001 - connection refused, name resolution, timeout, proxy: offline
+        return False
+    return True
+
+
+def _offline_reason() -> str:
+    if constants.HF_HUB_OFFLINE:
+        return 'the machine is offline (HF_HUB_OFFLINE=1)'
+    return f'the machine is offline: the Hub ({constants.ENDPOINT}) cannot be reached'
+
+
+def _download(repo_id: str, filename: str, revision: Optional[str], cache_dir, token, online: bool = True) -> Path:
     where = f"'{repo_id}'" + (f'@{revision}' if revision else '')
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token))
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token,
+                                    local_files_only=not online))
     except RepositoryNotFoundError as e:
         raise HubError(
             f"repository {where} not found on {constants.ENDPOINT}: check the id ('org/name') and, for a private "
@@ -344,9 +403,8 @@ def _download(repo_id: str, filename: str, revision: Optional[str], cache_dir, t
     except RevisionNotFoundError as e:
         raise HubError(f"repository '{repo_id}' has no revision '{revision}'") from e
     except LocalEntryNotFoundError as e:
-        raise HubError(
-            f"{filename} of {where} is not in the Hugging Face cache and the Hub cannot be reached "
-            f"(offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}); pull it once online") from e
+        what = f'repository {where}' if filename == CONFIG_NAME else f'{filename} of {where}'
+        raise HubError(f'{what} is not in the Hugging Face cache and {_offline_reason()}; pull it once online') from e
 
 
 def pull(
@@ -357,21 +415,23 @@ def pull(
 ) -> Path:
     """Download ``config.json``, ``model.safetensors`` (and the card) of a repo; return the local snapshot folder.
 
-    Files land in the Hugging Face cache (``cache_dir`` or ``HF_HUB_CACHE``); with ``HF_HUB_OFFLINE=1`` a pulled
-    repo is served from there with no network at all. The folder loads with
+    Files land in the Hugging Face cache (``cache_dir`` or ``HF_HUB_CACHE``). Offline (``HF_HUB_OFFLINE=1``, or the
+    Hub cannot be reached: one request, no retries) a pulled repo is served from there at once, and a repo that was
+    never pulled is a one-line :class:`HubError` naming it. The folder loads with
     ``timm.create_model('local-dir:' + str(folder), pretrained=True)`` (see :func:`load_model`).
-    Raises :class:`HubError` subclasses for a wrong repo id / revision, an unregistered architecture, pickle-only
-    weights and a truncated ``model.safetensors``.
+    Raises :class:`HubError` subclasses for a wrong repo id / revision, a bad ``config.json``, an unregistered
+    architecture, pickle-only weights and a truncated ``model.safetensors``.
     """
     repo_id, revision = _split_repo(repo_id, revision)
     where = f"'{repo_id}'" + (f'@{revision}' if revision else '')
+    online = _hub_reachable(repo_id, revision, token)
     try:
-        config = _download(repo_id, CONFIG_NAME, revision, cache_dir, token)
+        config = _download(repo_id, CONFIG_NAME, revision, cache_dir, token, online)
     except EntryNotFoundError as e:
         raise HubError(f'{where} has no config.json: not a timm model repository') from e
-    _check_config(config, where)
+    cfg = _check_config(config, f'config.json of {where} ({config})')
     try:
-        weights = _download(repo_id, WEIGHTS_NAME, revision, cache_dir, token)
+        weights = _download(repo_id, WEIGHTS_NAME, revision, cache_dir, token, online)
     except EntryNotFoundError as e:
         api = HfApi(token=token)
         pickles = [n for n in PICKLE_NAMES if api.file_exists(repo_id, n, revision=revision, token=token)]
@@ -382,8 +442,9 @@ def pull(
                 f"(tools/convert.py) and push again") from e
         raise HubError(f'{where} has no weights file (model.safetensors)') from e
     check_safetensors(weights)
+    _check_head(cfg, weights, f'config.json of {where}')
     try:
-        _download(repo_id, CARD_NAME, revision, cache_dir, token)
+        _download(repo_id, CARD_NAME, revision, cache_dir, token, online)
     except (EntryNotFoundError, HubError):
         pass  # the card is optional
     return weights.parent
@@ -391,10 +452,11 @@ def pull(
 
 def _check_local_dir(folder: Path) -> None:
     if not folder.is_dir():
-        raise HubError(f'{folder} is not a folder')
+        raise HubError(f'{folder} {"is not a folder" if folder.exists() else "does not exist"}: expected a '
+                       f'save_for_hf export (config.json + model.safetensors)')
     if not (folder / CONFIG_NAME).is_file():
         raise HubError(f'{folder} has no config.json: not a save_for_hf export')
-    _check_config(folder / CONFIG_NAME, str(folder))
+    cfg = _check_config(folder / CONFIG_NAME, str(folder / CONFIG_NAME))
     if not (folder / WEIGHTS_NAME).is_file():
         pickles = [n for n in PICKLE_NAMES if (folder / n).is_file()]
         if pickles:
@@ -403,6 +465,25 @@ def _check_local_dir(folder: Path) -> None:
                 f"unpickling can execute arbitrary code")
         raise HubError(f'{folder} has no model.safetensors')
     check_safetensors(folder / WEIGHTS_NAME)
+    _check_head(cfg, folder / WEIGHTS_NAME, str(folder / CONFIG_NAME))
+
+
+def _check_head(cfg: Dict, weights: Path, where: str) -> None:
+    """The ``num_classes`` timm builds from config.json (``model_args``' first) must be the classifier size in the
+    weights (read from the safetensors header only), or timm would build a head the weights do not fit."""
+    pcfg = cfg.get('pretrained_cfg', cfg)
+    num_classes = (cfg.get('model_args') or {}).get('num_classes', cfg.get('num_classes', pcfg.get('num_classes')))
+    classifier = pcfg.get('classifier')
+    if not isinstance(num_classes, int) or not isinstance(classifier, str):
+        return
+    with open(weights, 'rb') as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), 'little')))
+    entry = header.get(f'{classifier}.weight')
+    n = int(entry['shape'][0]) if isinstance(entry, dict) and entry.get('shape') else 0
+    if n != num_classes:
+        raise HubError(f"{where} says num_classes={num_classes}, but the classifier {classifier} in {weights.name} "
+                       + (f'has {n} classes' if n else 'is missing (a headless export)')
+                       + ': the export is inconsistent; re-export it (save_for_hf) or fix num_classes')
 
 
 def load_model(

@@ -48,3 +48,18 @@ def assert_same_layout(converted, ours) -> None:
     assert sorted(converted) == sorted(ours), sorted(set(converted) ^ set(ours))[:20]
     mismatched = [k for k, v in converted.items() if v.shape != ours[k].shape]
     assert not mismatched, mismatched[:20]
+
+
+def flop_counter_macs(model: torch.nn.Module, *args) -> int:
+    """Multiply-adds of the matmul-like work (conv, linear, matmul, attention) that torch's ``FlopCounterMode`` sees
+    while ``model(*args)`` runs (its FLOPs / 2): an oracle for ``backbones.count`` independent of our counter.
+
+    Attention runs on SDPA's math backend, which computes it as two batched matmuls that every torch counts. Whether
+    ``FlopCounterMode`` has a formula for a fused kernel (flash, memory-efficient, the CPU fused op) depends on the
+    torch release (torch 2.14 counts none on CPU), so the oracle must not run one.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        model(*args)
+    return fc.get_total_flops() // 2

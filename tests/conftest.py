@@ -22,6 +22,13 @@ ALL_MODELS = backbones.list_models()
 SMALL_MODELS = smallest_per_family()
 
 
+def input_side(model, side: int) -> int:
+    """The smallest side >= ``side`` that ``model`` takes: a multiple of its ``input_divisor`` (1 when it has none),
+    e.g. 64 -> 70 for Sequencer2D (multiples of 14), 64 for the rest."""
+    divisor = getattr(model, 'input_divisor', 1)
+    return -(-side // divisor) * divisor
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

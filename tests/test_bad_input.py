@@ -6,6 +6,8 @@ from conftest import SMALL_MODELS
 
 import backbones  # noqa: F401
 from backbones._checkpoint import CheckpointMismatchError, family_filter_fn
+from backbones._features import StageFeatureMixin
+from backbones._token import TokenFeatureMixin
 
 
 @pytest.mark.parametrize('name', SMALL_MODELS)
@@ -15,6 +17,26 @@ def test_wrong_channel_count(name):
         model(torch.empty(1, 4, 64, 64, device='meta'))
     with pytest.raises(ValueError, match='4-D'):
         model(torch.empty(3, 64, 64, device='meta'))
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_size_rule(name):
+    """The shared size rule: token models take multiples of their patch size, stage models multiples of their
+    ``input_divisor`` (1: any size); anything else is a ValueError naming the rule."""
+    model = timm.create_model(name, device='meta').eval()
+    if isinstance(model, TokenFeatureMixin):
+        divisor = model.patch_size
+    elif type(model)._check_input is StageFeatureMixin._check_input:
+        divisor = model.input_divisor
+    else:
+        pytest.skip(f'{name} has its own size rule (tested in its family tests)')
+    side = divisor * -(-16 // divisor)  # the smallest multiple of the divisor >= 16
+    model(torch.empty(1, 3, 4 * side, 5 * side, device='meta'))
+    if divisor == 1:
+        model(torch.empty(1, 3, 67, 45, device='meta'))
+    else:
+        with pytest.raises(ValueError, match=f'multiples of {divisor}'):
+            model(torch.empty(1, 3, 4 * divisor, 4 * divisor + divisor // 2, device='meta'))
 
 
 @pytest.mark.parametrize('name', SMALL_MODELS)

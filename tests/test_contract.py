@@ -4,14 +4,29 @@ import fnmatch
 import pytest
 import timm
 import torch
-from conftest import ALL_MODELS, SMALL_MODELS
+from conftest import ALL_MODELS, SMALL_MODELS, input_side
 from timm.models import get_pretrained_cfg
 
-SIZE = 64  # small real input; every family's size rule accepts 64 and 64x96
+from backbones._token import TokenFeatureMixin
+
+SIZE = 64  # small real input side, rounded up to the model's size rule (input_side): 64 and 64x96 for most
 
 
-def _x(h=SIZE, w=SIZE, b=2, device='cpu'):
-    return torch.randn(b, 3, h, w, device=device)
+def _x(model, h=SIZE, w=SIZE, b=2, device='cpu'):
+    return torch.randn(b, 3, input_side(model, h), input_side(model, w), device=device)
+
+
+def _is_token_model(model) -> bool:
+    """Token models (backbones._token) return tokens [B, P + N, C]; stage models NCHW maps [B, C, H, W]."""
+    return isinstance(model, TokenFeatureMixin)
+
+
+def _features_shape(model, b: int, h: int, w: int, reduction: int, num_chs: int):
+    """Shape of unpooled features of an h x w input at ``reduction``: tokens (prefix tokens first) or a map."""
+    gh, gw = -(-h // reduction), -(-w // reduction)
+    if _is_token_model(model):
+        return (b, model.num_prefix_tokens + gh * gw, num_chs)
+    return (b, num_chs, gh, gw)
 
 
 # ---------------------------------------------------------------- every variant, on the meta device
@@ -23,12 +38,20 @@ def test_meta_shapes(name):
     assert model.in_chans == cfg['input_size'][0]
     x = torch.empty(1, *cfg['input_size'], device='meta')
     feats = model.forward_features(x)
-    assert feats.shape == (1, model.num_features, *cfg['pool_size'])
+    if _is_token_model(model):  # timm's convention: no pool_size for token outputs
+        assert cfg['pool_size'] is None, f'{name}: token model with a pool_size'
+        h, w = cfg['input_size'][1:]
+        assert feats.shape == _features_shape(model, 1, h, w, model.patch_size, model.num_features)
+    else:
+        assert cfg['pool_size'], f'{name}: pretrained_cfg lacks pool_size'
+        assert feats.shape == (1, model.num_features, *cfg['pool_size'])
     assert model.forward_head(feats, pre_logits=True).shape == (1, model.head_hidden_size)
     assert model(x).shape == (1, cfg['num_classes'])
     sd = model.state_dict()
     assert cfg['first_conv'] + '.weight' in sd
-    assert cfg['classifier'] + '.weight' in sd
+    classifiers = cfg['classifier']  # a name, or a tuple (e.g. a distilled model's two heads), as timm allows
+    for c in (classifiers,) if isinstance(classifiers, str) else classifiers:
+        assert c + '.weight' in sd
     for p in list(model.parameters()) + list(model.buffers()):
         assert p.device.type == 'meta'
 
@@ -50,8 +73,9 @@ def test_meta_features_only(name):
 def test_cfg_complete(name):
     cfg = get_pretrained_cfg(name).to_dict()
     for key in ('mean', 'std', 'crop_pct', 'interpolation', 'first_conv', 'classifier', 'license', 'paper_ids',
-                'origin_url', 'pool_size', 'input_size'):
+                'origin_url', 'input_size'):
         assert cfg.get(key), f'{name}: pretrained_cfg lacks {key}'
+    # pool_size: set for stage models, None for token models (checked with the model in test_meta_shapes)
 
 
 # ---------------------------------------------------------------- the smallest variant of each family, for real
@@ -59,7 +83,7 @@ def test_cfg_complete(name):
 @pytest.mark.parametrize('name', SMALL_MODELS)
 def test_forward_and_classifier(name):
     model = timm.create_model(name, num_classes=7).eval()
-    x = _x()
+    x = _x(model)
     with torch.no_grad():
         logits = model(x)
         assert logits.shape == (2, 7)
@@ -71,10 +95,10 @@ def test_forward_and_classifier(name):
         model.reset_classifier(5, 'max')
         assert model(x).shape == (2, 5)
         model.reset_classifier(0, '')
-        assert model(x).ndim == 4
+        assert model(x).ndim == (3 if _is_token_model(model) else 4)
     assert not model.training  # reset keeps the mode
     m0 = timm.create_model(name, num_classes=0).eval()
-    assert m0(x).shape == (2, m0.num_features)
+    assert m0(x).shape == (2, m0.head_hidden_size)  # == num_features unless the head has a pre-logits layer
 
 
 @pytest.mark.parametrize('name', SMALL_MODELS)
@@ -86,15 +110,19 @@ def test_features_only_and_intermediates(name):
     # the getter prunes the final norm (timm: prune_norm=not norm), so a model with a real final norm drops its keys
     assert not [k for k in unexpected if not k.startswith('model.norm.')]
     assert not [k for k in missing if not k.startswith('model.head')]
-    x = _x(64, 96)
+    x = _x(model, 64, 96)
+    h, w = x.shape[-2:]
+    taps = feat.feature_info.out_indices  # the family's default taps: every stage; a token model's last blocks
     with torch.no_grad():
         outs = feat(x)
-        final, inter = model.forward_intermediates(x)
+        final, inter = model.forward_intermediates(x, indices=list(taps))
         assert torch.allclose(final, model.forward_features(x), atol=1e-5)
-    assert len(outs) == len(inter) == len(model.feature_info)
-    for o, i, info in zip(outs, inter, model.feature_info):
+    assert len(outs) == len(inter) == len(taps) >= 3
+    if not _is_token_model(model):
+        assert list(taps) == list(range(len(model.feature_info)))
+    for o, i, info in zip(outs, inter, [model.feature_info[t] for t in taps]):  # NCHW maps for both kinds of model
         assert o.shape[1] == info['num_chs']
-        assert o.shape[-2:] == (-(-64 // info['reduction']), -(-96 // info['reduction']))
+        assert o.shape[-2:] == (-(-h // info['reduction']), -(-w // info['reduction']))
         assert torch.allclose(o, i, atol=1e-5)
     sub = timm.create_model(name, features_only=True, out_indices=(1, 2)).eval()
     assert sub.feature_info.channels() == [model.feature_info[1]['num_chs'], model.feature_info[2]['num_chs']]
@@ -103,23 +131,25 @@ def test_features_only_and_intermediates(name):
 @pytest.mark.parametrize('name', SMALL_MODELS)
 def test_prune_intermediate_layers(name):
     model = timm.create_model(name).eval()
-    x = _x()
+    x = _x(model)
     with torch.no_grad():
         full = model.forward_intermediates(x, intermediates_only=True)
         early = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
         assert torch.equal(early[0], full[1])
         model.prune_intermediate_layers(indices=[1])
-        assert len(model.stages) == 2
-        assert model.num_features == model.feature_info[1]['num_chs']
-        out = model(x)
-        assert out.shape == (2, model.num_features, 8, 8)  # pruned head: unpooled features
+        assert len(model.blocks if _is_token_model(model) else model.stages) == 2
+        info = model.feature_info[1]
+        assert model.num_features == info['num_chs']
+        out = model(x)  # pruned head: unpooled features
+        side = x.shape[-1]
+        assert out.shape == _features_shape(model, 2, side, side, info['reduction'], info['num_chs'])
         assert torch.allclose(model.forward_intermediates(x, intermediates_only=True)[-1], full[1], atol=1e-6)
 
 
 @pytest.mark.parametrize('name', SMALL_MODELS)
 def test_grad_checkpointing_identical(name):
     model = timm.create_model(name, drop_path_rate=0.).train()
-    x = _x()
+    x = _x(model)
     torch.manual_seed(1)
     ref = model(x)
     ref.sum().backward()
@@ -137,7 +167,7 @@ def test_grad_checkpointing_identical(name):
 @pytest.mark.parametrize('name', SMALL_MODELS)
 def test_backward_reaches_every_parameter(name):
     model = timm.create_model(name, num_classes=3, drop_path_rate=0.1).train()
-    model(_x()).mean().backward()
+    model(_x(model)).mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f'parameters without gradient: {missing[:5]}'
 
@@ -165,7 +195,7 @@ def test_group_matcher_and_no_weight_decay(name):
 def test_torchscript(name):
     model = timm.create_model(name, scriptable=True).eval()
     scripted = torch.jit.script(model)
-    x = _x()
+    x = _x(model)
     with torch.no_grad():
         assert torch.allclose(scripted(x), model(x), atol=1e-5)
 
@@ -173,6 +203,7 @@ def test_torchscript(name):
 @pytest.mark.parametrize('name', SMALL_MODELS)
 def test_in_chans_adapt_and_dtype(name):
     model = timm.create_model(name, in_chans=1, num_classes=4).eval()
-    assert model(torch.randn(1, 1, SIZE, SIZE)).shape == (1, 4)
+    side = input_side(model, SIZE)
+    assert model(torch.randn(1, 1, side, side)).shape == (1, 4)
     m64 = timm.create_model(name, num_classes=4).double().eval()
-    assert m64(torch.randn(1, 3, SIZE, SIZE, dtype=torch.float64)).dtype == torch.float64
+    assert m64(torch.randn(1, 3, side, side, dtype=torch.float64)).dtype == torch.float64

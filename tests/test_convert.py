@@ -166,31 +166,39 @@ def test_existing_out_dir_needs_overwrite(tmp_path, rednet_ckpt):
     (out / 'keep.txt').write_text('good')
     with pytest.raises(FileExistsError, match='overwrite'):
         convert_checkpoint('rednet26', rednet_ckpt, out, model_kwargs=SMALL_REDNET)
+    # --overwrite never deletes what a conversion did not write
+    with pytest.raises(FileExistsError, match=r'holds files a conversion does not write \(keep\.txt\)'):
+        convert_checkpoint('rednet26', rednet_ckpt, out, model_kwargs=SMALL_REDNET, overwrite=True)
     assert [p.name for p in out.iterdir()] == ['keep.txt'] and (out / 'keep.txt').read_text() == 'good'
+    (out / 'keep.txt').unlink()
     convert_checkpoint('rednet26', rednet_ckpt, out, model_kwargs=SMALL_REDNET, overwrite=True)
+    first = (out / 'model.safetensors').read_bytes()
+    convert_checkpoint('rednet26', rednet_ckpt, out, model_kwargs=SMALL_REDNET, overwrite=True)  # replaces itself
     assert sorted(p.name for p in out.iterdir()) == ['config.json', 'model.safetensors']
+    assert (out / 'model.safetensors').read_bytes() == first
     _only(tmp_path, rednet_ckpt.name, 'out')
 
 
 def test_failed_write_leaves_nothing(tmp_path, rednet_ckpt, monkeypatch):
-    """A failure half-way through writing removes the temp folder and keeps the previous output."""
-    import timm.models
+    """A failure half-way through writing (an error or Ctrl-C) removes the temp folder and keeps the previous
+    output."""
+    from backbones import hub
+    old = convert_checkpoint('rednet26', rednet_ckpt, tmp_path / 'out', model_kwargs=SMALL_REDNET)
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
 
-    def half_write(model, save_directory, **kwargs):
-        (Path(save_directory) / 'model.safetensors').write_bytes(b'partial')
-        raise OSError('disk full')
+    for exc in (OSError('disk full'), KeyboardInterrupt()):
+        def half_write(model, save_directory, exc=exc, **kwargs):
+            (Path(save_directory) / 'model.safetensors').write_bytes(b'partial')
+            raise exc
 
-    monkeypatch.setattr(timm.models, 'save_for_hf', half_write)
-    with pytest.raises(OSError, match='disk full'):
-        convert_checkpoint('rednet26', rednet_ckpt, tmp_path / 'a' / 'b' / 'out', model_kwargs=SMALL_REDNET)
-    _only(tmp_path, rednet_ckpt.name)  # not even the parents it created
-    old = tmp_path / 'out'
-    old.mkdir()
-    (old / 'keep.txt').write_text('good')
-    with pytest.raises(OSError, match='disk full'):
-        convert_checkpoint('rednet26', rednet_ckpt, old, model_kwargs=SMALL_REDNET, overwrite=True)
-    assert [p.name for p in old.iterdir()] == ['keep.txt']
-    _only(tmp_path, rednet_ckpt.name, 'out')
+        monkeypatch.setattr(hub, 'save_for_hf', half_write)  # the writer convert uses
+        with pytest.raises(type(exc)):
+            convert_checkpoint('rednet26', rednet_ckpt, tmp_path / 'a' / 'b' / 'out', model_kwargs=SMALL_REDNET)
+        _only(tmp_path, rednet_ckpt.name, 'out')  # not even the parents it created
+        with pytest.raises(type(exc)):
+            convert_checkpoint('rednet26', rednet_ckpt, old, model_kwargs=SMALL_REDNET, overwrite=True)
+        assert {p.name: p.read_bytes() for p in old.iterdir()} == before
+        _only(tmp_path, rednet_ckpt.name, 'out')
 
 
 # ---------------------------------------------------------------- the CLI and --push
@@ -209,15 +217,18 @@ def test_cli(tmp_path, rednet_ckpt, rednet_fixture, capsys, monkeypatch):
             '--model-kwargs', json.dumps(SMALL_REDNET)]
     assert main(args) == 0
     assert (_local_dir_logits(out, rednet_fixture[1]) - rednet_fixture[2]).abs().max().item() <= rednet_fixture[3]
+    capsys.readouterr()
     assert main(args) == 1
     assert 'already exists' in capsys.readouterr().err
     assert main(['--model', 'se_resnet50', '--checkpoint', str(rednet_ckpt), '--out', str(tmp_path / 'o2')]) == 1
-    assert 'is not a se_resnet50 checkpoint' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert 'is not a se_resnet50 checkpoint' in err and err.count('\n') == 1 and err.startswith('error: ')
     assert not (tmp_path / 'o2').exists()
 
     pushed = []
     fake_hub = types.ModuleType('backbones.hub')
     fake_hub.push = lambda model, repo_id, **kw: pushed.append((model.num_classes, repo_id, kw))
+    fake_hub.save_for_hf = importlib.import_module('backbones.hub').save_for_hf  # the real writer: only push is fake
     monkeypatch.setitem(sys.modules, 'backbones.hub', fake_hub)
     monkeypatch.setattr(backbones, 'hub', fake_hub, raising=False)
     assert main(args + ['--overwrite', '--push', 'org/rednet26-small', '--private']) == 0

@@ -31,3 +31,13 @@ def test_weights_column_names_the_source():
         assert rows[name].startswith('[official](https://') and 'manual download' in rows[name]
         assert rows[name][len('[official]('):].split(')')[0] in ' '.join(get_pretrained_cfg(name).notes)
     assert rows['davit_h'] == 'none released'
+
+
+def test_ci_runs_readme_setup():
+    """``.ci/run`` installs and tests with exactly README's "Set up" commands, so CI runs what a new user runs."""
+    block = (ROOT / 'README.md').read_text().split('## Set up', 1)[1].split('```bash\n', 1)[1].split('```', 1)[0]
+    ci_lines = {line.strip() for line in (ROOT / '.ci/run').read_text().splitlines()}
+    commands = block.strip().splitlines()
+    assert any(c.startswith('pip install') for c in commands) and any(c.startswith('pytest') for c in commands)
+    for cmd in commands:
+        assert cmd in ci_lines or f'{cmd} "$@"' in ci_lines, cmd

@@ -8,7 +8,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from _oracle import flop_counter_macs
 
 import backbones
 from backbones import flops
@@ -313,12 +313,6 @@ def test_cli_helpers():
 # ------------------------------------------------------------------------------------------------------------------
 # (b) cross-check against torch.utils.flop_counter (executes the model; counts conv / matmul / SDPA only)
 
-def _flop_counter_macs(model, x):
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(x)
-    return fc.get_total_flops() / 2
-
-
 def _ours_matmul_macs(res):
     """fvcore's matmul-like operators. Excluded on our side because FlopCounterMode has no formula for them:
     norms / adaptive pooling / upsampling (fvcore defaults) and the involution aggregation (element-wise multiply +
@@ -333,7 +327,7 @@ def test_against_flop_counter_mode_zoo(name, size):
     model = _materialize(timm.create_model(name, device='meta')).eval()
     x = torch.randn(1, 3, size, size)
     ours = count(model, input_size=(3, size, size))
-    theirs = _flop_counter_macs(model, x)
+    theirs = flop_counter_macs(model, x)
     assert ours.device == 'cpu'
     assert _ours_matmul_macs(ours) == pytest.approx(theirs, rel=0.01)
     # and the meta path gives exactly the CPU numbers
@@ -363,7 +357,7 @@ def test_against_flop_counter_mode_fused_attention():
     model = _Attention().eval()
     x = torch.randn(2, 64, 14, 14)
     ours = _macs(model, x)
-    theirs = _flop_counter_macs(model, x)
+    theirs = flop_counter_macs(model, x)
     n = 14 * 14
     assert ours.by_operator['scaled_dot_product_attention'] == 2 * 4 * n * n * (16 + 16)
     assert _ours_matmul_macs(ours) == pytest.approx(theirs, rel=0.01)

@@ -10,8 +10,10 @@ import copy
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import huggingface_hub.constants as hf_constants
@@ -20,15 +22,16 @@ import safetensors.torch
 import timm
 import torch
 from _fake_hub import FakeHub
-from conftest import SMALL_MODELS
+from conftest import SMALL_MODELS, input_side
 from timm.models import save_for_hf
 
 import backbones  # noqa: F401
 from backbones import hub as bhub
+from backbones._checkpoint import CheckpointMismatchError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = 'rednet26'  # the smallest zoo variant (9M params): the one pushed through the fake Hub
-X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+TINY = dict(stem_chs=16, widths=(32, 32, 64, 64), depths=(1, 1, 1, 1), group_channels=8)  # ~17k params
 
 
 @pytest.fixture(scope='module')
@@ -76,8 +79,10 @@ def _nontrivial(model):
 
 
 def _out(model):
+    side = input_side(model, 32)  # 32, or the next size the model's size rule accepts
+    x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        return model.eval()(X)
+        return model.eval()(x)
 
 
 def _same_weights(a, b):
@@ -286,3 +291,59 @@ def test_local_dir_round_trip(name, tmp_path):
     loaded = timm.create_model(f'local-dir:{tmp_path}', pretrained=True)
     assert type(loaded) is type(model) and loaded.pretrained_cfg['label_names'] == list('abcde')
     assert torch.equal(_out(loaded), _out(model))
+
+
+def _go_offline(how, monkeypatch):
+    if how == 'HF_HUB_OFFLINE':
+        monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
+        monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    else:  # the network is down: the endpoint is a port nothing listens on
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            url = f'http://127.0.0.1:{s.getsockname()[1]}'
+        monkeypatch.setattr(hf_constants, 'ENDPOINT', url)
+        template = url + '/{repo_id}/resolve/{revision}/{filename}'
+        monkeypatch.setattr(hf_constants, 'HUGGINGFACE_CO_URL_TEMPLATE', template)
+        monkeypatch.setenv('HF_ENDPOINT', url)
+
+
+@pytest.mark.parametrize('how', ['HF_HUB_OFFLINE', 'endpoint unreachable'])
+def test_offline_loads_from_the_cache_at_once_or_names_the_missing_repo(hub, tmp_path, monkeypatch, how):
+    """A cached repo loads at once; a repo never pulled is one line naming it and saying the machine is offline.
+    The repo has no model card, so the optional README.md is not cached either: huggingface_hub's own back-off on an
+    uncached file takes ~23 s when the network is down (the bound below is a guard against such retry loops)."""
+    small_model = _nontrivial(timm.create_model(MODEL, num_classes=3, **TINY))  # builds in milliseconds
+    export = tmp_path / 'export'
+    save_for_hf(small_model, export, safe_serialization=True)
+    hub.put_files('org/rednet-nocard', {p.name: p.read_bytes() for p in export.iterdir()})
+    folder = bhub.pull('org/rednet-nocard')
+    _go_offline(how, monkeypatch)
+    n = len(hub.requests)
+    start = time.perf_counter()
+    assert bhub.pull('org/rednet-nocard') == folder
+    assert _same_weights(bhub.load_model('org/rednet-nocard'), small_model)
+    assert _same_weights(timm.create_model('hf-hub:org/rednet-nocard', pretrained=True), small_model)
+    with pytest.raises(bhub.HubError) as e:
+        bhub.pull('org/never-pulled')
+    assert time.perf_counter() - start < 5
+    message = str(e.value)
+    assert "repository 'org/never-pulled' is not in the Hugging Face cache and the machine is offline" in message
+    assert '\n' not in message
+    assert ('HF_HUB_OFFLINE=1' if how == 'HF_HUB_OFFLINE' else 'cannot be reached') in message
+    assert len(hub.requests) == n  # offline: no request reached the Hub
+
+
+def test_head_size_that_the_config_does_not_describe(hub, small_model, tmp_path):
+    """config.json says 1000 classes, the weights have 4: pull names the file; timm's hf-hub: path says so too."""
+    export = tmp_path / 'export'
+    save_for_hf(small_model, export, safe_serialization=True)
+    cfg = json.loads((export / 'config.json').read_text())
+    cfg['model_args'].pop('num_classes', None)  # older timm exports have none: the top-level value decides
+    (export / 'config.json').write_text(json.dumps(dict(cfg, num_classes=1000)))
+    hub.put_files('org/rednet-lying', {p.name: p.read_bytes() for p in export.iterdir()})
+    with pytest.raises(bhub.HubError, match=r"config\.json of 'org/rednet-lying' says num_classes=1000, but the "
+                                            r"classifier head\.fc in model\.safetensors has 4 classes"):
+        bhub.pull('org/rednet-lying')
+    with pytest.raises(CheckpointMismatchError, match='4-class classifier, the model num_classes=1000'):
+        timm.create_model('hf-hub:org/rednet-lying', pretrained=True)
+    assert timm.create_model('hf-hub:org/rednet-lying', pretrained=True, num_classes=4).num_classes == 4

@@ -1,5 +1,6 @@
 """Bad input to tools/train.py: one clear line naming the problem, exit status 2, and an output directory that already
-holds a run is left exactly as it was."""
+holds a run is left exactly as it was. Out-of-range arguments and a size the model cannot take fail before anything
+is read or written."""
 import shutil
 
 import _train_common as common
@@ -106,3 +107,21 @@ def test_the_script_prints_one_line(tmp_path):
     assert error_lines(p.stderr) == [f'error: data dir not found: {tmp_path / "missing"}']
     assert 'Traceback' not in p.stderr
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('flags,needle', [
+    (['--epochs', '0'], '--epochs 0: expected a whole number >= 1'),
+    (['-b', '0'], '-b/--batch-size 0: expected a whole number >= 1'),
+    (['--lr', '-0.1'], '--lr -0.1: expected a number > 0'),
+    (['--lr', 'nan'], '--lr nan: expected a finite number'),
+    (['-j', '-1'], '-j/--workers -1: expected a whole number >= 0'),
+    (['--drop-path', '1.0'], '--drop-path 1.0: expected 0.0 <= value < 1.0'),
+    (['--img-size', '20'], '--img-size 20: rednet26 cannot take 3x20x20 inputs: RedNet needs'),
+    (['--model-kwargs', 'no_such_arg=1'], "unexpected keyword argument 'no_such_arg'"),
+])
+def test_bad_arguments_fail_before_anything_is_written(earlier_run, tiny_data, tmp_path, capsys, flags, needle):
+    out, exp = earlier_run
+    before = snapshot(out)
+    for experiment in (exp, 'fresh'):  # over an earlier run, and into a new directory
+        _fails(tiny_argv(tiny_data, out, experiment) + flags, capsys, needle)  # the last flag wins
+    assert snapshot(out) == before and not (out / 'fresh').exists()

@@ -17,36 +17,48 @@ mapped with the family's checkpoint_filter_fn and loaded strictly; the folder is
 import argparse
 import json
 import logging
+import pathlib
 import sys
 
-from backbones._checkpoint import CheckpointMismatchError
-from backbones.convert import ConversionError, convert_checkpoint
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # this checkout's backbones, whatever is installed
+from backbones import _cli  # noqa: E402
+from backbones.convert import convert_checkpoint  # noqa: E402
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f'not valid JSON ({e}): {text!r}') from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'expected a JSON object like \'{{"stem_chs": 32}}\', got {text!r}')
+    return value
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """0 on success; any error is one line on stderr, exit status 1 (2 for bad arguments)."""
+    return _cli.run(_main, argv)
+
+
+def _main(argv=None) -> int:
+    ap = _cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--model', required=True, help='zoo model name, optionally with a tag (sknet50.ra_in1k)')
     ap.add_argument('--checkpoint', required=True, help='official checkpoint: .pth / .pt / .bin / .safetensors')
     ap.add_argument('--out', required=True, help='output folder (config.json + model.safetensors)')
     ap.add_argument('--num-classes', type=int, help="classifier size (default: the checkpoint's)")
-    ap.add_argument('--model-kwargs', type=json.loads, default=None, metavar='JSON',
+    ap.add_argument('--model-kwargs', type=_json_object, default=None, metavar='JSON',
                     help='extra create_model kwargs as a JSON object, e.g. \'{"stem_chs": 32}\'')
-    ap.add_argument('--overwrite', action='store_true', help='replace an existing --out folder')
+    ap.add_argument('--overwrite', action='store_true',
+                    help='replace an existing --out folder that holds only an earlier conversion (nothing else)')
     ap.add_argument('--push', metavar='REPO', help='also push the converted model to this Hub repo id')
     ap.add_argument('--private', action='store_true', help='with --push: create the repo private')
     args = ap.parse_args(argv)
+    if args.num_classes is not None and args.num_classes < 0:
+        ap.error(f'--num-classes {args.num_classes}: expected 0 (no head) or more')
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    if args.model_kwargs is not None and not isinstance(args.model_kwargs, dict):
-        ap.error('--model-kwargs must be a JSON object')
-
-    try:
-        out = convert_checkpoint(
-            args.model, args.checkpoint, args.out, model_kwargs=args.model_kwargs, num_classes=args.num_classes,
-            overwrite=args.overwrite, push=args.push, push_kwargs=dict(private=True) if args.private else None)
-    except (KeyError, FileExistsError, FileNotFoundError, CheckpointMismatchError, ConversionError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f'error: {msg}', file=sys.stderr)
-        return 1
+    out = convert_checkpoint(
+        args.model, args.checkpoint, args.out, model_kwargs=args.model_kwargs, num_classes=args.num_classes,
+        overwrite=args.overwrite, push=args.push, push_kwargs=dict(private=True) if args.private else None)
     print(f"wrote {out}; load it with timm.create_model('local-dir:{out}', pretrained=True) after import backbones")
     return 0
 

@@ -11,14 +11,22 @@ Columns: params (M), official params (M), their difference (count), GMACs, paper
 default input size) and the difference in %. The counting lives in ``backbones.flops``.
 """
 import argparse
+import pathlib
 import sys
 
-import backbones  # noqa: F401  (registers the zoo)
-from backbones.flops import compare, count, format_rows, resolve_names
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # this checkout's backbones, whatever is installed
+import backbones  # noqa: E402,F401  (registers the zoo)
+from backbones import _cli  # noqa: E402
+from backbones.flops import compare, count, format_rows, resolve_names  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """0 on success; any error is one line on stderr, exit status 1 (2 for bad arguments)."""
+    return _cli.run(_main, argv)
+
+
+def _main(argv=None) -> int:
+    ap = _cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('models', nargs='*', help='zoo names or fnmatch patterns (default: every zoo model)')
     ap.add_argument('--input-size', type=int, nargs='+', metavar='N',
                     help='C H W, H W or one side (default: each model\'s pretrained_cfg input_size)')
@@ -30,9 +38,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     size = None
+    if args.depth < 1:
+        ap.error(f'--depth {args.depth}: expected 1 or more')
     if args.input_size:
         if len(args.input_size) not in (1, 2, 3):
             ap.error('--input-size takes C H W, H W or one side')
+        if any(v < 1 for v in args.input_size):
+            ap.error(f'--input-size {" ".join(map(str, args.input_size))}: every value must be 1 or more')
         size = args.input_size[0] if len(args.input_size) == 1 else tuple(args.input_size)
 
     if args.per_module:

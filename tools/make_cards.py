@@ -4,7 +4,6 @@
 ``--check``: exit 1, listing the missing / out-of-date / extra cards, if model_cards/ is not current (measures only
 models whose fingerprint changed; ``--recount`` measures every model again).
 """
-import argparse
 import pathlib
 import sys
 
@@ -12,13 +11,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's backbones, whatever is installed
 
 import backbones  # noqa: E402,F401  (registers the zoo)
+from backbones import _cli  # noqa: E402
 from backbones.cards import check_cards, write_cards  # noqa: E402
 
 CARDS = ROOT / 'model_cards'
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    """0 when done (or current, with --check); 1 when out of date or on any error (one line on stderr)."""
+    return _cli.run(_main, argv)
+
+
+def _main(argv=None) -> int:
+    ap = _cli.ArgumentParser(description=__doc__)
     ap.add_argument('--check', action='store_true', help='exit 1 if model_cards/ is not current')
     ap.add_argument('--recount', action='store_true', help='measure every model again (ignore the cache)')
     ap.add_argument('--dir', type=pathlib.Path, default=CARDS, help='cards directory (default: model_cards/)')

@@ -288,6 +288,110 @@ TWINS = {
     'twins_svt_l': _twins_recipe(0.5, 'large'),
 }
 
+# --- Sequencer2D: arXiv 2205.01972 (the official README's training command and train.py, built on timm 0.5.4) --------
+SQ_SRC = 'okojoalg/sequencer@408520e: README.md training command (Sequencer2D-S) / train.py'
+SQ_DEFAULT = 'okojoalg/sequencer@408520e:train.py default (timm 0.5.4 train.py)'
+SQ_UNSTATED = 'not stated: timm 0.5.4 train.py default, which the official train.py keeps'
+SQ_ASSUMED = 'ASSUMPTION, not stated: the README gives the command for Sequencer2D-S only; S\'s value'
+
+
+def _sequencer_recipe(drop_path: float, drop_path_src: str, src: str = SQ_SRC):
+    return [
+        ('epochs', 300, f'{src}: 300 epochs'),
+        ('batch_size', 2048, f'{src}: global batch 2048 (8 GPUs x 256)'),
+        ('opt', 'adamw', f'{SQ_SRC}: AdamW'),
+        ('opt_eps', 1.0e-8, SQ_UNSTATED),
+        ('weight_decay', 0.05, f'{src}: weight decay 0.05'),
+        ('lr', None, 'unset so that lr_base below applies'),
+        ('lr_base', 2.0e-3, f'{src}: lr 2e-3 (absolute) at global batch 2048'),
+        ('lr_base_size', 2048, src),
+        ('lr_base_scale', 'linear', 'linear scaling when the global batch differs from the paper\'s'),
+        ('sched', 'cosine', f'{SQ_SRC}: cosine'),
+        ('warmup_epochs', 20, f'{SQ_SRC}: 20 warmup epochs'),
+        ('warmup_lr', 1.0e-6, f'{SQ_SRC}: warmup lr 1e-6'),
+        ('min_lr', 1.0e-6, SQ_DEFAULT),
+        ('cooldown_epochs', 10, f'{SQ_DEFAULT}: 10 cooldown epochs after the 300'),
+        ('img_size', 224, 'Sequencer paper (arXiv 2205.01972): ImageNet-1k at 224x224'),
+        ('scale', [0.08, 1.0], SQ_UNSTATED),
+        ('ratio', [0.75, 1.3333333333333333], SQ_UNSTATED),
+        ('hflip', 0.5, SQ_UNSTATED),
+        ('color_jitter', 0.4, f'{SQ_SRC}: colour jitter 0.4'),
+        ('train_interpolation', 'random', SQ_DEFAULT),
+        ('aa', 'rand-m9-mstd0.5-inc1', f'{SQ_SRC}: RandAugment rand-m9-mstd0.5-inc1'),
+        ('reprob', 0.25, f'{SQ_SRC}: random erasing 0.25'),
+        ('remode', 'pixel', f'{SQ_SRC}: random erasing mode pixel'),
+        ('mixup', 0.8, f'{SQ_SRC}: mixup 0.8'),
+        ('cutmix', 1.0, f'{SQ_SRC}: cutmix 1.0'),
+        ('mixup_prob', 1.0, f'{SQ_SRC}: mixup / cutmix probability 1'),
+        ('mixup_switch_prob', 0.5, f'{SQ_SRC}: switch probability 0.5'),
+        ('smoothing', 0.1, f'{SQ_SRC}: label smoothing 0.1'),
+        ('drop', 0.0, SQ_UNSTATED),
+        ('drop_path', drop_path, drop_path_src),
+        ('clip_grad', None, f'{SQ_SRC}: no gradient clipping'),
+        ('amp', True, f'{SQ_SRC}: native AMP'),
+        ('model_ema', False, f'{SQ_SRC}: EMA off'),
+    ]
+
+
+SEQUENCER = {
+    'sequencer2d_small': _sequencer_recipe(0.1, f'{SQ_SRC}: drop path 0.1'),
+    'sequencer2d_medium': _sequencer_recipe(0.1, SQ_ASSUMED, SQ_ASSUMED),
+    'sequencer2d_large': _sequencer_recipe(
+        0.4, 'ASSUMPTION, not stated for pre-training: the drop path 0.4 of the README\'s Sequencer2D-L 392 '
+             'fine-tuning command', SQ_ASSUMED),
+}
+
+# --- ConViT: arXiv 2103.10697 Sec. 3 "Training details" + facebookresearch/convit@0a9340a (main.py, README.md) ------
+CV_PAPER = 'ConViT paper (arXiv 2103.10697) Sec. 3 "Training details": DeiT\'s hyper-parameters unchanged'
+CV_PLUS = ('ConViT paper (arXiv 2103.10697) Sec. 3: for the "+" models the learning rate is lowered from 0.0005 to '
+           '0.0004 and the batch size from 1024 to 512')
+CV_MAIN = 'facebookresearch/convit@0a9340a:main.py default'
+
+
+def _convit_recipe(plus: bool):
+    batch, lr = (512, 4.0e-4) if plus else (1024, 5.0e-4)
+    batch_src = CV_PLUS if plus else (f'{CV_PAPER}: global batch 1024 (README example: 4 x 256; run_with_submitit.py '
+                                      f'for ConViT-B: 16 x 64)')
+    return [
+        ('epochs', 300, f'{CV_MAIN} --epochs 300 ({CV_PAPER})'),
+        ('batch_size', batch, batch_src),
+        ('opt', 'adamw', f'{CV_MAIN} --opt adamw'),
+        ('opt_eps', 1.0e-8, f'{CV_MAIN} --opt-eps 1e-8'),
+        ('weight_decay', 0.05, f'{CV_MAIN} --weight-decay 0.05'),
+        ('lr', None, 'unset so that lr_base below applies'),
+        ('lr_base', lr, (CV_PLUS if plus else f'{CV_MAIN} --lr 5e-4') + ', scaled by global batch / 512 in main.py'),
+        ('lr_base_size', 512, f'{CV_MAIN}: lr = lr_arg * global batch / 512'),
+        ('lr_base_scale', 'linear', f'{CV_MAIN}: linear scaling'),
+        ('sched', 'cosine', f'{CV_MAIN} --sched cosine'),
+        ('warmup_epochs', 5, f'{CV_MAIN} --warmup-epochs 5'),
+        ('warmup_lr', 1.0e-6, f'{CV_MAIN} --warmup-lr 1e-6'),
+        ('min_lr', 1.0e-5, f'{CV_MAIN} --min-lr 1e-5'),
+        ('cooldown_epochs', 0, f'{CV_MAIN}: the DeiT-style loop runs --epochs only (recalled, not re-checked)'),
+        ('clip_grad', None, f'{CV_MAIN}: no gradient clipping'),
+        ('img_size', 224, f'{CV_MAIN} --input-size 224'),
+        ('scale', [0.08, 1.0], f'{TIMM_DEFAULT} (random-resized crop of timm\'s create_transform)'),
+        ('ratio', [0.75, 1.3333333333333333], f'{TIMM_DEFAULT} (random-resized crop of timm\'s create_transform)'),
+        ('hflip', 0.5, f'{TIMM_DEFAULT} (horizontal flip of timm\'s create_transform)'),
+        ('color_jitter', 0.4, f'{CV_MAIN} --color-jitter 0.4'),
+        ('train_interpolation', 'bicubic', f'{CV_MAIN} --train-interpolation bicubic'),
+        ('aa', 'rand-m9-mstd0.5-inc1', f'{CV_MAIN} --aa rand-m9-mstd0.5-inc1'),
+        ('aug_repeats', 3, f'{CV_MAIN} --repeated-aug on; 3 repeats is DeiT\'s RASampler (recalled, not re-checked)'),
+        ('reprob', 0.25, f'{CV_MAIN} --reprob 0.25'),
+        ('remode', 'pixel', f'{CV_MAIN} --remode pixel (DeiT\'s default; recalled, not re-checked)'),
+        ('mixup', 0.8, f'{CV_MAIN} --mixup 0.8'),
+        ('cutmix', 1.0, f'{CV_MAIN} --cutmix 1.0'),
+        ('mixup_prob', 1.0, f'{CV_MAIN} --mixup-prob 1.0'),
+        ('mixup_switch_prob', 0.5, f'{CV_MAIN} --mixup-switch-prob 0.5'),
+        ('smoothing', 0.1, f'{CV_MAIN} --smoothing 0.1'),
+        ('drop', 0.0, f'{CV_MAIN}: no dropout'),
+        ('drop_path', 0.1, f'{CV_MAIN} --drop-path 0.1 (one default for every size; no per-variant value stated)'),
+        ('model_ema', False, f'{CV_MAIN}: --model-ema off by default'),
+        ('amp', True, f'{CV_MAIN}: mixed precision (torch.cuda.amp) training'),
+    ]
+
+
+CONVIT = {f'convit_{size}{plus}': _convit_recipe(bool(plus)) for size in ('ti', 's', 'b') for plus in ('', '_plus')}
+
 # --- MOAT: arXiv 2210.01820 (shared/specs/moat.md has no training section: only drop path / sizes come from it) ------
 MO_SPEC = 'shared/specs/moat.md variant table'
 MO_SRC = 'MOAT paper (arXiv 2210.01820) appendix, ImageNet-1k setting, which follows CoAtNet / MaxViT (recalled)'
@@ -393,17 +497,177 @@ _MV_DP = {
 MAXVIT = {f'maxvit_{size}{suffix}': _maxvit_recipe(*dp, img_size=res)
           for size, dp in _MV_DP.items() for suffix, res in (('', 224), ('_384', 384), ('_512', 512))}
 
+# --- RapidNet: arXiv 2412.10995 (WACV 2025); the paper text could not be read, the official code is the source ------
+RN_REPO = 'mmunir127/RapidNet-Official@74c7071'
+RN_MAIN = f'{RN_REPO}:main.py (argparse defaults)'
+RN_MODEL = f'{RN_REPO}:models/rapidnet.py'
+RN_NOTE = ('# NOTE: the official recipe trains with hard distillation from a RegNetY-16GF teacher (DeiT\'s\n'
+           f'# regnety_160, alpha 0.5, tau 1.0; {RN_MAIN}),\n'
+           '# which tools/train.py does not implement: this config trains both classifiers on the labels (their\n'
+           '# average is the output, as timm\'s DeiT does without set_distilled_training). Expect lower top-1 than\n'
+           '# the released weights.\n')
+RAPIDNET = [
+    ('epochs', 300, f'{RN_MAIN}: 300 epochs'),
+    ('batch_size', 1024, f'ASSUMPTION: {RN_MAIN} gives 128 per GPU and no GPU count; 1024 is the batch its lr '
+                         'scaling refers to'),
+    ('opt', 'adamw', f'{RN_MAIN}: AdamW'),
+    ('opt_eps', 1.0e-8, f'{RN_MAIN}: opt eps 1e-8'),
+    ('weight_decay', 0.05, f'{RN_MAIN}: weight decay 0.05'),
+    ('lr', None, 'unset so that lr_base below applies'),
+    ('lr_base', 2.0e-3, f'{RN_MAIN}: lr 2e-3 scaled by global batch / 1024'),
+    ('lr_base_size', 1024, f'{RN_MAIN}: lr scaled linearly by global batch / 1024'),
+    ('lr_base_scale', 'linear', f'{RN_MAIN}: linear scaling'),
+    ('sched', 'cosine', f'{RN_MAIN}: cosine schedule'),
+    ('warmup_epochs', 20, f'{RN_MAIN}: 20 warm-up epochs'),
+    ('warmup_lr', 1.0e-6, f'{RN_MAIN}: warmup lr 1e-6'),
+    ('min_lr', 1.0e-5, f'{RN_MAIN}: min lr 1e-5'),
+    ('cooldown_epochs', 0, TIMM_DEFAULT),
+    ('img_size', 224, f'{RN_MODEL}: default_cfg input size 224'),
+    ('scale', [0.08, 1.0], TIMM_DEFAULT),
+    ('ratio', [0.75, 1.3333333333333333], TIMM_DEFAULT),
+    ('hflip', 0.5, TIMM_DEFAULT),
+    ('color_jitter', 0.4, f'{RN_MAIN}: colour jitter 0.4'),
+    ('train_interpolation', 'random', f'{RN_MAIN}: train interpolation random'),
+    ('aa', 'rand-m9-mstd0.5-inc1', f'{RN_MAIN}: RandAugment rand-m9-mstd0.5-inc1'),
+    ('aug_repeats', 3, f'{RN_MAIN}: repeated augmentation on; 3 repeats (DeiT RASampler default; ASSUMPTION: the '
+                       'count is not a flag there)'),
+    ('reprob', 0.25, f'{RN_MAIN}: random erasing 0.25'),
+    ('remode', 'pixel', f'{RN_MAIN}: random erasing mode pixel (DeiT default; ASSUMPTION, not in the recipe notes)'),
+    ('mixup', 0.8, f'{RN_MAIN}: mixup 0.8'),
+    ('cutmix', 1.0, f'{RN_MAIN}: cutmix 1.0'),
+    ('mixup_prob', 1.0, f'{RN_MAIN}: mixup prob 1.0'),
+    ('mixup_switch_prob', 0.5, f'{RN_MAIN}: mixup / cutmix switch prob 0.5'),
+    ('smoothing', 0.1, f'{RN_MAIN}: label smoothing 0.1'),
+    ('drop', 0.0, f'{RN_MODEL}: dropout 0 (head only)'),
+    ('drop_path', 0.1, f'{RN_MODEL}: drop path 0.1, hard-coded in every variant (official schedule, see the model)'),
+    ('model_ema', True, f'{RN_MAIN}: EMA on'),
+    ('model_ema_decay', 0.99996, f'{RN_MAIN}: EMA decay 0.99996'),
+    ('sync_bn', True, f'{RN_MAIN}: synchronised BatchNorm on'),
+    ('amp', True, f'{RN_MAIN}: mixed precision (autocast)'),
+    ('clip_grad', None, f'{RN_MAIN}: no gradient clipping'),
+]
+# --- TiC: arXiv 2310.04134 -- NO recipe exists: the paper's text beyond the abstract could not be read and the official
+# repository (zs670980918/MSA-Conv@2d96f54) holds only the operator. Our reconstruction is sized beside Swin-T/S/B, so
+# Swin's ImageNet-1k recipe stands in, every value marked as that ASSUMPTION.
+TIC_NOTE = ('# NOTE: ASSUMPTION. TiC publishes no training recipe that could be read (only its abstract; the official\n'
+            '# repository holds the operator alone) and tic_* is our reconstruction, sized beside Swin. This file is\n'
+            '# the Swin recipe (Liu et al., arXiv 2103.14030 Sec. 4.1 / appendix A2.1, recalled), not TiC\'s.\n')
+TIC_SRC = 'ASSUMPTION (no TiC recipe exists): Swin paper (arXiv 2103.14030) Sec. 4.1 ImageNet-1k settings (recalled)'
+TIC_AUG = 'ASSUMPTION: the DeiT augmentation the Swin paper follows (Swin Sec. 4.1 / DeiT arXiv 2012.12877; recalled)'
+TIC_CFG = 'ASSUMPTION: official Swin config.py default (microsoft/Swin-Transformer; recalled)'
+
+
+def _tic_recipe(drop_path: float, size: str):
+    return [
+        ('epochs', 300, f'{TIC_SRC}: 300 epochs'),
+        ('batch_size', 1024, f'{TIC_SRC}: global batch 1024'),
+        ('opt', 'adamw', f'{TIC_SRC}: AdamW'),
+        ('opt_eps', 1.0e-8, TIC_CFG),
+        ('weight_decay', 0.05, f'{TIC_SRC}: weight decay 0.05'),
+        ('lr', None, 'unset so that lr_base below applies'),
+        ('lr_base', 1.0e-3, f'{TIC_SRC}: initial lr 1e-3 at batch 1024'),
+        ('lr_base_size', 1024, TIC_SRC),
+        ('lr_base_scale', 'linear', 'linear scaling when the global batch differs'),
+        ('sched', 'cosine', f'{TIC_SRC}: cosine decay'),
+        ('warmup_epochs', 20, f'{TIC_SRC}: 20 epochs of linear warm-up'),
+        ('warmup_lr', 5.0e-7, TIC_CFG),
+        ('min_lr', 5.0e-6, TIC_CFG),
+        ('cooldown_epochs', 0, f'{TIC_CFG}: cosine over the whole run'),
+        ('clip_grad', 5.0, f'{TIC_CFG}: gradient-norm clipping 5.0'),
+        ('img_size', 224, f'{TIC_SRC}: 224x224'),
+        ('scale', [0.08, 1.0], f'{TIC_AUG}: random-resized crop, timm default bounds'),
+        ('ratio', [0.75, 1.3333333333333333], f'{TIC_AUG}: random-resized crop, timm default bounds'),
+        ('hflip', 0.5, f'{TIC_AUG}: horizontal flip'),
+        ('color_jitter', 0.4, f'{TIC_AUG}: colour jitter 0.4'),
+        ('train_interpolation', 'bicubic', f'{TIC_AUG}: bicubic'),
+        ('aa', 'rand-m9-mstd0.5-inc1', f'{TIC_AUG}: RandAugment m9, mstd 0.5'),
+        ('reprob', 0.25, f'{TIC_AUG}: random erasing 0.25'),
+        ('remode', 'pixel', f'{TIC_AUG}: random erasing mode pixel'),
+        ('mixup', 0.8, f'{TIC_AUG}: mixup 0.8'),
+        ('cutmix', 1.0, f'{TIC_AUG}: cutmix 1.0'),
+        ('smoothing', 0.1, f'{TIC_AUG}: label smoothing 0.1'),
+        ('drop', 0.0, f'{TIC_SRC}: no dropout'),
+        ('drop_path', drop_path, f'{TIC_SRC}: stochastic depth {drop_path} for Swin-{size}, our {size} twin'),
+        ('model_ema', False, f'{TIC_SRC}: no EMA (Swin drops DeiT\'s EMA and repeated augmentation)'),
+    ]
+
+
+TIC = {'tic_tiny': _tic_recipe(0.2, 'T'), 'tic_small': _tic_recipe(0.3, 'S'), 'tic_base': _tic_recipe(0.5, 'B')}
+# --- ParCNetV2: arXiv 2211.07157, official scripts + the timm 0.6.12-style train.py they call -----------------------
+PC_REPO = 'XuRuihan/ParCNetV2@b9d8524'
+
+
+def _parcnetv2_recipe(drop_path, drop_path_src: str, size: str):
+    src = f'{PC_REPO}:scripts/parcnetv2/train_parcnetv2_{size}.sh with train.py defaults'
+    return [
+        ('epochs', 300, f'{src}: 300 epochs'),
+        ('batch_size', 4096, f'{src}: 8 GPUs x 128 x 4 gradient-accumulation steps = 4096 global'),
+        ('grad_accum_steps', 1, f'{src} accumulates 4 steps to reach 4096 on 8 GPUs; pick -b, processes and steps '
+                                'whose product is 4096'),
+        ('opt', 'adamw', f'{src}: AdamW'),
+        ('opt_eps', 1.0e-8, TIMM_DEFAULT),
+        ('weight_decay', 0.05, f'{src}: weight decay 0.05'),
+        ('lr', None, 'unset so that lr_base below applies'),
+        ('lr_base', 4.0e-3, f'{src}: lr 4e-3, absolute, at global batch 4096'),
+        ('lr_base_size', 4096, src),
+        ('lr_base_scale', 'linear', 'ASSUMPTION: linear scaling when the global batch differs (the official script '
+                                    'passes an absolute lr; at 4096 the two agree)'),
+        ('sched', 'cosine', f'{src}: cosine schedule'),
+        ('warmup_epochs', 20, f'{src}: 20 warm-up epochs'),
+        ('warmup_lr', 1.0e-6, f'{src}: warm-up from 1e-6'),
+        ('min_lr', 1.0e-5, f'{src}: min lr 1e-5'),
+        ('cooldown_epochs', 10, f'{src}: the timm train.py default cooldown of 10 epochs, so 310 epochs run'),
+        ('img_size', 224, f'{PC_REPO}:README.md: ImageNet-1k at 224'),
+        ('scale', [0.08, 1.0], TIMM_DEFAULT),
+        ('ratio', [0.75, 1.3333333333333333], TIMM_DEFAULT),
+        ('hflip', 0.5, TIMM_DEFAULT),
+        ('color_jitter', 0.4, f'{src}: colour jitter 0.4'),
+        ('train_interpolation', 'random', f'{src}: random interpolation'),
+        ('aa', 'rand-m9-mstd0.5-inc1', f'{src}: RandAugment rand-m9-mstd0.5-inc1'),
+        ('reprob', 0.25, f'{src}: random erasing 0.25'),
+        ('remode', 'pixel', TIMM_DEFAULT),
+        ('mixup', 0.8, f'{src}: mixup 0.8'),
+        ('cutmix', 1.0, f'{src}: cutmix 1.0'),
+        ('mixup_prob', 1.0, f'{src}: mixup/cutmix probability 1'),
+        ('mixup_switch_prob', 0.5, f'{src}: switch probability 0.5'),
+        ('smoothing', 0.1, f'{src}: label smoothing 0.1'),
+        ('drop', 0.0, f'{src}: head dropout 0'),
+        ('drop_path', drop_path, drop_path_src),
+        ('model_ema', False, f'{src}: no EMA'),
+        ('amp', False, f'{src}: --amp is not passed'),
+        ('clip_grad', None, f'{src}: no gradient clipping'),
+    ]
+
+
+_PC_SH = f'{PC_REPO}:scripts/parcnetv2/train_parcnetv2_{{}}.sh'
+PARCNETV2 = {
+    'parcnetv2_xt': _parcnetv2_recipe(
+        0.1, f'ASSUMPTION: {PC_REPO} has no XT script; 0.1, below ParCNetV2-T\'s 0.2', 'tiny'),
+    'parcnetv2_tiny': _parcnetv2_recipe(0.2, f'{_PC_SH.format("tiny")}: drop path 0.2', 'tiny'),
+    'parcnetv2_small': _parcnetv2_recipe(0.3, f'{_PC_SH.format("small")}: drop path 0.3', 'small'),
+    'parcnetv2_base': _parcnetv2_recipe(0.4, f'{_PC_SH.format("base")}: drop path 0.4', 'base'),
+}
+XT_NOTE = ('# NOTE: the official repo has no ParCNetV2-XT training script; the T script\'s recipe stands in, with an\n'
+           '# assumed drop path.\n')
+
 PAPERS = {
     'biformer': 'BiFormer: Vision Transformer with Bi-Level Routing Attention (Zhu et al., arXiv 2303.08810)',
     'senet': 'Squeeze-and-Excitation Networks (Hu et al., arXiv 1709.01507)',
     'sknet': 'Selective Kernel Networks (Li et al., arXiv 1903.06586)',
     'res2net': 'Res2Net (Gao et al., arXiv 1904.01169)',
+    'sequencer': 'Sequencer: Deep LSTM for Image Classification (Tatsunami and Taki, arXiv 2205.01972)',
+    'convit': ('ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases '
+               '(d\'Ascoli et al., arXiv 2103.10697)'),
     'davit': 'DaViT: Dual Attention Vision Transformers (Ding et al., arXiv 2204.03645)',
     'involution': 'Involution / RedNet (Li et al., arXiv 2103.06255)',
     'maxvit': 'MaxViT: Multi-Axis Vision Transformer (Tu et al., arXiv 2204.01697)',
     'moat': ('MOAT: Alternating Mobile Convolution and Attention Brings Strong Vision Models '
              '(Yang et al., arXiv 2210.01820)'),
     'twins': 'Twins: Revisiting the Design of Spatial Attention in Vision Transformers (Chu et al., arXiv 2104.13840)',
+    'rapidnet': 'RapidNet: Multi-Level Dilated Convolution Based Mobile Backbone (Munir et al., arXiv 2412.10995)',
+    'tic': ('TiC (Zhang et al., arXiv 2310.04134): none is published, Swin\'s (arXiv 2103.14030) stands in as '
+            'an ASSUMPTION (see NOTE)'),
+    'parcnetv2': 'ParCNetV2: Oversized Kernel with Enhanced Attention (Xu et al., arXiv 2211.07157)',
 }
 
 
@@ -420,12 +684,22 @@ def recipe_for(model: str, family: str):
         return REDNET
     if family == 'davit':
         return DAVIT[model]
+    if family == 'convit':
+        return CONVIT[model]
     if family == 'twins':
         return TWINS[model]
+    if family == 'sequencer':
+        return SEQUENCER[model]
     if family == 'moat':
         return MOAT[model]
     if family == 'maxvit':
         return MAXVIT[model]
+    if family == 'rapidnet':
+        return RAPIDNET
+    if family == 'tic':
+        return TIC[model]
+    if family == 'parcnetv2':
+        return PARCNETV2[model]
     raise KeyError(f'no recipe for family {family!r} ({model})')
 
 
@@ -444,6 +718,12 @@ def render(model: str, family: str) -> str:
         text += MV_FT_NOTE.format(res=res, window=res // 32)
     if model.startswith('maxvit_xlarge'):
         text += MV_21K_NOTE
+    if family == 'rapidnet':
+        text += RN_NOTE
+    if family == 'tic':
+        text += TIC_NOTE
+    if model == 'parcnetv2_xt':
+        text += XT_NOTE
     text += f'model: {model}  # the zoo variant this recipe trains (file name)\n'
     for key, value, src in recipe_for(model, family):
         dumped = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()[1:-1]

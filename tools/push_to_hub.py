@@ -12,11 +12,12 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # this checkout's backbones, whatever is installed
-from backbones.hub import HubError, push  # noqa: E402
+from backbones import _cli  # noqa: E402
+from backbones.hub import push  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('model', help='zoo model name, optionally with a pretrained tag (name.tag)')
     p.add_argument('--repo-id', required=True, help="target repository, 'org/name'")
     p.add_argument('--checkpoint', default=None,
@@ -33,19 +34,20 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    """0 on success; any error is one line on stderr, exit status 1 (2 for bad arguments)."""
+    return _cli.run(_main, argv)
+
+
+def _main(argv=None) -> int:
     args = parse_args(argv)
     if args.pretrained and args.checkpoint:
         print('error: --pretrained and --checkpoint are exclusive', file=sys.stderr)
         return 2
     kwargs = dict(pretrained=True) if args.pretrained else {}
-    try:
-        url = push(
-            args.model, args.repo_id, checkpoint=args.checkpoint, private=args.private, revision=args.revision,
-            commit_message=args.commit_message, label_names=args.label_names, token=args.token,
-            create_pr=args.create_pr, **kwargs)
-    except (HubError, ValueError, FileNotFoundError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+    url = push(
+        args.model, args.repo_id, checkpoint=args.checkpoint, private=args.private, revision=args.revision,
+        commit_message=args.commit_message, label_names=args.label_names, token=args.token,
+        create_pr=args.create_pr, **kwargs)
     print(url)
     return 0
 

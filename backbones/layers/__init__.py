@@ -3,10 +3,15 @@ from .attention import Attention, sdpa
 from .bottleneck import Bottleneck, MixerFn
 from .channel_attention import ChannelAttention
 from .conv import Conv2dSame, ConvNormAct, LayerType, create_conv2d_same, pad_same, same_padding
-from .head import Head
-from .helpers import check_input
+from .fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
+from .head import POOL_TYPES, Head, check_pool_type
+from .helpers import check_feature_indices, check_input, check_model_kwargs
 from .involution import Involution
 from .mbconv import MBConv, MBConvShortcut, avg_pool_same
+from .msa_conv import MSAConv2d, MSAConvAttention, msa_conv_av, msa_conv_qk
+from .oversize_conv import OversizeConv2d, eager_channels_last, oversize_conv_matmul, toeplitz_taps
+from .patch_embed import PatchEmbed
+from .pos_embed import pos_embed_for_grid, resize_pos_embed_in_state_dict
 from .relpos import RelPosBias, rel_pos_index, resize_rel_pos_table
 from .res2 import Res2Split
 from .routing_attention import BiLevelRoutingAttention, routed_attention
@@ -17,6 +22,7 @@ from .stage import Stage, drop_path_schedule
 from .stem import ConvStem, stem_pool
 from .subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
 from .tracing import contiguous_for_export, is_exporting, is_tracing
+from .transformer import TransformerBlock
 from .window import (
     contiguous_reshape,
     crop,
@@ -27,3 +33,4 @@ from .window import (
     window_partition,
     window_reverse,
 )
+from .window_taps import window_dot, window_taps, window_weighted_sum

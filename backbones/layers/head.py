@@ -1,5 +1,5 @@
-"""Classifier head: pool -> [norm] -> dropout -> fc, with ``reset``."""
-from typing import Optional
+"""Classifier head: pool -> [norm] -> dropout -> fc, with ``reset``; the pooling types a head takes."""
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -8,7 +8,30 @@ from timm.layers import SelectAdaptivePool2d
 from .conv import LayerType
 from .tracing import contiguous_for_export
 
-__all__ = ['Head']
+__all__ = ['Head', 'POOL_TYPES', 'check_pool_type']
+
+# timm's SelectAdaptivePool2d types (case-insensitive); '' keeps the feature map
+POOL_TYPES = ('avg', 'max', 'avgmax', 'catavgmax', 'fast', 'fastavg', 'fastmax', 'fastavgmax', 'fastcatavgmax', '')
+
+
+def check_pool_type(pool_type: str, width_preserving: bool = False) -> str:
+    """Return ``pool_type`` if a head takes it, else raise one clear error listing the valid types.
+
+    ``width_preserving``: the head norms the pooled vector, so the concatenating pools (which double its width)
+    are refused too.
+    """
+    valid: Tuple[str, ...] = tuple(p for p in POOL_TYPES if not (width_preserving and p.endswith('catavgmax')))
+    if not isinstance(pool_type, str):
+        raise TypeError(f"global_pool must be a string, one of {_quoted(valid)} ('' = no pooling); got {pool_type!r}")
+    if pool_type.lower() not in valid:
+        why = '; this head norms the pooled vector, so no pool that doubles its width' if width_preserving else ''
+        raise ValueError(
+            f"unknown global_pool {pool_type!r}: valid are {_quoted(valid)} ('' = no pooling){why}")
+    return pool_type
+
+
+def _quoted(names) -> str:
+    return ', '.join(repr(n) for n in names)
 
 
 class Head(nn.Module):
@@ -34,24 +57,20 @@ class Head(nn.Module):
         self.in_features = in_features
         self.drop_rate = drop_rate
         self._norm_layer = norm_layer
+        check_pool_type(pool_type, width_preserving=norm_layer is not None)
         self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
         self.unpooled = not pool_type
         self.hidden_size = in_features * self.global_pool.feat_mult()
-        self._check_pool(pool_type)
         self.norm = norm_layer(self.hidden_size, **dd) if norm_layer is not None else nn.Identity()
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(self.hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
-    def _check_pool(self, pool_type: str):
-        assert self._norm_layer is None or self.global_pool.feat_mult() == 1, \
-            f"pool_type '{pool_type}' changes the pooled width, which the head norm does not support"
-
     def reset(self, num_classes: int, pool_type: Optional[str] = None, device=None, dtype=None):
         dd = dict(device=device, dtype=dtype)
         if pool_type is not None:
+            check_pool_type(pool_type, width_preserving=self._norm_layer is not None)
             self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
             self.unpooled = not pool_type
-            self._check_pool(pool_type)
             self.hidden_size = self.in_features * self.global_pool.feat_mult()
         self.fc = nn.Linear(self.hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
 

@@ -12,13 +12,11 @@ is shared by the channels of one group (``group_channels`` consecutive channels)
 with ``Xp`` the input zero-padded by ``(K - 1) // 2``. Parameter names follow the official operator (``conv1.conv``,
 ``conv1.bn``), except that its ``conv2.conv`` (the kernel-generating 1x1 conv with bias) is a plain ``conv2`` here.
 """
-from typing import Optional
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .conv import ConvNormAct
+from .window_taps import window_weighted_sum
 
 __all__ = ['Involution']
 
@@ -36,9 +34,9 @@ class Involution(nn.Module):
 
     Shapes: ``[B, C, H, W] -> [B, C, ceil(H/s), ceil(W/s)]``.
 
-    The aggregation is a sum over the ``K*K`` kernel taps of (shifted, strided view of the padded input) times (that
-    tap's kernel map), which never materialises the ``K*K``-times larger unfolded input that the official
-    unfold-based operator builds; the result is the same sum.
+    The aggregation is :func:`~backbones.layers.window_taps.window_weighted_sum`: a sum over the ``K*K`` kernel taps
+    of (shifted, strided view of the padded input) times (that tap's kernel map), which never materialises the
+    ``K*K``-times larger unfolded input that the official unfold-based operator builds; the result is the same sum.
     """
 
     def __init__(
@@ -69,32 +67,15 @@ class Involution(nn.Module):
         self.conv2 = nn.Conv2d(channels // reduction, kernel_size * kernel_size * self.groups, 1, bias=True, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, s, p = self.kernel_size, self.stride, self.padding
+        k, s = self.kernel_size, self.stride
         if s > 1:  # else the pooled kernel map is smaller than the output (and broadcasts silently when it is 1)
             torch._assert((x.shape[-2] % s) + (x.shape[-1] % s) == 0,
                           'Involution: input sides must be multiples of the stride')
         weight = self.conv2(self.conv1(self.pool(x)))  # [B, G*K*K, Ho, Wo]
         weight = weight.unflatten(1, (self.groups, k * k))  # [B, G, K*K, Ho, Wo], tap t = a*K + b
-        x = F.pad(x, (p, p, p, p)).unflatten(1, (self.groups, self.group_channels))  # [B, G, C/G, H+2p, W+2p]
-        out = _tap(x, 0, 0, p, s) * weight[:, :, 0:1]  # [B, G, C/G, Ho, Wo]
-        for t in range(1, k * k):
-            # out of place: FX graph passes (dead-code elimination) drop in-place ops whose result is unused
-            out = torch.addcmul(out, _tap(x, t // k, t % k, p, s), weight[:, :, t:t + 1])
-        return out.flatten(1, 2)
+        x = x.unflatten(1, (self.groups, self.group_channels))  # [B, G, C/G, H, W]
+        return window_weighted_sum(x, weight, (k, k), stride=s).flatten(1, 2)  # [B, C, Ho, Wo]
 
     def extra_repr(self) -> str:
         return f'{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, groups={self.groups}'
 
-
-def _tap(x: torch.Tensor, a: int, b: int, padding: int, stride: int) -> torch.Tensor:
-    """The padded input seen by kernel tap ``(a, b)`` at every output pixel: ``x[..., s*i + a, s*j + b]``.
-
-    Rows ``a, a+s, ...`` up to (excluding) ``a - 2*padding`` from the far end: ``ceil(H/s)`` of them, as a strided
-    convolution with "same" padding gives.
-    """
-    return x[:, :, :, a:_stop(a, padding):stride, b:_stop(b, padding):stride]
-
-
-def _stop(offset: int, padding: int) -> Optional[int]:
-    stop = offset - 2 * padding
-    return stop if stop < 0 else None

@@ -31,6 +31,8 @@ class ConvStem(nn.Module):
     Attributes:
         out_chs: output channels.
         reduction: total stride.
+        min_input_size: smallest input side: the Caffe pool (no padding) needs a map of at least 2 after the strided
+            conv, i.e. ``stride + 1``; otherwise 1 (every layer pads).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class ConvStem(nn.Module):
         self.pool = stem_pool(pool)
         self.out_chs = prev
         self.reduction = stride * (1 if pool is None else 2)
+        self.min_input_size = stride + 1 if pool == 'max_caffe' else 1
 
     def forward(self, x):
         for m in self.children():

@@ -19,7 +19,8 @@ class ResNetSkeleton(StageFeatureMixin, nn.Module):
     """stem -> stages -> head.
 
     Args:
-        stem: module with ``out_chs`` and ``reduction`` attributes.
+        stem: module with ``out_chs`` and ``reduction`` attributes (and ``min_input_size``, the smallest input side
+            it takes, when that is not 1).
         block_fn: ``block_fn(in_chs, out_chs, stride=, first=, drop_path=, device=, dtype=)``.
         depths: blocks per stage.
         widths: output channels per stage.
@@ -53,6 +54,7 @@ class ResNetSkeleton(StageFeatureMixin, nn.Module):
         self.drop_rate = drop_rate
         self.input_divisor = input_divisor
         self._model_name = type(self).__name__  # for error messages (TorchScript cannot read self.__class__)
+        self.min_input_size = getattr(stem, 'min_input_size', 1)  # the stages pad: the stem sets the minimum
         self.grad_checkpointing = False
 
         self.stem = stem

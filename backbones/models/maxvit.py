@@ -46,7 +46,6 @@ from timm.layers import (
     trunc_normal_,
 )
 from timm.models import build_model_with_cfg, generate_default_cfgs
-from timm.models._features import feature_take_indices
 from timm.models._input import update_model_input_size
 
 from .._checkpoint import check_state_dict, rename_keys, unwrap_state_dict
@@ -54,6 +53,8 @@ from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.attention import Attention
 from ..layers.conv import create_conv2d_same
+from ..layers.head import check_pool_type
+from ..layers.helpers import check_feature_indices
 from ..layers.mbconv import MBConv
 from ..layers.relpos import RelPosBias, resize_rel_pos_table
 from ..layers.stage import Stage, drop_path_schedule
@@ -274,6 +275,7 @@ class MaxViT(StageFeatureMixin, nn.Module):
             dtype=None,
     ):
         super().__init__()
+        check_pool_type(global_pool, width_preserving=True)  # timm's NormMlpClassifierHead norms the pooled vector
         dd = dict(device=device, dtype=dtype)
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -357,6 +359,8 @@ class MaxViT(StageFeatureMixin, nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False):
         """New classifier; ``reset_other`` also drops the head's norm and pre-logits layer (pooling + fc remain)."""
+        if global_pool is not None:
+            check_pool_type(global_pool, width_preserving=True)
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool, reset_other=reset_other, in_features=self.num_features,
                         **get_device_dtype(self))
@@ -371,7 +375,7 @@ class MaxViT(StageFeatureMixin, nn.Module):
         """Drop the stages after the last tap in ``indices``; pruning the head (or any stage) leaves a head that
         only pools (``''``: none) and classifies (0 classes), the head's norm and tanh layer being sized for the
         last stage."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        take_indices, max_index = check_feature_indices(len(self.stages), indices, self._model_name)
         self.stages = self.stages[:max_index + 1]
         prune_end = max_index < len(self.feature_info) - 1
         if prune_norm:

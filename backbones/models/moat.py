@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs
+from torch.fx.node import has_side_effect
 
 from .._checkpoint import CheckpointMismatchError, convert_state_dict, unwrap_state_dict
 from .._features import StageFeatureMixin, stage_feature_info
@@ -164,16 +165,19 @@ def moat_drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> List[L
     return out
 
 
+@has_side_effect  # kept by FX dead-code elimination
 @register_notrace_function
 def check_moat_input(
         x: torch.Tensor,
         in_chans: int,
         windowed: List[Tuple[int, int, int, int]],
         model: str = 'MOAT',
+        weight: Optional[torch.Tensor] = None,
 ) -> Tuple[int, int]:
-    """Channel / rank check, then, for each window-attention stage ``(stage, reduction, wh, ww)``, that its feature
-    map ``ceil(side / reduction)`` divides by the window (what the official window reshape needs)."""
-    h, w = check_input(x, in_chans, 1, model)
+    """``check_input`` (any size from 1x1: the strided convs and pools pad), then, for each window-attention stage
+    ``(stage, reduction, wh, ww)``, that its feature map ``ceil(side / reduction)`` divides by the window (what the
+    official window reshape needs)."""
+    h, w = check_input(x, in_chans, 1, model, 1, weight)
     for stage, reduction, wh, ww in windowed:
         fh, fw = -(-h // reduction), -(-w // reduction)
         if fh % wh != 0 or fw % ww != 0:
@@ -310,7 +314,7 @@ class MOAT(StageFeatureMixin, nn.Module):
         return {n for n, _ in self.named_parameters() if n.endswith('relative_position_bias_table')}
 
     def _check_input(self, x: torch.Tensor):
-        check_moat_input(x, self.in_chans, self._windowed, self._model_name)
+        check_moat_input(x, self.in_chans, self._windowed, self._model_name, self._input_weight())
 
 
 

@@ -21,11 +21,13 @@ layout (``{'meta', 'state_dict'}``, ``backbone.`` / ``head.fc.`` prefixes) is co
     timm.create_model('rednet50', pretrained=True, pretrained_cfg_overlay=dict(file='rednet50-....pth'))
 """
 from functools import partial
+from typing import Optional
 
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs
+from torch.fx.node import has_side_effect
 
 from .._checkpoint import convert_state_dict
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
@@ -105,12 +107,21 @@ def _involution_bottleneck(
     )
 
 
+@has_side_effect  # kept by FX dead-code elimination
 @register_notrace_function
 def check_rednet_input(
-        x: torch.Tensor, in_chans: int, input_divisor: int, stem_stride: int, divisor: int, model: str = 'RedNet'):
-    """Raise a ``ValueError`` unless ``ceil(H / stem_stride)`` and ``ceil(W / stem_stride)`` are multiples of
-    ``divisor``, the condition for the stride-2 involutions to see even feature maps (official RedNet: 4 and 8)."""
-    h, w = check_input(x, in_chans, input_divisor, model)
+        x: torch.Tensor,
+        in_chans: int,
+        input_divisor: int,
+        stem_stride: int,
+        divisor: int,
+        model: str = 'RedNet',
+        weight: Optional[torch.Tensor] = None,
+):
+    """``check_input``, then a ``ValueError`` unless ``ceil(H / stem_stride)`` and ``ceil(W / stem_stride)`` are
+    multiples of ``divisor``, the condition for the stride-2 involutions to see even feature maps (official RedNet: 4
+    and 8; the smallest such side is ``stem_stride * (divisor - 1) + 1``)."""
+    h, w = check_input(x, in_chans, input_divisor, model, stem_stride * (divisor - 1) + 1, weight)
     if (h + stem_stride - 1) // stem_stride % divisor != 0 or (w + stem_stride - 1) // stem_stride % divisor != 0:
         q = stem_stride * divisor
         raise ValueError(
@@ -169,7 +180,8 @@ class RedNet(ResNetSkeleton):
 
     def _check_input(self, x: torch.Tensor):
         check_rednet_input(
-            x, self.in_chans, self.input_divisor, self.stem_stride, self.stage_stride, self._model_name)
+            x, self.in_chans, self.input_divisor, self.stem_stride, self.stage_stride, self._model_name,
+            self._input_weight())
 
 
 # official mmcls layout -> ours

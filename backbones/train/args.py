@@ -22,8 +22,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 from timm.utils import ParseKwargs
 
+from .. import _cli
+
 __all__ = [
-    'build_parser', 'parse_args', 'resolve_lr', 'load_config', 'args_to_yaml', 'ConfigError', 'UNSUPPORTED_TIMM_KEYS',
+    'build_parser', 'parse_args', 'resolve_lr', 'load_config', 'args_to_yaml', 'check_values', 'ConfigError',
+    'UNSUPPORTED_TIMM_KEYS',
 ]
 
 
@@ -286,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ``-c/--config`` is handled by :func:`parse_args` (it is not part of the returned namespace, as in timm).
     """
-    parser = argparse.ArgumentParser(
+    parser = _cli.ArgumentParser(
         description='Backbone Zoo ImageNet-style training (timm train.py flags; -c/--config YAML sets defaults)')
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                         help='YAML config (keys = argparse dest names, e.g. a timm args.yaml); CLI flags override it')
@@ -410,7 +413,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     (what the trainer writes as ``args.yaml``; ``parse_args(['-c', that_file])`` reproduces ``args``).
 
     Raises :class:`ConfigError` for an unusable config file (unknown key, bad value, unknown model)."""
-    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser = _cli.ArgumentParser(add_help=False)
     config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE')
     cfg_args, remaining = config_parser.parse_known_args(argv)
     parser = build_parser()
@@ -443,3 +446,58 @@ def resolve_lr(args: argparse.Namespace, world_size: int = 1) -> float:
             ratio = ratio ** 0.5
         args.lr = args.lr_base * ratio
     return args.lr
+
+
+# ------------------------------------------------------------------------------------------------- value checks
+# (dest, rule, lower, upper): 'int>=' whole number >= lower; 'range' lower <= x < upper (upper None: no bound);
+# 'closed' lower <= x <= upper; '>0' strictly positive. None (unset) is always accepted.
+_RULES = [
+    ('epochs', 'int>=', 1, None), ('batch_size', 'int>=', 1, None), ('validation_batch_size', 'int>=', 1, None),
+    ('workers', 'int>=', 0, None), ('grad_accum_steps', 'int>=', 1, None), ('checkpoint_hist', 'int>=', 1, None),
+    ('val_interval', 'int>=', 1, None), ('log_interval', 'int>=', 1, None), ('warmup_epochs', 'int>=', 0, None),
+    ('cooldown_epochs', 'int>=', 0, None), ('num_classes', 'int>=', 1, None), ('img_size', 'int>=', 1, None),
+    ('in_chans', 'int>=', 1, None), ('lr_base_size', 'int>=', 1, None), ('start_epoch', 'int>=', 0, None),
+    ('lr', '>0', None, None), ('lr_base', '>0', None, None), ('warmup_lr', 'range', 0.0, None),
+    ('min_lr', 'range', 0.0, None), ('weight_decay', 'range', 0.0, None), ('momentum', 'closed', 0.0, 1.0),
+    ('clip_grad', '>0', None, None), ('drop', 'range', 0.0, 1.0), ('drop_path', 'range', 0.0, 1.0),
+    ('drop_connect', 'range', 0.0, 1.0), ('drop_block', 'range', 0.0, 1.0), ('smoothing', 'range', 0.0, 1.0),
+    ('mixup', 'range', 0.0, None), ('cutmix', 'range', 0.0, None), ('mixup_prob', 'closed', 0.0, 1.0),
+    ('hflip', 'closed', 0.0, 1.0), ('vflip', 'closed', 0.0, 1.0), ('reprob', 'closed', 0.0, 1.0),
+    ('model_ema_decay', 'range', 0.0, 1.0), ('crop_pct', '>0', None, None),
+]
+
+
+def _flag(dest: str) -> str:
+    short = {'batch_size': '-b/', 'workers': '-j/', 'validation_batch_size': '-vb/'}.get(dest, '')
+    return short + '--' + dest.replace('_', '-')
+
+
+def check_values(args: argparse.Namespace) -> None:
+    """Raise :class:`ConfigError` naming the flag and its valid range for the first out-of-range value
+    (epochs, batch size, learning rate, workers, drop / drop-path rates, ...): before anything is built or written.
+    Flags ``args`` does not have are skipped (``tools/validate.py`` shares the check)."""
+    import math
+    for dest, rule, lo, hi in _RULES:
+        v = getattr(args, dest, None)
+        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f'{_flag(dest)} {v}: expected a finite number')
+        if rule == 'int>=' and v < lo:
+            raise ConfigError(f'{_flag(dest)} {v}: expected a whole number >= {lo}')
+        if rule == '>0' and v <= 0:
+            raise ConfigError(f'{_flag(dest)} {v}: expected a number > 0')
+        if rule == 'range' and (v < lo or (hi is not None and v >= hi)):
+            raise ConfigError(f'{_flag(dest)} {v}: expected {lo} <= value' + (f' < {hi}' if hi is not None else ''))
+        if rule == 'closed' and not lo <= v <= hi:
+            raise ConfigError(f'{_flag(dest)} {v}: expected {lo} <= value <= {hi}')
+    size = getattr(args, 'input_size', None)
+    if size is not None and any(v < 1 for v in size):
+        raise ConfigError(f'--input-size {" ".join(map(str, size))}: expected C H W, each >= 1')
+    epochs, start = getattr(args, 'epochs', None), getattr(args, 'start_epoch', None)
+    if epochs is not None and start is not None and start >= epochs:
+        raise ConfigError(f'--start-epoch {start}: expected less than --epochs {epochs}')
+    for dest in ('scale', 'ratio'):
+        v = getattr(args, dest, None)
+        if v is not None and (len(v) != 2 or not 0 < v[0] <= v[1]):
+            raise ConfigError(f'{_flag(dest)} {" ".join(map(str, v))}: expected two numbers 0 < low <= high')

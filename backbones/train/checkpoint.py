@@ -3,11 +3,14 @@
 A checkpoint is a dict in timm ``CheckpointSaver``'s layout (``epoch``, ``arch``, ``state_dict``, ``state_dict_ema``,
 ``optimizer``, ``amp_scaler``, ``version``, ``args``, ``metric``, ``saver``), so ``timm.models.load_checkpoint``,
 timm's own ``validate.py`` and ``tools/validate.py`` read it, plus what an exact resume needs: ``scheduler``, ``rng``
-(python / numpy / torch / CUDA generator states of every rank) and ``data_config``. ``args`` is a plain dict and
-every value is a tensor or a plain container, so it loads with ``torch.load(weights_only=True)``.
+(python / numpy / torch / CUDA generator states of every rank), ``data_config`` and ``summary`` (the rows of
+``summary.csv`` up to its epoch, from which that file is rewritten: it never lists an epoch without a checkpoint).
+``args`` is a plain dict and every value is a tensor or a plain container, so it loads with
+``torch.load(weights_only=True)``.
 
 Writing: :func:`atomic_save` writes a temporary file next to the target, fsyncs it and ``os.replace``\\ s it into
-place. :class:`TrainCheckpointSaver` is timm's ``CheckpointSaver`` (ranked history of ``--checkpoint-hist`` files,
+place (a temporary left by a killed process is removed on the next start: ``backbones._files``).
+:class:`TrainCheckpointSaver` is timm's ``CheckpointSaver`` (ranked history of ``--checkpoint-hist`` files,
 ``last.pth.tar``, ``model_best.pth.tar``, bookkeeping restored on resume) with every write and every copy done that
 way: timm unlinks ``last.pth.tar`` before replacing it, which a kill at the wrong moment turns into no checkpoint.
 :func:`export_for_hf` writes the best weights as a ``save_for_hf`` folder (``config.json`` + ``model.safetensors``).
@@ -17,8 +20,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
@@ -27,12 +28,14 @@ import torch
 import torch.nn as nn
 from timm.utils import CheckpointSaver
 
-from .._checkpoint import UnreadableCheckpointError, read_checkpoint_file
+from .._checkpoint import CheckpointMismatchError, UnreadableCheckpointError, check_finite, read_checkpoint_file
+from .._files import temp_name
 from .errors import CheckpointError
 
 __all__ = [
     'atomic_save', 'atomic_write_text', 'TrainCheckpointSaver', 'capture_rng_state', 'restore_rng_state',
-    'load_training_checkpoint', 'load_model_state', 'export_for_hf', 'plain_args', 'CHECKPOINT_VERSION',
+    'load_training_checkpoint', 'load_model_state', 'export_for_hf', 'plain_args', 'summary_row', 'write_summary',
+    'rewrite_summary', 'CHECKPOINT_VERSION',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -40,16 +43,12 @@ _logger = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 2  # timm: version >= 2 means ``epoch`` is the index of the last completed epoch
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f'.{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
-
-
 @contextlib.contextmanager
 def _replacing(path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path`` (``os.replace``, atomic),
     otherwise it is removed and ``path`` is untouched."""
     path = Path(path)
-    tmp = _tmp_name(path)
+    tmp = temp_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -87,6 +86,8 @@ class TrainCheckpointSaver(CheckpointSaver):
         super().__init__(model=None, optimizer=None, args=None, checkpoint_dir=checkpoint_dir,
                          recovery_dir=checkpoint_dir, decreasing=decreasing, max_history=max(1, max_history))
         self.state_fn = state_fn
+        self.last_epoch: Optional[int] = None  # the epoch last.pth.tar holds (the last good one)
+        self._saving: Optional[int] = None
         # timm logs the whole ranked history after every save; the trainer prints one line per epoch instead
         logging.getLogger('timm.utils.checkpoint_saver').setLevel(logging.WARNING)
 
@@ -94,12 +95,15 @@ class TrainCheckpointSaver(CheckpointSaver):
         state = self.state_fn(epoch, metric)
         state['saver'] = self.state_dict(epoch, metric)
         atomic_save(state, save_path)
+        self._saving = epoch
 
     def _replace(self, src, dst):
         os.replace(src, dst)  # atomic on POSIX; never unlink dst first
+        if Path(dst).name == 'last' + self.extension:
+            self.last_epoch = self._saving
 
     def _duplicate(self, src, dst):
-        tmp = _tmp_name(Path(dst))
+        tmp = temp_name(Path(dst))
         try:
             try:
                 os.link(src, tmp)
@@ -203,16 +207,20 @@ def _strip(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 
 def load_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, what: str = 'weights'):
-    """Load ``state_dict`` strictly into ``model``; a mismatch is a one-line :class:`CheckpointError`."""
+    """Load ``state_dict`` strictly into ``model``; a mismatch or a non-finite value is a one-line
+    :class:`CheckpointError`."""
     sd = _strip(state_dict)
     own = model.state_dict()
+    name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    shapes = [f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}' for k in sd
-              if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    shapes = [f'{k} {_shape(sd[k])} vs {tuple(own[k].shape)}' for k in sd
+              if k in own and _shape(sd[k]) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
-        name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
         parts = []
+        head = _head_mismatch(model, sd)
+        if head:
+            parts.append(head)
         if missing:
             parts.append(f'{len(missing)} missing (e.g. {missing[0]})')
         if unexpected:
@@ -221,7 +229,30 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
             parts.append(f'{len(shapes)} of another shape (e.g. {shapes[0]})')
         raise CheckpointError(f'the {what} in {source} do not fit {name} as built for this run: '
                               f'{"; ".join(parts)} (other --model-kwargs / --num-classes?)')
+    try:
+        check_finite(sd, f'the {what} in {source}')
+    except CheckpointMismatchError as e:
+        raise CheckpointError(str(e)) from None
     model.load_state_dict(sd, strict=True)
+
+
+def _shape(v: Any) -> Any:
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+
+
+def _head_mismatch(model: nn.Module, sd: Mapping[str, Any]) -> Optional[str]:
+    """'the checkpoint has a 10-class classifier, the model 5 classes' when the classifier sizes differ."""
+    cls = (getattr(model, 'pretrained_cfg', None) or {}).get('classifier')
+    own = model.state_dict()
+    for prefix in ([cls] if isinstance(cls, str) else list(cls or [])):
+        key = f'{prefix}.weight'
+        got = sd.get(key)
+        ckpt_n = int(got.shape[0]) if isinstance(got, torch.Tensor) and got.ndim else 0
+        model_n = int(own[key].shape[0]) if key in own else 0
+        if ckpt_n != model_n:
+            return (f'the checkpoint has a {ckpt_n}-class classifier, the model {model_n} classes'
+                    if ckpt_n else f'the checkpoint has no classifier, the model a {model_n}-class one')
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- export
@@ -242,8 +273,9 @@ def export_for_hf(model: nn.Module, directory, data_config: Optional[Dict[str, A
         model_config['label_names'] = list(label_names)
     if extra:
         model_config.update(extra)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.tmp-', dir=directory.parent))
+    tmp = temp_name(directory)
     try:
+        tmp.mkdir()
         dc = None
         if data_config:
             dc = {k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
@@ -256,6 +288,33 @@ def export_for_hf(model: nn.Module, directory, data_config: Optional[Dict[str, A
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def summary_row(epoch: int, train_metrics: Mapping[str, float], eval_metrics: Mapping[str, float],
+                lr: Optional[float] = None) -> Dict[str, Any]:
+    """One ``summary.csv`` row, with timm ``update_summary``'s column names (``train_*``, ``eval_*``, ``lr``)."""
+    row: Dict[str, Any] = {'epoch': epoch}
+    row.update({f'train_{k}': v for k, v in train_metrics.items()})
+    row.update({f'eval_{k}': v for k, v in (eval_metrics or {}).items()})
+    if lr is not None:
+        row['lr'] = lr
+    return row
+
+
+def write_summary(path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write ``summary.csv`` (atomically) from ``rows``: one header, the union of the rows' columns in order of
+    appearance (an epoch without validation leaves its ``eval_*`` cells empty instead of shifting the columns)."""
+    import csv
+    import io
+    fields: List[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator='\r\n')
+    if rows:
+        w.writeheader()
+        w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def rewrite_summary(path, keep_epochs_below: int) -> List[Dict[str, str]]:

@@ -16,6 +16,7 @@ from typing import Dict, Optional, Sequence, Set
 
 import torch
 
+from .. import _cli
 from .args import build_parser, load_config
 
 __all__ = ['EMBEDDED_DEFAULTS', 'explicit_keys', 'apply_run_defaults', 'configure_cpu_threads']
@@ -49,7 +50,7 @@ def explicit_keys(argv: Optional[Sequence[str]]) -> Set[str]:
     """The argument names (``dest``) set by ``argv``: on the command line or in its ``-c/--config`` file."""
     import sys
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = _cli.ArgumentParser(add_help=False)
     pre.add_argument('-c', '--config', default='', type=str)
     cfg_args, remaining = pre.parse_known_args(argv)
     keys: Set[str] = set()

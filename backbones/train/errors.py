@@ -4,12 +4,16 @@
 :class:`backbones.train.ConfigError`) and exit with status 2, without a traceback. Every check that can fail this way
 runs before anything is written into the output directory, or fails without touching what is already there.
 """
+from .._cli import one_line
 
-__all__ = ['TrainError', 'DataError', 'CheckpointError', 'ModelError', 'one_line']
+__all__ = ['TrainError', 'DataError', 'CheckpointError', 'ModelError', 'TrainInterrupted', 'one_line']
 
 
 class TrainError(RuntimeError):
-    """A problem with the input of a training / validation run (data, model, checkpoint, arguments)."""
+    """A problem with the input of a training / validation run (data, model, checkpoint, arguments), or a run that
+    cannot go on (a full disk). ``exit_code``: the status ``tools/train.py`` exits with."""
+
+    exit_code = 2
 
 
 class DataError(TrainError):
@@ -26,20 +30,7 @@ class ModelError(TrainError):
     """The model cannot be built: unknown name, unknown keyword argument, no pretrained weights."""
 
 
-def one_line(exc: BaseException) -> str:
-    """The message of ``exc`` as one line.
+class TrainInterrupted(TrainError):
+    """Ctrl-C: the message names the last good epoch and the command that continues the run."""
 
-    An error raised in a DataLoader worker arrives wrapped ("Caught DataError in DataLoader worker process 0. Original
-    Traceback ..."): its last line holds the original message, after the exception's qualified name.
-    """
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        return type(exc).__name__
-    if len(lines) == 1:
-        return lines[0]
-    last = lines[-1]
-    for prefix in (f'{type(exc).__module__}.{type(exc).__qualname__}: ', f'{type(exc).__qualname__}: '):
-        if last.startswith(prefix):
-            return last[len(prefix):]
-    return ' '.join(lines) if len(lines) <= 3 else last
+    exit_code = 130

@@ -4,7 +4,7 @@
 (:func:`backbones.train.parse_args`): ``create_dataset`` / ``create_loader`` / ``resolve_data_config``,
 ``Mixup`` / ``FastCollateMixup``, timm's losses (chosen as timm's train.py chooses them), ``create_optimizer_v2``
 (layer decay included), ``create_scheduler_v2``, ``ModelEmaV3``, ``NativeScaler`` / ``dispatch_clip_grad``,
-``AverageMeter``, ``update_summary`` and the distributed helpers (``init_distributed_device``, ``distribute_bn``).
+``AverageMeter`` and the distributed helpers (``init_distributed_device``, ``distribute_bn``).
 
 Order of work, chosen so that bad input never damages an output directory: arguments -> datasets (checked) -> model
 (and its starting weights) -> resume checkpoint (checked against the model) -> only then the output directory. A
@@ -17,7 +17,10 @@ mid-epoch and resumed (``--resume auto``) restarts that epoch from the same stat
 ends with bit-identical weights.
 """
 import contextlib
+import errno
 import logging
+import os
+import shlex
 import time
 from datetime import datetime
 from functools import partial
@@ -44,10 +47,10 @@ from timm.utils import (
     random_seed,
     set_jit_fuser,
     unwrap_model,
-    update_summary,
 )
 
-from .args import args_to_yaml, resolve_lr
+from .._files import remove_stale_temps
+from .args import args_to_yaml, check_values, resolve_lr
 from .checkpoint import (
     CHECKPOINT_VERSION,
     TrainCheckpointSaver,
@@ -59,11 +62,13 @@ from .checkpoint import (
     plain_args,
     restore_rng_state,
     rewrite_summary,
+    summary_row,
+    write_summary,
 )
 from .data import build_datasets, create_eval_loader, create_train_loader, data_config_summary, set_loader_epoch
 from .defaults import configure_cpu_threads
-from .errors import CheckpointError, TrainError
-from .model import create_train_model
+from .errors import CheckpointError, TrainError, TrainInterrupted
+from .model import check_model_input, create_train_model
 from .plot import plot_summary
 from .progress import Progress, format_duration
 from .validate import evaluate
@@ -87,38 +92,92 @@ def run_dir_of(args, input_size: Optional[int] = None) -> Path:
     return base / name
 
 
+def _holds_run(path: Path) -> bool:
+    """Whether ``path`` holds files of a training run (this trainer's or timm's)."""
+    return path.is_dir() and (any((path / f).exists() for f in _RUN_FILES + (BEST_DIR,))
+                              or any(path.glob('checkpoint-*.pth.tar')))
+
+
+def _aside(path: Path) -> Path:
+    """A free sibling name for an earlier run: ``<name>.earlier-<date-time>[-N]``."""
+    stem = f'{path.name}.earlier-{datetime.now().strftime("%Y%m%d-%H%M%S")}'
+    aside, n = path.with_name(stem), 1
+    while aside.exists():
+        aside, n = path.with_name(f'{stem}-{n}'), n + 1
+    return aside
+
+
 class _OutputDir:
-    """The experiment directory, written by the primary process only.
+    """The experiment directory, written by the primary process only. A run never mixes its files with another's.
 
-    A fresh run into a directory with an earlier run's files defers replacing them (``args.yaml``, the reset of
-    ``summary.csv``) until :meth:`commit`, called just before its first checkpoint."""
+    Resuming from this directory's own checkpoint continues the run in it. A fresh run (or one resumed from a
+    checkpoint elsewhere) into a directory that holds an earlier run moves that run aside, whole, to
+    ``<name>.earlier-<date-time>`` and logs where; it does so at :meth:`commit`, just before its own first
+    checkpoint, so a run that fails before then leaves the earlier one exactly as it was. ``summary.csv`` is always
+    written from the rows held in the latest checkpoint: it never lists an epoch whose checkpoint was not written."""
 
-    def __init__(self, path: Path, args_text: str, resume_epoch: Optional[int]):
+    def __init__(self, path: Path, args_text: str, continues: bool, rows: List[Dict[str, Any]]):
         self.path = path
         self.args_text = args_text
-        self.resume_epoch = resume_epoch
+        self.continues = continues
+        self.rows = rows  # the summary rows; the trainer appends one per epoch and the checkpoints hold them
         self.committed = False
 
     def prepare(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        earlier = any((self.path / f).exists() for f in _RUN_FILES)
-        if self.resume_epoch is not None or not earlier:
+        if self.continues or not _holds_run(self.path):
             self.commit()
         else:
-            _logger.info(f'{self.path} holds an earlier run: its files are replaced from this run\'s first '
-                         f'checkpoint on')
+            _logger.info(f'{self.path} holds an earlier run: it is moved aside, whole, when this run writes its '
+                         f'first checkpoint (--resume auto continues it instead)')
 
     def commit(self) -> None:
         if self.committed:
             return
+        if not self.continues and _holds_run(self.path):
+            aside = _aside(self.path)
+            os.replace(self.path, aside)
+            self.path.mkdir()
+            _logger.warning(f'{self.path} held an earlier run: moved it to {aside}')
+        stale = remove_stale_temps(self.path) + remove_stale_temps(self.path / BEST_DIR)
+        staging = self.path / 'tmp.pth.tar'  # timm's CheckpointSaver stages last.pth.tar under this name
+        if staging.is_file():
+            staging.unlink()
+            stale.append(staging)
+        if stale:
+            _logger.info(f'removed {len(stale)} temporary file(s) an interrupted run left in {self.path}: '
+                         f'{", ".join(p.name for p in stale[:3])}')
         atomic_write_text(self.path / 'args.yaml', self.args_text)
-        summary = self.path / SUMMARY
-        if self.resume_epoch is None:
-            if summary.exists():
-                summary.unlink()
-        else:
-            rewrite_summary(summary, self.resume_epoch)  # rows of epochs that will run again go
+        if self.rows or (self.path / SUMMARY).exists():
+            write_summary(self.path / SUMMARY, self.rows)
         self.committed = True
+
+
+def _resume_command(run_dir: Path) -> str:
+    q = shlex.quote
+    return (f'python tools/train.py -c {q(str(run_dir / "args.yaml"))} --output {q(str(run_dir.parent))} '
+            f'--experiment {q(run_dir.name)} --resume auto')
+
+
+def _stopped(why: str, epoch: int, saver: Optional['TrainCheckpointSaver'], run_dir: Path, then: str = '') -> str:
+    """One line: what stopped the run, the last good epoch and how to continue."""
+    if saver is None:  # not the primary process: rank 0 reports the checkpoint
+        return f'{why} in epoch {epoch}'
+    if saver.last_epoch is None:
+        return (f'{why} in epoch {epoch}, before the first checkpoint: nothing was saved in {run_dir} ({then}run '
+                f'the same command again to start over)')
+    return (f'{why} in epoch {epoch}: the last good checkpoint is epoch {saver.last_epoch} '
+            f'({run_dir / "last.pth.tar"}); {then}continue with: {_resume_command(run_dir)}')
+
+
+def _resumed_summary(ck: Dict[str, Any], run_dir: Path, start_epoch: int, continues: bool) -> List[Dict[str, Any]]:
+    """The summary rows of the epochs before ``start_epoch``: from the checkpoint, or (a checkpoint written before
+    it held them) from this directory's ``summary.csv``."""
+    if isinstance(ck.get('summary'), list):
+        return [dict(r) for r in ck['summary'] if isinstance(r, dict) and int(r.get('epoch', -1)) < start_epoch]
+    if continues:
+        return [dict(r) for r in rewrite_summary(run_dir / SUMMARY, start_epoch)]
+    return []
 
 
 def _amp(args, device: torch.device):
@@ -270,6 +329,7 @@ def train(args, args_text: Optional[str] = None) -> Dict[str, Any]:
     ``best_metric``, ``best_epoch``, ``last_epoch`` and the per-epoch ``history`` of this process."""
     if args_text is None:
         args_text = args_to_yaml(args)  # before the run adds its own keys (distributed, rank, ...)
+    check_values(args)  # out-of-range numbers: before anything is built or written
     if args.recovery_interval:
         raise TrainError('--recovery-interval is not supported: every epoch is checkpointed atomically, and a '
                          'resume restarts the interrupted epoch exactly')
@@ -313,6 +373,7 @@ def _train(args, device: torch.device, args_text: str) -> Dict[str, Any]:
         if args.amp and model_dtype != torch.float32:
             raise TrainError('--amp with a low-precision --model-dtype: choose one')
     random_seed(args.seed, args.rank)
+    check_model_input(args)  # the model's input-size rule, on the meta device: a bad --img-size fails here
 
     # 1. data (checked before anything is built or written)
     data = build_datasets(args, log=primary)
@@ -444,6 +505,8 @@ def _train(args, device: torch.device, args_text: str) -> Dict[str, Any]:
     args_dict = plain_args(args)
     class_names = data.class_names
     rng_holder: Dict[str, Any] = {}
+    continues = ck is not None and resume_path.resolve().parent == run_dir.resolve()
+    rows = _resumed_summary(ck, run_dir, start_epoch, continues) if ck is not None else []
 
     def state_fn(epoch: int, metric: Optional[float]) -> Dict[str, Any]:
         state = {
@@ -453,6 +516,7 @@ def _train(args, device: torch.device, args_text: str) -> Dict[str, Any]:
             'class_names': list(class_names) if class_names else None,
             # the data order of an epoch is a function of (seed, epoch): nothing else to save for the loader
             'loader': {'seed': args.seed, 'next_epoch': epoch + 1, 'order': 'sha256(seed:epoch) generators'},
+            'summary': [dict(r) for r in rows],  # summary.csv is rewritten from these: no epoch without a checkpoint
         }
         if model_ema is not None:
             state['state_dict_ema'] = get_state_dict(model_ema, unwrap_model)
@@ -467,11 +531,12 @@ def _train(args, device: torch.device, args_text: str) -> Dict[str, Any]:
 
     out, saver = None, None
     if primary:
-        out = _OutputDir(run_dir, args_text, start_epoch if ck is not None else None)
+        out = _OutputDir(run_dir, args_text, continues, rows)
         out.prepare()
         saver = TrainCheckpointSaver(state_fn, str(run_dir), max_history=args.checkpoint_hist, decreasing=decreasing)
-        same_dir = resume_path is not None and resume_path.resolve().parent == run_dir.resolve()
-        if ck is not None and same_dir and isinstance(ck.get('saver'), dict):
+        if ck is not None:
+            saver.last_epoch = start_epoch - 1
+        if continues and isinstance(ck.get('saver'), dict):
             saver.load_state_dict(ck['saver'])
             _repair_best_export(run_dir, saver.best_epoch, model, data_config, class_names, args)
         _logger.info(f'output: {run_dir}')
@@ -484,57 +549,66 @@ def _train(args, device: torch.device, args_text: str) -> Dict[str, Any]:
     ema_eval = model_ema is not None and not (args.model_ema_force_cpu and device.type != 'cpu')
     metric_key = ('ema_' if ema_eval else '') + args.eval_metric
     history: List[Dict[str, Any]] = []
-    for epoch in range(start_epoch, num_epochs):
-        t0 = time.perf_counter()
-        set_loader_epoch(loader_train, args.seed, epoch, args.rank)
-        if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-            if args.prefetcher and hasattr(loader_train, 'mixup_enabled'):
-                loader_train.mixup_enabled = False
-            elif mixup_fn is not None:
-                mixup_fn.mixup_enabled = False
-        train_metrics = train_one_epoch(
-            epoch, model, loader_train, optimizer, train_loss_fn, args, device, lr_scheduler=lr_scheduler,
-            amp_autocast=amp_autocast, loss_scaler=loss_scaler, model_ema=model_ema, mixup_fn=mixup_fn,
-            num_epochs=num_epochs, log=primary)
-        lrs = [g['lr'] for g in optimizer.param_groups]
-        if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-            distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
-        eval_metrics: Dict[str, float] = {}
-        if (epoch + 1) % max(1, args.val_interval) == 0 or epoch + 1 == num_epochs:
-            set_loader_epoch(loader_eval, args.seed, epoch, args.rank)
-            m = evaluate(model, loader_eval, device, amp_autocast=amp_autocast, channels_last=args.channels_last,
-                         distributed=args.distributed, use_prefetcher=args.prefetcher)
-            eval_metrics = {'loss': m['loss'], 'top1': m['top1'], 'top5': m['top5']}
-            if ema_eval:
-                if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-                    distribute_bn(model_ema, args.world_size, args.dist_bn == 'reduce')
-                e = evaluate(model_ema, loader_eval, device, amp_autocast=amp_autocast,
-                             channels_last=args.channels_last, distributed=args.distributed,
-                             use_prefetcher=args.prefetcher)
-                eval_metrics.update(ema_loss=e['loss'], ema_top1=e['top1'], ema_top5=e['top5'])
-        metric = eval_metrics.get(metric_key)
-        if lr_scheduler is not None:
-            lr_scheduler.step(epoch + 1, metric)
-        rng_holder['rng'] = _gather_rng(args)
-        row = {'epoch': epoch, 'train_loss': train_metrics['loss'],
-               **{f'eval_{k}': v for k, v in eval_metrics.items()}, 'lr': sum(lrs) / len(lrs)}
-        history.append(row)
-        if primary:
-            out.commit()
-            update_summary(epoch, {'loss': train_metrics['loss']}, eval_metrics, str(run_dir / SUMMARY),
-                           lr=sum(lrs) / len(lrs))
-            saver.save_checkpoint(epoch, metric=metric)
-            new_best = metric is not None and saver.best_epoch == epoch
-            if new_best:
-                best_model = model_ema if ema_eval else model
-                _export_best(unwrap_model(best_model), run_dir, data_config, class_names, args, epoch, metric,
-                             'ema' if ema_eval else 'model')
-            try:
-                plot_summary(run_dir / SUMMARY, run_dir / PLOT)
-            except Exception as e:  # noqa: BLE001 - a plot must never stop training
-                _logger.warning(f'could not draw {PLOT}: {e}')
-            _logger.info(_epoch_line(epoch, num_epochs, train_metrics, eval_metrics, lrs, ema_eval, new_best,
-                                     time.perf_counter() - t0))
+    epoch = start_epoch
+    try:  # Ctrl-C and a full disk end with one line: the last good epoch and how to continue
+        for epoch in range(start_epoch, num_epochs):
+            t0 = time.perf_counter()
+            set_loader_epoch(loader_train, args.seed, epoch, args.rank)
+            if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+                if args.prefetcher and hasattr(loader_train, 'mixup_enabled'):
+                    loader_train.mixup_enabled = False
+                elif mixup_fn is not None:
+                    mixup_fn.mixup_enabled = False
+            train_metrics = train_one_epoch(
+                epoch, model, loader_train, optimizer, train_loss_fn, args, device, lr_scheduler=lr_scheduler,
+                amp_autocast=amp_autocast, loss_scaler=loss_scaler, model_ema=model_ema, mixup_fn=mixup_fn,
+                num_epochs=num_epochs, log=primary)
+            lrs = [g['lr'] for g in optimizer.param_groups]
+            if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+                distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
+            eval_metrics: Dict[str, float] = {}
+            if (epoch + 1) % max(1, args.val_interval) == 0 or epoch + 1 == num_epochs:
+                set_loader_epoch(loader_eval, args.seed, epoch, args.rank)
+                m = evaluate(model, loader_eval, device, amp_autocast=amp_autocast, channels_last=args.channels_last,
+                             distributed=args.distributed, use_prefetcher=args.prefetcher)
+                eval_metrics = {'loss': m['loss'], 'top1': m['top1'], 'top5': m['top5']}
+                if ema_eval:
+                    if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+                        distribute_bn(model_ema, args.world_size, args.dist_bn == 'reduce')
+                    e = evaluate(model_ema, loader_eval, device, amp_autocast=amp_autocast,
+                                 channels_last=args.channels_last, distributed=args.distributed,
+                                 use_prefetcher=args.prefetcher)
+                    eval_metrics.update(ema_loss=e['loss'], ema_top1=e['top1'], ema_top5=e['top5'])
+            metric = eval_metrics.get(metric_key)
+            if lr_scheduler is not None:
+                lr_scheduler.step(epoch + 1, metric)
+            rng_holder['rng'] = _gather_rng(args)
+            row = summary_row(epoch, {'loss': train_metrics['loss']}, eval_metrics, lr=sum(lrs) / len(lrs))
+            history.append(row)
+            if primary:
+                out.commit()
+                rows.append(row)  # into the checkpoint first, then into summary.csv
+                saver.save_checkpoint(epoch, metric=metric)
+                write_summary(run_dir / SUMMARY, rows)
+                new_best = metric is not None and saver.best_epoch == epoch
+                if new_best:
+                    best_model = model_ema if ema_eval else model
+                    _export_best(unwrap_model(best_model), run_dir, data_config, class_names, args, epoch, metric,
+                                 'ema' if ema_eval else 'model')
+                try:
+                    plot_summary(run_dir / SUMMARY, run_dir / PLOT)
+                except Exception as e:  # noqa: BLE001 - a plot must never stop training
+                    _logger.warning(f'could not draw {PLOT}: {e}')
+                _logger.info(_epoch_line(epoch, num_epochs, train_metrics, eval_metrics, lrs, ema_eval, new_best,
+                                         time.perf_counter() - t0))
+    except KeyboardInterrupt:
+        raise TrainInterrupted(_stopped('interrupted (Ctrl-C)', epoch, saver, run_dir)) from None
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f' writing {e.filename}' if e.filename else ''
+        raise TrainError(_stopped(f'no space left on device{where}', epoch, saver, run_dir,
+                                  then='free some space, then ')) from None
     result = {'output_dir': str(run_dir), 'last_epoch': num_epochs - 1, 'history': history,
               'best_metric': saver.best_metric if saver else None, 'best_epoch': saver.best_epoch if saver else None}
     if primary and saver.best_metric is not None:

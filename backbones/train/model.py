@@ -23,14 +23,16 @@ import torch.nn as nn
 from .._checkpoint import (
     CheckpointMismatchError,
     UnreadableCheckpointError,
+    caller_adapts,
+    check_finite,
     family_filter_fn,
     read_checkpoint_file,
     unwrap_state_dict,
 )
 from .checkpoint import load_model_state
-from .errors import CheckpointError, ModelError
+from .errors import CheckpointError, ModelError, one_line
 
-__all__ = ['create_train_model', 'load_pretrained_path', 'check_model_name', 'classifier_keys']
+__all__ = ['create_train_model', 'load_pretrained_path', 'check_model_name', 'check_model_input', 'classifier_keys']
 
 _logger = logging.getLogger('backbones.train')
 _WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'open_clip_pytorch_model.bin')
@@ -40,6 +42,7 @@ def check_model_name(name: str) -> None:
     """Raise :class:`ModelError` unless ``name`` is a zoo / timm model (or an ``hf-hub:`` / ``local-dir:`` spec)."""
     import backbones
     if name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')):
+        check_hub_model(name)
         return
     if timm.is_model(name.split('.')[0]) or name in backbones.list_models():
         return
@@ -49,9 +52,17 @@ def check_model_name(name: str) -> None:
     raise ModelError(f"unknown model '{name}'{hint}")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+def check_hub_model(name: str) -> None:
+    """A ``local-dir:`` folder or an ``hf-hub:`` repo, checked as :mod:`backbones.hub` checks them (a bad
+    ``config.json`` names the file; an ``hf-hub:`` repo is pulled, or found in the cache at once when offline)."""
+    from .. import hub
+    try:
+        if name.startswith('local-dir:'):
+            hub._check_local_dir(Path(name[len('local-dir:'):]))
+        else:
+            hub.pull(name.split(':', 1)[1])
+    except hub.HubError as e:
+        raise ModelError(one_line(e)) from None
 
 
 def classifier_keys(model: nn.Module) -> List[str]:
@@ -81,14 +92,14 @@ def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     try:
         ck = read_checkpoint_file(path)
     except UnreadableCheckpointError as e:
-        raise CheckpointError(_first_line(e)) from None
+        raise CheckpointError(one_line(e)) from None
     for key in ('state_dict_ema', 'state_dict'):  # a training checkpoint: EMA weights preferred, as timm does
         if isinstance(ck, dict) and isinstance(ck.get(key), dict):
             return unwrap_state_dict(ck[key])
     try:
         return unwrap_state_dict(ck)
     except CheckpointMismatchError as e:
-        raise CheckpointError(f'{path}: {_first_line(e)}') from None
+        raise CheckpointError(f'{path}: {one_line(e)}') from None
 
 
 def load_pretrained_path(model: nn.Module, path, log: bool = True) -> Dict[str, Any]:
@@ -102,10 +113,14 @@ def load_pretrained_path(model: nn.Module, path, log: bool = True) -> Dict[str, 
     import backbones
     if arch in backbones.list_models():
         try:  # the family's filter converts official / timm layouts to ours and checks every non-head key
-            sd = family_filter_fn(arch)(sd, model)
+            with caller_adapts():  # the head and the input channels are fitted below
+                sd = family_filter_fn(arch)(sd, model)
         except CheckpointMismatchError as e:
-            raise CheckpointError(f'{file} does not fit {arch}: {" ".join(_first_line(e).split())} '
-                                  f'({_mismatch_summary(str(e))})') from None
+            raise CheckpointError(f'{file} does not fit {arch}: {_mismatch_summary(str(e))}') from None
+    try:
+        check_finite(sd, str(file))
+    except CheckpointMismatchError as e:
+        raise CheckpointError(str(e)) from None
     own = model.state_dict()
     head = set(classifier_keys(model))
     dropped = {k: tuple(v.shape) for k, v in sd.items() if k in head and k in own and v.shape != own[k].shape}
@@ -139,8 +154,11 @@ def load_pretrained_path(model: nn.Module, path, log: bool = True) -> Dict[str, 
 
 
 def _mismatch_summary(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip() and not ln.strip().startswith('expected')]
-    return '; '.join(lines[:2]) if lines else 'keys differ'
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) <= 1:  # a one-line message (e.g. non-finite values): itself
+        return lines[0] if lines else 'keys differ'
+    details = [ln for ln in lines[1:] if not ln.startswith('expected')]
+    return '; '.join(details[:3]) if details else 'keys differ'
 
 
 def _in_chans(args) -> int:
@@ -151,10 +169,7 @@ def _in_chans(args) -> int:
     return 3
 
 
-def create_train_model(args, log: bool = True) -> Tuple[nn.Module, Dict[str, Any]]:
-    """``timm.create_model`` with timm train.py's arguments; then ``--pretrained-path`` / ``--initial-checkpoint``
-    weights, head init scale / bias and gradient checkpointing. Returns ``(model, info)``."""
-    check_model_name(args.model)
+def _model_kwargs(args) -> Dict[str, Any]:
     drop_path = args.drop_path
     if drop_path is None and args.drop_connect is not None:
         drop_path = args.drop_connect  # deprecated alias, as in timm
@@ -164,15 +179,54 @@ def create_train_model(args, log: bool = True) -> Tuple[nn.Module, Dict[str, Any
         scriptable=args.torchscript,
     )
     kwargs.update(args.model_kwargs or {})
+    return kwargs
+
+
+def _size_flag(args, c: int, h: int, w: int) -> str:
+    if args.input_size is not None:
+        return f'--input-size {c} {h} {w}'
+    if args.img_size is not None:
+        return f'--img-size {args.img_size}'
+    return f"the model's default input size {c}x{h}x{w}"
+
+
+def check_model_input(args) -> None:
+    """Build the model on the meta device (no memory, no init) and run one meta forward at the run's input size:
+    an unknown model, bad ``--model-kwargs`` or a size the model cannot take (its input-size rule) is a one-line
+    :class:`ModelError` before any data is read or anything is written."""
+    from timm.data import resolve_data_config
+    check_model_name(args.model)
+    try:
+        model = timm.create_model(args.model, pretrained=False, device='meta', **_model_kwargs(args))
+    except TypeError as e:
+        raise ModelError(f"model '{args.model}' cannot be built with these arguments: {one_line(e)}") from None
+    except (RuntimeError, ValueError, OSError, AssertionError) as e:
+        raise ModelError(f"cannot build model '{args.model}': {one_line(e)}") from None
+    c, h, w = resolve_data_config(vars(args), model=model, verbose=False)['input_size']
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty(2, c, h, w, device='meta'))
+    except NotImplementedError:
+        return  # an op without a meta kernel: the real forward will tell
+    except (ValueError, RuntimeError, TypeError, AssertionError) as e:
+        raise ModelError(f'{_size_flag(args, c, h, w)}: {args.model} cannot take {c}x{h}x{w} inputs: '
+                         f'{one_line(e)}') from None
+
+
+def create_train_model(args, log: bool = True) -> Tuple[nn.Module, Dict[str, Any]]:
+    """``timm.create_model`` with timm train.py's arguments; then ``--pretrained-path`` / ``--initial-checkpoint``
+    weights, head init scale / bias and gradient checkpointing. Returns ``(model, info)``."""
+    check_model_name(args.model)
+    kwargs = _model_kwargs(args)
     pretrained = bool(args.pretrained) and not args.pretrained_path
     try:
         model = timm.create_model(args.model, pretrained=pretrained, **kwargs)
     except TypeError as e:
-        raise ModelError(f"model '{args.model}' cannot be built with these arguments: {_first_line(e)}") from None
+        raise ModelError(f"model '{args.model}' cannot be built with these arguments: {one_line(e)}") from None
     except CheckpointMismatchError as e:
-        raise CheckpointError(f"pretrained weights of '{args.model}' do not fit: {_first_line(e)}") from None
+        raise CheckpointError(f"pretrained weights of '{args.model}' do not fit: {one_line(e)}") from None
     except (RuntimeError, ValueError, OSError) as e:
-        msg = _first_line(e)
+        msg = one_line(e)
         if pretrained and ('pretrained' in msg.lower() or 'weights' in msg.lower()):
             raise ModelError(f"--pretrained: {msg} (for a downloaded file use --pretrained-path FILE)") from None
         raise ModelError(f"cannot build model '{args.model}': {msg}") from None

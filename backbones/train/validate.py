@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import _cli
 from .errors import CheckpointError, DataError, ModelError, TrainError, one_line
 
 __all__ = ['evaluate', 'main', 'build_parser', 'validate_model']
@@ -93,7 +94,7 @@ def evaluate(
 
 # ------------------------------------------------------------------------------------------------ tools/validate.py
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _cli.ArgumentParser(
         description='Top-1 / top-5 of zoo (or timm) models on an ImageFolder or a timm dataset spec, with the '
                     "model's own eval transforms. Without --data-dir: the embedded shapes dataset's val split.")
     p.add_argument('data', nargs='?', metavar='DIR', help='path to dataset (positional, deprecated: --data-dir)')
@@ -184,6 +185,8 @@ def _read_checkpoint(path: str) -> Dict[str, Any]:
         raise CheckpointError(f'checkpoint not found: {path}') from None
     except UnreadableCheckpointError as e:
         raise CheckpointError(str(e).splitlines()[0]) from None
+    if not isinstance(ck, Mapping):
+        raise CheckpointError(f'{path} holds a {type(ck).__name__}, not a checkpoint (a dict of weights)')
     return dict(ck)
 
 
@@ -295,6 +298,12 @@ def validate_model(name: str, args, dataset, class_names: Optional[Sequence[str]
                          f'{one_line(e)}') from None
     if pretrained:
         weights_kind = 'pretrained'
+        weights_classes = (getattr(model, 'pretrained_cfg', None) or {}).get('num_classes')
+        if weights_classes is not None and weights_classes != model.num_classes:
+            raise CheckpointError(
+                f'--num-classes {model.num_classes}: the weights of {name} have a {weights_classes}-class '
+                f'classifier, which a new {model.num_classes}-class head would replace with untrained weights; '
+                f'drop --num-classes to validate the trained head')
     if sd is not None:
         from .checkpoint import load_model_state
         arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
@@ -351,10 +360,19 @@ def validate_model(name: str, args, dataset, class_names: Optional[Sequence[str]
 
 
 def _head_size(name: str, sd: Mapping[str, torch.Tensor], kwargs: Dict[str, Any]) -> Optional[int]:
+    """The checkpoint's class count, read after the family's filter maps an official layout onto ours."""
     import timm
+
+    import backbones
+
+    from .._checkpoint import caller_adapts, family_filter_fn
     try:
         probe = timm.create_model(name, device='meta', **kwargs)
-    except Exception:  # noqa: BLE001
+        arch = (getattr(probe, 'pretrained_cfg', None) or {}).get('architecture')
+        if arch in backbones.list_models():
+            with caller_adapts():
+                sd = family_filter_fn(arch)(sd, probe)
+    except Exception:  # noqa: BLE001 - the strict load that follows says what does not fit
         return None
     from .model import classifier_keys
     for k in classifier_keys(probe):
@@ -382,7 +400,12 @@ def _write_results(rows: List[Dict[str, Any]], path: str, fmt: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``tools/validate.py``. Returns the exit status (0 ok, 1 some model failed, 2 bad input)."""
+    """``tools/validate.py``. Returns the exit status (0 ok, 1 some model failed or another error, 2 bad input, 130
+    Ctrl-C); every error is one ``error:`` line on stderr."""
+    return _cli.run(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     from .cli import setup_logging
     setup_logging()
     args = build_parser().parse_args(argv)
@@ -396,8 +419,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run(args) -> tuple:
     """Evaluate every model ``args`` names; returns ``(rows, failed)``."""
+    from .args import check_values
     from .data import build_datasets, resolve_data_root
     from .defaults import configure_cpu_threads
+    check_values(args)  # batch size, workers, num classes, sizes: the flags the two tools share
     device = _device(args.device)
     if device.type == 'cpu':
         configure_cpu_threads(args.workers)

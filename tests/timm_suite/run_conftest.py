@@ -89,10 +89,12 @@ def list_models(filter='', module='', pretrained=False, exclude_filters='', name
     """timm.list_models restricted to the chosen zoo models, with timm's model groups mapped onto ours."""
     include, exclude = _as_list(filter), _as_list(exclude_filters)
     want_non_std = None  # None: both kinds
-    if any(f in TIMM_NON_STD for f in include):
+    # timm passes NON_STD_FILTERS whole; a single pattern shared with another list (e.g. 'gemma4_vit*' in the
+    # TorchScript / FX exclusions) is just that pattern
+    if TIMM_NON_STD <= set(include):
         include = [f for f in include if f not in TIMM_NON_STD]
         want_non_std = True
-    if any(f in TIMM_NON_STD for f in exclude):
+    if TIMM_NON_STD <= set(exclude):
         exclude = [f for f in exclude if f not in TIMM_NON_STD]
         want_non_std = False
     names = _timm_list_models(

@@ -1,0 +1,261 @@
+"""The token-model skeleton: what :mod:`backbones._features` is for stage-based CNNs, this is for ViT-style models.
+
+A token model runs ``patch_embed -> (+ pos_embed) -> blocks -> norm -> pool -> head``:
+
+- ``patch_embed`` (:class:`backbones.layers.PatchEmbed`) turns the image into a channels-last grid of patch tokens
+  ``[B, gh, gw, D]``, to which the patch part of the absolute position embedding is added, resampled to the actual
+  grid (:func:`backbones.layers.pos_embed_for_grid`), so any input whose sides are multiples of the patch size works;
+- the blocks run on that grid until block ``prefix_at``, where the grid is flattened to ``[B, N, D]`` and the prefix
+  (class) tokens are put in front: ``[B, P + N, D]``. ViT-style models insert them at the input (``prefix_at = 0``);
+  ConViT inserts its class token after the last GPSA block, whose attention reads the grid size off the tensor;
+- ``forward_features`` returns the tokens ``[B, P + N, D]`` after the final norm (the grid, flattened, when the model
+  has no prefix tokens); ``forward_head`` pools them with timm's ``global_pool_nlc`` (``'token'``: the class token,
+  ``'avg'`` / ``'max'`` / ``'avgmax'``: over the patch tokens, ``''``: none) and applies ``head_drop`` and ``head``
+  (an ``nn.Linear``; timm's ViT key layout).
+
+:class:`TokenFeatureMixin` gives such a model timm's contract (``forward_intermediates`` per block with
+``output_fmt`` NCHW / NLC and ``return_prefix_tokens``, ``prune_intermediate_layers``, ``set_input_size``,
+``reset_classifier``, ``group_matcher``, ``no_weight_decay``, grad checkpointing) from these attributes:
+
+- ``patch_embed``, ``patch_size`` (int), ``grid_size`` (the grid ``pos_embed`` is sized for), ``img_size``;
+- ``pos_embed`` (``[1, pos_embed_prefix + gh * gw, D]`` or ``None``) and ``pos_embed_prefix`` (its prefix slots);
+- ``cls_token`` (``[1, 1, D]`` or ``None``), ``num_prefix_tokens``, ``prefix_at``, ``pos_drop``;
+- ``blocks`` (``nn.Sequential``), ``norm``, ``head_drop``, ``head``, ``global_pool``;
+- ``feature_info`` (:func:`token_feature_info`: one entry per block), ``num_features``, ``head_hidden_size``,
+  ``in_chans``, ``_model_name``, ``grad_checkpointing``.
+
+Multi-branch models (CrossViT) keep their own ``forward_intermediates`` but build it from the same functions:
+:func:`join_prefix`, :func:`tap_to_grid`, :func:`format_taps`, :func:`check_global_pool` and
+:func:`backbones.layers.pos_embed_for_grid` / :func:`backbones.layers.resize_pos_embed_in_state_dict`.
+"""
+from typing import Dict, List, Optional, Set, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import get_device_dtype, global_pool_nlc, resample_abs_pos_embed, to_2tuple
+from timm.models import checkpoint
+from timm.models._input import update_model_input_size
+
+from .layers.helpers import check_feature_indices, check_input
+from .layers.pos_embed import pos_embed_for_grid
+
+__all__ = [
+    'TokenFeatureMixin', 'token_feature_info', 'check_global_pool', 'join_prefix', 'tap_to_grid', 'format_taps',
+    'POOL_TYPES',
+]
+
+POOL_TYPES = ('', 'token', 'avg', 'max', 'avgmax')
+
+
+def token_feature_info(depth: int, dim: int, reduction: int) -> List[Dict]:
+    """One feature per block (``blocks.<i>``), all of width ``dim`` at the patch stride ``reduction``."""
+    return [dict(num_chs=dim, reduction=reduction, module=f'blocks.{i}') for i in range(depth)]
+
+
+def check_global_pool(global_pool: str, num_prefix_tokens: int):
+    """Pool types of token models, one ``ValueError`` listing the valid ones; ``'token'`` needs a class token."""
+    if not isinstance(global_pool, str):
+        raise TypeError(f'global_pool must be a string, one of {POOL_TYPES}; got {global_pool!r}')
+    if global_pool not in POOL_TYPES:
+        valid = ', '.join(repr(p) for p in POOL_TYPES if p)
+        raise ValueError(f"unknown global_pool {global_pool!r}: valid are {valid} ('' = no pooling)")
+    if global_pool == 'token' and num_prefix_tokens == 0:
+        raise ValueError("global_pool 'token' needs a class token, and this model has none")
+
+
+def join_prefix(x: torch.Tensor, prefix: Optional[torch.Tensor]) -> torch.Tensor:
+    """Grid ``[B, gh, gw, D]`` -> tokens ``[B, P + gh * gw, D]`` with ``prefix`` ``[B, P, D]`` (or none) in front."""
+    x = x.flatten(1, 2)
+    return x if prefix is None else torch.cat((prefix, x), dim=1)
+
+
+def tap_to_grid(x: torch.Tensor, grid: Tuple[int, int], num_prefix_tokens: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Tokens ``[B, P + gh * gw, D]`` -> (patch grid ``[B, gh, gw, D]``, prefix tokens ``[B, P, D]``)."""
+    return x[:, num_prefix_tokens:].reshape(x.shape[0], grid[0], grid[1], x.shape[-1]), x[:, :num_prefix_tokens]
+
+
+def format_taps(taps: List[torch.Tensor], output_fmt: str) -> List[torch.Tensor]:
+    """Channels-last grids ``[B, gh, gw, D]`` -> ``'NCHW'`` maps (contiguous) or ``'NLC'`` tokens ``[B, N, D]``."""
+    if output_fmt == 'NCHW':
+        return [t.permute(0, 3, 1, 2).contiguous() for t in taps]
+    return [t.flatten(1, 2) for t in taps]
+
+
+class TokenFeatureMixin:
+    """timm's model contract for ``patch_embed -> blocks -> norm -> head`` token models (see module docstring)."""
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {'pos_embed', 'cls_token'}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(
+            stem=r'^cls_token|^pos_embed|^patch_embed',
+            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            check_global_pool(global_pool, self.num_prefix_tokens)
+            self.global_pool = global_pool
+        dd = get_device_dtype(self)
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
+        self.head_hidden_size = self.num_features
+
+    @torch.jit.ignore
+    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None, patch_size=None):
+        """Re-size the position embedding table to ``img_size`` (sides: multiples of the patch size) in place.
+
+        Any input size already works without this (the table is resampled on the fly); after it, ``img_size`` is
+        the size that needs no resampling, and hub exports record it. The patch size cannot change.
+        """
+        if patch_size is not None and to_2tuple(patch_size) != to_2tuple(self.patch_size):
+            raise ValueError(f'{self._model_name}: the patch size ({self.patch_size}) cannot be changed')
+        if img_size is None:
+            return
+        img_size = tuple(to_2tuple(img_size))
+        if img_size[0] % self.patch_size or img_size[1] % self.patch_size:
+            raise ValueError(f'{self._model_name} takes input sides that are multiples of {self.patch_size}, '
+                             f'got {img_size[0]}x{img_size[1]}')
+        grid = (img_size[0] // self.patch_size, img_size[1] // self.patch_size)
+        if self.pos_embed is not None and grid != tuple(self.grid_size):
+            with torch.no_grad():
+                pos = resample_abs_pos_embed(
+                    self.pos_embed, new_size=list(grid), old_size=list(self.grid_size),
+                    num_prefix_tokens=self.pos_embed_prefix)
+            self.pos_embed = nn.Parameter(pos, requires_grad=self.pos_embed.requires_grad)
+        self.grid_size = grid
+        self.img_size = img_size
+        update_model_input_size(self, img_size)
+
+    def _check_input(self, x: torch.Tensor):
+        weight: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():  # TorchScript cannot read the autocast state; torch's own error applies
+            weight = next(self.patch_embed.parameters())  # the input layer's dtype is the one the input must have
+        check_input(x, self.in_chans, self.patch_size, self._model_name, weight=weight)
+
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Image -> (patch grid ``[B, gh, gw, D]`` with its position embedding, prefix tokens ``[B, P, D]`` or None)."""
+        self._check_input(x)
+        x = self.patch_embed(x)
+        prefix_pos: Optional[torch.Tensor] = None
+        if self.pos_embed is not None:
+            prefix_pos, pos = pos_embed_for_grid(
+                self.pos_embed, (x.shape[1], x.shape[2]), self.grid_size, self.pos_embed_prefix)
+            x = x + pos
+        prefix: Optional[torch.Tensor] = None
+        if self.cls_token is not None:
+            prefix = self.cls_token.expand(x.shape[0], -1, -1)
+            if prefix_pos is not None and self.pos_embed_prefix > 0:  # the class token has a position slot (ViT)
+                prefix = self.pos_drop(prefix + prefix_pos)
+        return self.pos_drop(x), prefix
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """The patch tokens after each block in ``indices`` (None = all, n = last n, or a list), and the final
+        features (``forward_features``).
+
+        Taps are ``'NCHW'`` maps ``[B, D, gh, gw]`` or ``'NLC'`` tokens ``[B, gh * gw, D]``, prefix tokens removed;
+        ``return_prefix_tokens`` makes each tap a ``(patches, prefix [B, P, D])`` pair (``P = 0`` for blocks before
+        the prefix tokens are inserted). ``norm`` applies the final norm to every tap (all blocks share its width,
+        as in timm's ViTs); ``stop_early`` runs no block after the last tap.
+        """
+        assert output_fmt in ('NCHW', 'NLC'), 'output_fmt must be NCHW or NLC'
+        take_indices, max_index = check_feature_indices(len(self.blocks), indices, self._model_name)
+        x, prefix = self._embed(x)
+        grid = (x.shape[1], x.shape[2])
+        if torch.jit.is_scripting() or not stop_early:  # TorchScript cannot slice a Sequential
+            blocks = self.blocks
+        else:
+            blocks = self.blocks[:max_index + 1]
+        taps: List[torch.Tensor] = []
+        prefixes: List[torch.Tensor] = []
+        num_blocks = 0
+        for i, block in enumerate(blocks):
+            if i == self.prefix_at:
+                x = join_prefix(x, prefix)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x)
+            else:
+                x = block(x)
+            num_blocks += 1
+            if i in take_indices:
+                y = self.norm(x) if norm else x
+                if i < self.prefix_at:  # still the grid, no prefix tokens yet
+                    taps.append(y)
+                    prefixes.append(y[:, 0, :0])  # [B, 0, D]
+                else:
+                    patches, prefix_tokens = tap_to_grid(y, grid, self.num_prefix_tokens)
+                    taps.append(patches)
+                    prefixes.append(prefix_tokens)
+        taps = format_taps(taps, output_fmt)
+        if return_prefix_tokens and not torch.jit.is_scripting():
+            taps = list(zip(taps, prefixes))
+        if intermediates_only:
+            return taps
+        if num_blocks <= self.prefix_at:
+            x = x.flatten(1, 2)
+        return self.norm(x), taps
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks after the last tap in ``indices``; returns the taps kept.
+
+        When the class token would be inserted after the kept blocks it is dropped (and with it a ``'token'``
+        head); ``prune_norm`` drops the final norm, ``prune_head`` the pooling and classifier.
+        """
+        take_indices, max_index = check_feature_indices(len(self.blocks), indices, self._model_name)
+        self.blocks = self.blocks[:max_index + 1]
+        if max_index < self.prefix_at and self.num_prefix_tokens > 0:
+            self.cls_token = None
+            self.num_prefix_tokens = 0
+            prune_head = prune_head or self.global_pool == 'token'
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, prefix = self._embed(x)
+        for i, block in enumerate(self.blocks):
+            if i == self.prefix_at:
+                x = join_prefix(x, prefix)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x)
+            else:
+                x = block(x)
+        if len(self.blocks) <= self.prefix_at:  # pruned before the class token: flatten the grid
+            x = x.flatten(1, 2)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = global_pool_nlc(x, pool_type=self.global_pool, num_prefix_tokens=self.num_prefix_tokens)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,68 @@
+"""Folding for inference: a BatchNorm's running statistics, or a per-channel scale, into the conv before it.
+
+Both are exact algebra (``bn(conv(x)) == conv'(x)`` with the eval statistics); the new weights are computed in
+float64 and cast back, so the folded layer differs from the pair only by the rounding of its own arithmetic.
+"""
+from typing import Union
+
+import torch
+import torch.nn as nn
+
+from .conv import ConvNormAct
+
+__all__ = ['fuse_conv_bn', 'fuse_conv_norm_act_', 'scale_conv_']
+
+
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A conv (with bias) equal to ``bn(conv(x))`` with ``bn``'s running statistics, i.e. in eval mode.
+
+    ``conv`` may have any kernel, stride, dilation, groups and padding, with or without a bias. The result keeps
+    ``conv``'s device, dtype and training flag.
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError('cannot fold a BatchNorm without running statistics (track_running_stats=False)')
+    if bn.num_features != conv.out_channels:
+        raise ValueError(f'BatchNorm width {bn.num_features} != conv output channels {conv.out_channels}')
+    w = conv.weight.double()
+    b = conv.bias.double() if conv.bias is not None else torch.zeros_like(bn.running_mean, dtype=torch.float64)
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.double()
+    fused = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+        dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
+        device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.weight.copy_(w * scale.view(-1, 1, 1, 1))
+    fused.bias.copy_(b * scale + shift)
+    fused.train(conv.training)
+    return fused
+
+
+@torch.no_grad()
+def fuse_conv_norm_act_(module: ConvNormAct) -> ConvNormAct:
+    """Fold ``module.bn`` into ``module.conv`` in place (``bn`` becomes ``Identity``); a no-op once folded."""
+    if isinstance(module.bn, nn.BatchNorm2d):
+        module.conv = fuse_conv_bn(module.conv, module.bn)
+        module.bn = nn.Identity()
+    elif not isinstance(module.bn, nn.Identity):
+        raise TypeError(f'can only fold a BatchNorm2d into a conv, not {type(module.bn).__name__}')
+    return module
+
+
+@torch.no_grad()
+def scale_conv_(conv: nn.Conv2d, scale: Union[torch.Tensor, nn.Parameter]) -> nn.Conv2d:
+    """Fold a per-output-channel ``scale`` (e.g. a layer scale applied right after the conv) into ``conv`` in place.
+
+    ``scale * conv(x) == conv'(x)``; a conv without bias keeps none (its zero bias stays zero).
+    """
+    s = scale.detach().reshape(-1).double()
+    if s.numel() != conv.out_channels:
+        raise ValueError(f'scale has {s.numel()} entries, the conv {conv.out_channels} output channels')
+    conv.weight.copy_(conv.weight.double() * s.view(-1, 1, 1, 1))
+    if conv.bias is not None:
+        conv.bias.copy_(conv.bias.double() * s)
+    return conv

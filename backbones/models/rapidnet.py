@@ -1,0 +1,695 @@
+"""RapidNet: a mobile backbone built on multi-level dilated convolutions.
+
+Paper: "RapidNet: Multi-Level Dilated Convolution Based Mobile Backbone", Mustafa Munir, Md Mostafijur Rahman,
+Radu Marculescu (WACV 2025, pp. 8291-8301), https://arxiv.org/abs/2412.10995.
+Official code: https://github.com/mmunir127/RapidNet-Official (commit 74c70715, ``models/rapidnet.py``).
+
+The network (official ``RapidNet``): a stem of two 3x3/2 conv + BN + GELU layers (stride 4), then four stages (strides
+4, 8, 16, 32); stages 2-4 open with a 3x3/2 conv + BN (no activation). Each stage holds ``depths[i][0]`` inverted
+residual blocks (1x1 expand x4 + BN + GELU, 3x3 depth-wise + BN + GELU, 1x1 project + BN, layer scale) followed by
+``depths[i][1]`` MLDC blocks. An MLDC block is ``x + ls1 * MLDC(x)`` then ``x + ls2 * FFN(x)``:
+
+- MLDC: RepCPE (``x + dwconv7x7(x)``) -> 1x1 conv + BN -> the multi-level dilated convolution (two parallel dense
+  3x3 convs with dilation 2 and 3, each followed by its own BN and GELU, summed) -> 1x1 conv + BN;
+- FFN: 7x7 depth-wise conv (no bias) + BN -> 1x1 expand x4 + BN + GELU -> 1x1 project + BN.
+
+Every conv except the FFN's depth-wise one has a bias, every norm is a BatchNorm (eps 1e-5) and every GELU is the
+exact (erf) form. The head (MobileViG style) pools first: global average pool -> 1x1 conv to ``head_hidden_size`` +
+BN + GELU -> dropout -> the classifier, plus a distillation classifier on the same embedding (DeiT-style hard
+distillation from a RegNetY-16GF teacher in the official recipe).
+
+Distillation head (``distilled=True``, as every official model is built): in eval mode the output is the average of
+both classifiers, as in the official code. In training mode the output is what timm's distilled models
+(``timm.models.deit.VisionTransformerDistilled``) return: the average too, unless ``set_distilled_training(True)``,
+after which it is the tuple ``(logits, dist_logits)`` (the official code always returns the tuple in training).
+``forward_head(x, pre_logits=True)`` returns the shared ``head_hidden_size`` embedding; ``get_classifier()`` returns
+both classifiers and ``reset_classifier`` / ``num_classes`` resize both. ``distilled=False`` builds one classifier.
+
+Re-parameterisation for deployment: :meth:`RapidNet.reparameterize` (also reached by timm's
+``reparameterize_model``, which calls each block's ``reparameterize``) folds the RepCPE identity into its 7x7 kernel
+(the official ``reparameterize_model``), every BatchNorm into the conv before it and every layer scale into the last
+conv of its branch: the same logits within float rounding and a faster model (nothing but convs, GELUs and adds).
+
+Differences from the official code (none changes a number):
+
+- parameter names follow this package's layout (``stages.i.blocks.j``, ``head.fc`` / ``head.fc_dist`` as
+  ``nn.Linear``, layer scales as vectors); ``checkpoint_filter_fn`` converts the official training layout and the
+  official re-parameterised one (``cpe.reparam_conv``), and folds or duplicates the distillation classifier when a
+  checkpoint and the model differ in it (both exact in eval);
+- the constructors honour their arguments (the official ``RapidNet_Ti/S/M/B`` ignore every kwarg: 1000 classes,
+  distillation on, drop path 0.1). ``drop_path_rate`` defaults to 0 as in timm (the recipes in ``configs/rapidnet``
+  set the official 0.1) and follows the official schedule: ``linspace(0, rate, all blocks)`` indexed by a counter
+  that only MLDC blocks advance (so the deepest block gets about 0.02 at rate 0.1);
+- the full BN / layer-scale folding goes beyond the official re-parameterisation, which only folds the RepCPE.
+
+Input sizes: every ``H, W >= 1`` (as in the official code: each stride-2 3x3 conv maps a side ``n`` to
+``ceil(n / 2)``, every other layer keeps it, and nothing depends on the input size).
+
+Weights: the official ImageNet-1k checkpoints are on the Hugging Face Hub (``SLDGroup/RapidNet``,
+``RapidNet_{Ti,S,M,B}.pth``; by their sizes and the Hub's pickle scan ``{'state_dict', 'state_dict_ema'}`` in the
+official layout, tensors only); ``pretrained=True`` downloads them through timm's hub loading
+(``torch.load(weights_only=True)``) and ``checkpoint_filter_fn`` converts them, reading ``state_dict`` as the
+official evaluation does (timm's ``file=`` loading picks ``state_dict_ema`` before the filter sees it). The license
+of the official code and weights could not be determined (``license='unknown'``).
+"""
+from collections import OrderedDict
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import GELU, DropPath, LayerScale2d, SelectAdaptivePool2d
+from timm.models import build_model_with_cfg, generate_default_cfgs
+
+from .._checkpoint import CheckpointMismatchError, convert_state_dict, rename_keys, unwrap_state_dict
+from .._features import StageFeatureMixin, stage_feature_info
+from .._registry import Family, register_family, register_zoo_model, zoo_cfg
+from ..layers.conv import ConvNormAct
+from ..layers.fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
+from ..layers.head import check_pool_type
+from ..layers.stage import Stage
+
+__all__ = ['RapidNet']
+
+FAMILY = register_family(Family(
+    name='rapidnet',
+    paper='RapidNet: Multi-Level Dilated Convolution Based Mobile Backbone',
+    arxiv='2412.10995',
+    repo='mmunir127/RapidNet-Official',
+    license='unknown',
+    module=__name__,
+    oracle='official models/rapidnet.py RapidNet (with and without the distillation head, odd input sizes), '
+           'fixtures in tests/fixtures/rapidnet',
+    weights='official ImageNet-1k weights (distilled from RegNetY-16GF) on the Hugging Face Hub, SLDGroup/RapidNet '
+            '(official layout, converted on load by checkpoint_filter_fn)',
+))
+
+
+class ConvBN(ConvNormAct):
+    """``conv`` (with bias by default) -> ``bn`` -> optional GELU; :meth:`reparameterize` folds the BN into the conv.
+
+    Args:
+        in_chs, out_chs, kernel_size, stride, dilation, groups: of the convolution ("same" padding at stride 1, 1 for
+            the stride-2 3x3 convs).
+        bias: conv bias (every official conv has one but the FFN's depth-wise conv).
+        act: GELU after the BN.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            kernel_size: int = 1,
+            stride: int = 1,
+            dilation: int = 1,
+            groups: int = 1,
+            bias: bool = True,
+            act: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__(
+            in_chs, out_chs, kernel_size, stride=stride, dilation=dilation, groups=groups, bias=bias,
+            norm_layer=nn.BatchNorm2d, act_layer=GELU if act else None, device=device, dtype=dtype)
+
+    def reparameterize(self):
+        fuse_conv_norm_act_(self)
+
+
+def _fold_layer_scale(conv_bn: ConvBN, layer_scale: nn.Module) -> nn.Module:
+    """Fold ``layer_scale`` (applied right after ``conv_bn``, whose BN must be folded) into its conv; returns what
+    replaces the layer scale (``Identity``)."""
+    if isinstance(layer_scale, LayerScale2d):
+        scale_conv_(conv_bn.conv, layer_scale.gamma)
+    return nn.Identity()
+
+
+class InvertedResidual(nn.Module):
+    """``x + drop_path(ls1(conv_pwl(conv_dw(conv_pw(x)))))``: 1x1 expand + BN + GELU, 3x3 depth-wise + BN + GELU,
+    1x1 project + BN (official ``InvertedResidual``; the depth-wise kernel is fixed at 3 by its padding of 1).
+
+    Args:
+        dim: width.
+        mlp_ratio: expansion of the hidden width.
+        ls_init_value: initial layer scale.
+        drop_path: stochastic-depth rate.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            mlp_ratio: float = 4.,
+            ls_init_value: float = 1e-5,
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        hidden = int(dim * mlp_ratio)
+        self.conv_pw = ConvBN(dim, hidden, 1, act=True, **dd)
+        self.conv_dw = ConvBN(hidden, hidden, 3, groups=hidden, act=True, **dd)
+        self.conv_pwl = ConvBN(hidden, dim, 1, **dd)
+        self.ls1 = LayerScale2d(dim, ls_init_value, **dd)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path1(self.ls1(self.conv_pwl(self.conv_dw(self.conv_pw(x)))))
+
+    @torch.no_grad()
+    def reparameterize(self):
+        for m in (self.conv_pw, self.conv_dw, self.conv_pwl):
+            m.reparameterize()
+        self.ls1 = _fold_layer_scale(self.conv_pwl, self.ls1)
+
+
+def identity_folded(weight: torch.Tensor, sign: int) -> torch.Tensor:
+    """A depth-wise kernel ``[C, 1, k, k]`` with ``sign`` (+1: fold the identity in, -1: take it out) added to the
+    centre tap of every channel."""
+    k_h, k_w = weight.shape[-2:]
+    weight = weight.clone()
+    weight[:, 0, k_h // 2, k_w // 2] += sign
+    return weight
+
+
+class RepCPE(nn.Module):
+    """Conditional position encoding ``x + pe(x)`` (``pe``: depth-wise conv with bias) that
+    :meth:`reparameterize` turns into one conv ``reparam_conv`` (the identity added at each kernel's centre tap).
+
+    Args:
+        dim: width.
+        kernel_size: of the depth-wise conv (7; odd).
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 7, device=None, dtype=None):
+        super().__init__()
+        self.pe = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, device=device, dtype=dtype)
+        self.reparam_conv: Optional[nn.Conv2d] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reparam_conv is not None:
+            return self.reparam_conv(x)
+        return x + self.pe(x)
+
+    @torch.no_grad()
+    def reparameterize(self):
+        if self.reparam_conv is not None:
+            return
+        pe = self.pe
+        conv = nn.Conv2d(
+            pe.in_channels, pe.out_channels, pe.kernel_size, padding=pe.padding, groups=pe.groups,
+            device=pe.weight.device, dtype=pe.weight.dtype)
+        conv.weight.copy_(identity_folded(pe.weight, +1))
+        conv.bias.copy_(pe.bias)
+        self.reparam_conv = conv
+        del self.pe
+
+
+class MultiLevelDilatedConv(nn.Module):
+    """The paper's multi-level dilated convolution: parallel dense 3x3 conv + BN + GELU branches, one per dilation,
+    applied to the same input and summed (official ``DilatedConv``: dilations 2 and 3).
+
+    Args:
+        dim: width (in = out).
+        dilations: one branch per entry.
+    """
+
+    def __init__(self, dim: int, dilations: Sequence[int] = (2, 3), device=None, dtype=None):
+        super().__init__()
+        self.branches = nn.ModuleList([
+            ConvBN(dim, dim, 3, dilation=d, act=True, device=device, dtype=dtype) for d in dilations])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for i, branch in enumerate(self.branches):
+            y = branch(x)
+            out = y if i == 0 else out + y
+        return out
+
+
+class MLDC(nn.Module):
+    """Token mixer of an MLDC block: ``fc2(dilated(fc1(cpe(x))))`` (official ``MLDC``).
+
+    Args:
+        dim: width.
+        dilations: of the multi-level dilated convolution's branches.
+        cpe_kernel: RepCPE kernel.
+    """
+
+    def __init__(
+            self, dim: int, dilations: Sequence[int] = (2, 3), cpe_kernel: int = 7, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.cpe = RepCPE(dim, cpe_kernel, **dd)
+        self.fc1 = ConvBN(dim, dim, 1, **dd)
+        self.dilated = MultiLevelDilatedConv(dim, dilations, **dd)
+        self.fc2 = ConvBN(dim, dim, 1, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dilated(self.fc1(self.cpe(x))))
+
+
+class ConvFFN(nn.Module):
+    """Large-kernel FFN: 7x7 depth-wise conv (no bias) + BN, 1x1 expand + BN + GELU, 1x1 project + BN (official
+    ``ConvFFN``; no activation between the depth-wise conv and the expansion).
+
+    Args:
+        dim: width.
+        mlp_ratio: expansion of the hidden width.
+        kernel_size: of the depth-wise conv.
+    """
+
+    def __init__(self, dim: int, mlp_ratio: float = 4., kernel_size: int = 7, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        hidden = int(dim * mlp_ratio)
+        self.conv_dw = ConvBN(dim, dim, kernel_size, groups=dim, bias=False, **dd)
+        self.fc1 = ConvBN(dim, hidden, 1, act=True, **dd)
+        self.fc2 = ConvBN(hidden, dim, 1, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(self.conv_dw(x)))
+
+
+class MLDCBlock(nn.Module):
+    """``x + drop_path(ls1(mixer(x)))`` then ``x + drop_path(ls2(ffn(x)))`` (official ``MLDC_LKFFN``).
+
+    Args:
+        dim: width.
+        mlp_ratio: FFN expansion.
+        dilations: of the multi-level dilated convolution.
+        ls_init_value: initial layer scales.
+        drop_path: stochastic-depth rate of both branches.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            mlp_ratio: float = 4.,
+            dilations: Sequence[int] = (2, 3),
+            ls_init_value: float = 1e-5,
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.mixer = MLDC(dim, dilations, **dd)
+        self.ls1 = LayerScale2d(dim, ls_init_value, **dd)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.ffn = ConvFFN(dim, mlp_ratio, **dd)
+        self.ls2 = LayerScale2d(dim, ls_init_value, **dd)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.mixer(x)))
+        x = x + self.drop_path2(self.ls2(self.ffn(x)))
+        return x
+
+    @torch.no_grad()
+    def reparameterize(self):
+        self.mixer.cpe.reparameterize()
+        for m in self.modules():
+            if isinstance(m, ConvBN):
+                m.reparameterize()
+        self.ls1 = _fold_layer_scale(self.mixer.fc2, self.ls1)
+        self.ls2 = _fold_layer_scale(self.ffn.fc2, self.ls2)
+
+
+class DistilledConvHead(nn.Module):
+    """Pool -> 1x1 ``conv`` + ``norm`` (BN) + ``act`` (GELU) = the pre-logits embedding -> dropout -> ``fc``, and
+    with ``distilled`` a second classifier ``fc_dist`` on the same embedding (official ``prediction`` + ``head`` +
+    ``dist_head``).
+
+    The output is ``fc``'s logits, or for a distilled head the average of both classifiers; in training mode with
+    ``distilled_training`` set it is the tuple ``(fc, fc_dist)`` instead (timm's DeiT convention).
+    ``pool_type=''`` keeps the map: the embedding is then computed at every position (use ``num_classes=0``).
+
+    Args:
+        in_features: channels of the final feature map.
+        hidden_size: embedding width (official ``emb_dims``).
+        num_classes: classes of each classifier (0: none).
+        pool_type: global pooling (any timm type that keeps the width).
+        drop_rate: dropout before the classifiers.
+        distilled: build the distillation classifier.
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            hidden_size: int,
+            num_classes: int,
+            pool_type: str = 'avg',
+            drop_rate: float = 0.,
+            distilled: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.in_features = in_features
+        self.hidden_size = hidden_size
+        self.distilled = distilled
+        self.distilled_training = False
+        self._set_pool(pool_type)
+        self.conv = nn.Conv2d(in_features, hidden_size, 1, **dd)
+        self.norm = nn.BatchNorm2d(hidden_size, **dd)
+        self.act = GELU()
+        self.drop = nn.Dropout(drop_rate)
+        self._set_classifiers(num_classes, **dd)
+
+    def _set_pool(self, pool_type: str):
+        # the pooled width must stay C: the head's 1x1 conv takes it (so no 'catavgmax')
+        check_pool_type(pool_type, width_preserving=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=pool_type)  # keeps [B, C, 1, 1] for the 1x1 conv
+        self.flatten = nn.Flatten(1) if pool_type else nn.Identity()
+
+    def _set_classifiers(self, num_classes: int, device=None, dtype=None):
+        dd = dict(device=device, dtype=dtype)
+        self.fc = nn.Linear(self.hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        # without distillation a parameter-free placeholder (TorchScript compiles both branches of forward)
+        self.fc_dist = nn.Linear(self.hidden_size, num_classes, **dd) \
+            if self.distilled and num_classes > 0 else nn.Identity()
+
+    def reset(self, num_classes: int, pool_type: Optional[str] = None, device=None, dtype=None):
+        if pool_type is not None:
+            self._set_pool(pool_type)
+        self._set_classifiers(num_classes, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        x = self.act(self.norm(self.conv(x)))
+        x = self.drop(self.flatten(x))
+        if pre_logits:
+            return x
+        if not self.distilled:
+            return self.fc(x)
+        x, x_dist = self.fc(x), self.fc_dist(x)
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
+            return x, x_dist  # separate logits for a distillation loss
+        return (x + x_dist) / 2
+
+    @torch.no_grad()
+    def reparameterize(self):
+        if isinstance(self.norm, nn.BatchNorm2d):
+            self.conv = fuse_conv_bn(self.conv, self.norm)
+            self.norm = nn.Identity()
+
+
+def official_drop_path_rates(drop_path_rate: float, depths: Sequence[Tuple[int, int]]) -> List[List[float]]:
+    """Per-stage stochastic-depth rates of the official code: ``linspace(0, rate, all blocks)``, read at a counter
+    that advances after every MLDC block only (every inverted residual block takes the current value)."""
+    total = sum(n_ir + n_mldc for n_ir, n_mldc in depths)
+    dpr = [drop_path_rate * i / (total - 1) for i in range(total)] if total > 1 else [0.] * total
+    rates, k = [], 0
+    for n_ir, n_mldc in depths:
+        stage = [dpr[k]] * n_ir if n_ir else []
+        for _ in range(n_mldc):
+            stage.append(dpr[k])
+            k += 1
+        rates.append(stage)
+    return rates
+
+
+class RapidNet(StageFeatureMixin, nn.Module):
+    """RapidNet-Ti/S/M/B.
+
+    Args:
+        depths: per stage, ``(inverted residual blocks, MLDC blocks)`` (official ``blocks``).
+        widths: width per stage (official ``channels``).
+        head_hidden_size: width of the head's embedding (official ``emb_dims``).
+        mlp_ratio: expansion of the inverted residual blocks and of the FFNs.
+        dilations: of the multi-level dilated convolutions.
+        ls_init_value: initial layer scales.
+        distilled: build the distillation classifier (official ``distillation``; every released model has it).
+        num_classes, in_chans, global_pool, drop_rate, drop_path_rate: timm's usual meaning.
+    """
+
+    def __init__(
+            self,
+            depths: Sequence[Tuple[int, int]] = ((2, 0), (2, 0), (6, 2), (2, 2)),
+            widths: Sequence[int] = (32, 64, 112, 224),
+            head_hidden_size: int = 512,
+            mlp_ratio: float = 4.,
+            dilations: Sequence[int] = (2, 3),
+            ls_init_value: float = 1e-5,
+            distilled: bool = True,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        depths = [tuple(d) for d in depths]
+        widths = list(widths)
+        if len(depths) != len(widths):
+            raise ValueError(f'depths ({len(depths)} stages) and widths ({len(widths)}) must have the same length')
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.input_divisor = 1  # any H, W >= 1 (stride-2 convs round up)
+        self._model_name = 'RapidNet'
+        self.grad_checkpointing = False
+
+        self.stem = nn.Sequential(OrderedDict(
+            conv1=ConvBN(in_chans, widths[0] // 2, 3, stride=2, act=True, **dd),
+            conv2=ConvBN(widths[0] // 2, widths[0], 3, stride=2, act=True, **dd),
+        ))
+        dprs = official_drop_path_rates(drop_path_rate, depths)
+        stages, reductions = [], []
+        reduction = 4
+        for i, ((n_ir, n_mldc), dim) in enumerate(zip(depths, widths)):
+            downsample = None
+            if i > 0:
+                downsample = ConvBN(widths[i - 1], dim, 3, stride=2, **dd)
+                reduction *= 2
+            blocks = [InvertedResidual(dim, mlp_ratio, ls_init_value, dprs[i][j], **dd) for j in range(n_ir)]
+            blocks += [
+                MLDCBlock(dim, mlp_ratio, dilations, ls_init_value, dprs[i][n_ir + j], **dd) for j in range(n_mldc)]
+            stages.append(Stage(blocks, downsample))
+            reductions.append(reduction)
+        self.stages = nn.Sequential(*stages)
+        self.feature_info = stage_feature_info(widths, reductions)
+        self.num_features = widths[-1]
+        self.norm = nn.Identity()
+        self.head = DistilledConvHead(
+            self.num_features, head_hidden_size, num_classes, pool_type=global_pool, drop_rate=drop_rate,
+            distilled=distilled, **dd)
+        self.head_hidden_size = head_hidden_size
+
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        """Official init: every conv (and here the linear classifiers, official 1x1 convs) Kaiming-normal (fan-in,
+        gain sqrt(2)) with zero bias; BN and layer scales keep their defaults."""
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return set()  # layer scales, norms and biases are 1-D: timm's optimizer factory already excludes them
+
+    @torch.jit.ignore
+    def get_classifier(self) -> Union[nn.Module, Tuple[nn.Module, nn.Module]]:
+        return (self.head.fc, self.head.fc_dist) if self.head.distilled else self.head.fc
+
+    @torch.jit.ignore
+    def set_distilled_training(self, enable: bool = True):
+        """In training mode, return ``(logits, dist_logits)`` instead of their average (timm's DeiT API)."""
+        self.head.distilled_training = enable
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """:class:`StageFeatureMixin`'s pruning; the head's embedding conv goes with the classifier (it is sized for
+        the last stage and comes after the pool), so a pruned model returns raw stage features."""
+        take_indices = super().prune_intermediate_layers(indices, prune_norm, prune_head)
+        if prune_head or len(self.stages) < len(self.feature_info):
+            self.head.conv = nn.Identity()
+            self.head.act = nn.Identity()
+            self.head.hidden_size = self.head_hidden_size = self.num_features
+        return take_indices
+
+    @torch.no_grad()
+    def reparameterize(self):
+        """Fold for inference, in place: each RepCPE identity into its kernel, each BatchNorm into the conv before
+        it and each layer scale into the last conv of its branch. Same logits within float rounding; the state
+        dict layout changes (no ``bn`` / ``ls`` entries, ``cpe.reparam_conv``). Load weights before calling it;
+        the result is meant for inference (training it would train without BatchNorm)."""
+        for m in list(self.modules()):  # parents before children; every fold is a no-op once done
+            if m is not self and hasattr(m, 'reparameterize'):
+                m.reparameterize()
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+# official layout -> ours. ``backbone.S.B``: stage S, index B; stages 1-3 hold their downsample at index 0.
+_OFFICIAL_RULES = [
+    (r'^stem\.stem\.0\.', 'stem.conv1.conv.'),
+    (r'^stem\.stem\.1\.', 'stem.conv1.bn.'),
+    (r'^stem\.stem\.3\.', 'stem.conv2.conv.'),
+    (r'^stem\.stem\.4\.', 'stem.conv2.bn.'),
+    (r'^backbone\.(\d+)\.0\.conv\.0\.', r'stages.\1.downsample.conv.'),
+    (r'^backbone\.(\d+)\.0\.conv\.1\.', r'stages.\1.downsample.bn.'),
+    (r'^backbone\.(\d+)\.(\d+)\.', lambda m: f'stages.{m[1]}.blocks.{int(m[2]) - (int(m[1]) > 0)}.'),
+    (r'\.layer_scale_([12])$', r'.ls\1.gamma'),
+    (r'\.dws\.pw1\.', '.conv_pw.conv.'),
+    (r'\.dws\.norm1\.', '.conv_pw.bn.'),
+    (r'\.dws\.dw\.', '.conv_dw.conv.'),
+    (r'\.dws\.norm2\.', '.conv_dw.bn.'),
+    (r'\.dws\.pw2\.', '.conv_pwl.conv.'),
+    (r'\.dws\.norm3\.', '.conv_pwl.bn.'),
+    (r'\.mixer\.fc([12])\.0\.', r'.mixer.fc\1.conv.'),
+    (r'\.mixer\.fc([12])\.1\.', r'.mixer.fc\1.bn.'),
+    (r'\.mixer\.graph_conv\.nn\.0\.', '.mixer.dilated.branches.0.conv.'),
+    (r'\.mixer\.graph_conv\.nn\.1\.', '.mixer.dilated.branches.0.bn.'),
+    (r'\.mixer\.graph_conv\.nn_2\.0\.', '.mixer.dilated.branches.1.conv.'),
+    (r'\.mixer\.graph_conv\.nn_2\.1\.', '.mixer.dilated.branches.1.bn.'),
+    (r'\.ffn\.conv\.conv\.', '.ffn.conv_dw.conv.'),
+    (r'\.ffn\.norm1\.', '.ffn.conv_dw.bn.'),
+    (r'\.ffn\.fc([12])\.', r'.ffn.fc\1.conv.'),
+    (r'\.ffn\.norm2\.', '.ffn.fc1.bn.'),
+    (r'\.ffn\.norm3\.', '.ffn.fc2.bn.'),
+    (r'^head\.', 'head.fc.'),  # before the prediction rules, which write 'head.' keys
+    (r'^dist_head\.', 'head.fc_dist.'),
+    (r'^prediction\.1\.', 'head.conv.'),
+    (r'^prediction\.2\.', 'head.norm.'),
+]
+_OFFICIAL_PREFIXES = ('stem.stem.', 'backbone.', 'prediction.', 'dist_head.')
+
+
+def _from_official(sd: Mapping[str, torch.Tensor]) -> dict:
+    """Official keys -> ours; layer scales ``[C, 1, 1]`` -> ``[C]``, 1x1-conv classifiers -> linear weights."""
+    out = {}
+    for k, v in sd.items():
+        if k.endswith(('layer_scale_1', 'layer_scale_2')) or (k in ('head.weight', 'dist_head.weight') and v.ndim == 4):
+            v = v.flatten(1) if k.endswith('head.weight') else v.flatten()
+        out[k] = v
+    return rename_keys(out, _OFFICIAL_RULES)
+
+
+def _match_cpe(sd: dict, model_keys) -> dict:
+    """Give each RepCPE the form the model has: a re-parameterised kernel (``reparam_conv``) has the identity taken
+    out for a training model (``pe``), a training kernel has it folded in for a re-parameterised model."""
+    for k in [k for k in sd if k.endswith(('.cpe.pe.weight', '.cpe.reparam_conv.weight'))]:
+        folded = k.endswith('.reparam_conv.weight')
+        base = k[:-len('reparam_conv.weight' if folded else 'pe.weight')]
+        target = base + ('pe.' if folded else 'reparam_conv.')
+        if target + 'weight' in model_keys and k not in model_keys:
+            src = base + ('reparam_conv.' if folded else 'pe.')
+            sd[target + 'weight'] = identity_folded(sd.pop(src + 'weight'), -1 if folded else +1)
+            if src + 'bias' in sd:
+                sd[target + 'bias'] = sd.pop(src + 'bias')
+    return sd
+
+
+def _match_distillation(sd: dict, model: nn.Module) -> dict:
+    """A distilled checkpoint into a single-head model: one classifier with the averaged weights (the same eval
+    logits); a single-head checkpoint into a distilled model: both classifiers start from it."""
+    distilled = getattr(model.head, 'distilled', False)
+    has_dist = 'head.fc_dist.weight' in sd
+    if has_dist and not distilled and 'head.fc.weight' in sd:
+        for p in ('weight', 'bias'):
+            sd[f'head.fc.{p}'] = (sd[f'head.fc.{p}'] + sd.pop(f'head.fc_dist.{p}')) / 2
+    elif distilled and not has_dist and 'head.fc.weight' in sd:
+        for p in ('weight', 'bias'):
+            sd[f'head.fc_dist.{p}'] = sd[f'head.fc.{p}'].clone()
+    return sd
+
+
+def checkpoint_filter_fn(state_dict, model):
+    """Accepts our layout or the official one: training (``cpe.pe``) or re-parameterised (``cpe.reparam_conv``),
+    a bare state dict or the released ``{'state_dict', 'state_dict_ema'}`` (``state_dict`` is used, as the official
+    evaluation does), with or without the distillation classifier.
+
+    A model that has been through :meth:`RapidNet.reparameterize` takes only its own (folded) layout: load the
+    weights first, then re-parameterise.
+    """
+    if isinstance(state_dict, Mapping) and isinstance(state_dict.get('state_dict'), Mapping):
+        state_dict = state_dict['state_dict']
+    sd = unwrap_state_dict(state_dict)
+    if any(k.startswith(_OFFICIAL_PREFIXES) for k in sd):
+        sd = _from_official(sd)
+    model_keys = model.state_dict().keys()
+    sd = _match_distillation(_match_cpe(dict(sd), model_keys), model)
+    try:
+        return convert_state_dict(sd, model, [], FAMILY.name, first_conv='stem.conv1.conv')
+    except CheckpointMismatchError as e:
+        if isinstance(getattr(model.stem.conv1, 'bn', None), nn.Identity):
+            raise CheckpointMismatchError(
+                f'{e}\n  (this model was re-parameterised, which folds its BatchNorms and layer scales: load the '
+                f'weights into a fresh model, then call reparameterize())') from None
+        raise
+
+
+def _create_rapidnet(variant, pretrained=False, **kwargs):
+    return build_model_with_cfg(
+        RapidNet, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _cfg(filename: str, **kwargs):
+    return zoo_cfg(
+        FAMILY,
+        hf_hub_id='SLDGroup/RapidNet',
+        hf_hub_filename=filename,
+        first_conv='stem.conv1.conv',
+        classifier=('head.fc', 'head.fc_dist'),
+        crop_pct=0.9,
+        interpolation='bicubic',
+        notes=('official weights: the model with the distillation head (eval output = the average of both '
+               'classifiers); the license of the official code and weights could not be determined', ),
+        **kwargs,
+    )
+
+
+default_cfgs = generate_default_cfgs({
+    'rapidnet_ti.dist_in1k': _cfg('RapidNet_Ti.pth'),
+    'rapidnet_s.dist_in1k': _cfg('RapidNet_S.pth'),
+    'rapidnet_m.dist_in1k': _cfg('RapidNet_M.pth'),
+    'rapidnet_b.dist_in1k': _cfg('RapidNet_B.pth'),
+})
+
+_GMACS = ('official models/rapidnet.py measured with fvcore at 224 (convolutions incl. both classifiers; the '
+          'paper table could not be read); our count adds BatchNorm ({})')
+
+
+@register_zoo_model(params=6_627_840, gmacs=0.618, top1=76.3, gmacs_source=_GMACS.format('+0.010'))
+def rapidnet_ti(pretrained=False, **kwargs) -> RapidNet:
+    """RapidNet-Ti."""
+    model_args = dict(depths=((2, 0), (2, 0), (6, 2), (2, 2)), widths=(32, 64, 112, 224), head_hidden_size=512)
+    return _create_rapidnet('rapidnet_ti', pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model(params=9_213_088, gmacs=0.897, gmacs_source=_GMACS.format('+0.015'))
+def rapidnet_s(pretrained=False, **kwargs) -> RapidNet:
+    """RapidNet-S."""
+    model_args = dict(depths=((3, 0), (3, 0), (9, 3), (3, 3)), widths=(32, 64, 112, 224), head_hidden_size=512)
+    return _create_rapidnet('rapidnet_s', pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model(params=17_304_496, gmacs=1.597, gmacs_source=_GMACS.format('+0.018'))
+def rapidnet_m(pretrained=False, **kwargs) -> RapidNet:
+    """RapidNet-M."""
+    model_args = dict(depths=((3, 0), (3, 0), (9, 3), (3, 3)), widths=(32, 64, 160, 320), head_hidden_size=512)
+    return _create_rapidnet('rapidnet_m', pretrained, **dict(model_args, **kwargs))
+
+
+@register_zoo_model(params=30_556_496, gmacs=3.354, gmacs_source=_GMACS.format('+0.030'))
+def rapidnet_b(pretrained=False, **kwargs) -> RapidNet:
+    """RapidNet-B."""
+    model_args = dict(depths=((3, 0), (3, 0), (9, 3), (3, 3)), widths=(64, 128, 224, 416), head_hidden_size=768)
+    return _create_rapidnet('rapidnet_b', pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,263 @@
+"""Sequencer2D: parity with timm's sequencer2d_* (random non-trivial weights through our filter) at three sizes, the
+official key layout, official counts, the LSTM (nn.LSTM's parameters and kernel, traced by Dynamo without graph
+breaks), sizes, export."""
+import re
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from _oracle import assert_same_layout, load_converted, random_model
+from timm.models.sequencer import checkpoint_filter_fn as timm_filter_fn
+
+import backbones
+from backbones._checkpoint import CheckpointMismatchError
+from backbones.flops import count
+from backbones.models.sequencer import BiLSTM, checkpoint_filter_fn
+
+ORACLES = {'sequencer2d_small': 'sequencer2d_s', 'sequencer2d_medium': 'sequencer2d_m',
+           'sequencer2d_large': 'sequencer2d_l'}
+DEPTHS = {'sequencer2d_small': (4, 3, 8, 3), 'sequencer2d_medium': (4, 3, 14, 3), 'sequencer2d_large': (8, 8, 16, 4)}
+# reduced widths and depths given to both timm (``layers``) and ours (``depths``): cheap full-path forwards
+TINY_WIDTHS = dict(embed_dims=(32, 64, 64, 64), hidden_sizes=(8, 16, 16, 16))
+TINY_DEPTHS = (1, 2, 1, 1)
+ATOL = 1e-5
+
+
+def _max_diff(oracle, model, size, batch=1):
+    x = torch.randn(batch, 3, *size)
+    with torch.no_grad():
+        expected, got = oracle(x), model(x)
+    assert expected.shape == got.shape
+    return (expected - got).abs().max().item()
+
+
+def _tiny_pair():
+    oracle = random_model('sequencer2d_s', layers=TINY_DEPTHS, **TINY_WIDTHS)
+    model = load_converted(
+        'sequencer2d_small', oracle.state_dict(), checkpoint_filter_fn, depths=TINY_DEPTHS, **TINY_WIDTHS)
+    return oracle, model
+
+
+def _tiny(**kwargs):
+    return timm.create_model('sequencer2d_small', depths=TINY_DEPTHS, **TINY_WIDTHS, **kwargs).eval()
+
+
+# ---------------------------------------------------------------- parity with timm's sequencer2d_s (timm layout)
+
+@pytest.fixture(scope='module')
+def small_pair():
+    oracle = random_model('sequencer2d_s')
+    return oracle, load_converted('sequencer2d_small', oracle.state_dict(), checkpoint_filter_fn)
+
+
+@pytest.mark.parametrize('size', [
+    (224, 224),  # the default: 32x32 then 16x16 maps
+    (154, 154),  # odd maps in stages 2-4 (22x22 then 11x11)
+    (196, 252),  # non-square: rows and columns of different lengths (14x18 in stages 2-4)
+])
+def test_parity_sequencer2d_small(small_pair, size):
+    assert _max_diff(*small_pair, size) <= ATOL
+
+
+def test_timm_checkpoint_file_loads_through_timm(tmp_path):
+    """timm's hub weights (timm layout, e.g. timm/sequencer2d_s.in1k) load through timm's own pretrained path."""
+    from safetensors.torch import save_file
+    oracle = random_model('sequencer2d_s', layers=TINY_DEPTHS, **TINY_WIDTHS)
+    path = tmp_path / 'model.safetensors'
+    save_file({k: v.contiguous() for k, v in oracle.state_dict().items()}, str(path))
+    model = timm.create_model(
+        'sequencer2d_small', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), depths=TINY_DEPTHS,
+        **TINY_WIDTHS)
+    assert _max_diff(oracle, model.eval(), (56, 84), batch=2) <= ATOL
+
+
+# ---------------------------------------------------------------- the official layout
+
+def _to_official(key: str, depths) -> str:
+    """timm / our key -> the official okojoalg/sequencer key (models/two_dim_sequencer.py: ``blocks`` is one
+    Sequential per stage whose last element is the next stage's ``Downsample2D``; ``head`` is a Linear)."""
+    m = re.match(r'^stages\.(\d+)\.downsample\.down\.(.*)$', key)
+    if m:
+        prev = int(m.group(1)) - 1
+        return f'blocks.{prev}.{depths[prev]}.down.{m.group(2)}'
+    key = re.sub(r'^stages\.(\d+)\.blocks\.', r'blocks.\1.', key)
+    return re.sub(r'^head\.fc\.', 'head.', key)
+
+
+def _official_state_dict(timm_sd, depths):
+    official = {_to_official(k, depths): v for k, v in timm_sd.items()}
+    # our inverse is right iff timm's own filter (its documentation of the official names) maps it back exactly
+    back = timm_filter_fn({'model': dict(official)}, None)
+    assert list(back) == list(timm_sd)
+    return official
+
+
+@pytest.mark.parametrize('container', ['flat', 'model'])
+def test_official_layout_parity(container):
+    """An official checkpoint (official key names; flat or inside ``{'model': ...}``) gives the same logits."""
+    oracle = random_model('sequencer2d_s', layers=TINY_DEPTHS, **TINY_WIDTHS)
+    official = _official_state_dict(oracle.state_dict(), TINY_DEPTHS)
+    assert 'blocks.0.1.down.weight' in official and 'blocks.1.2.down.weight' in official
+    assert 'head.weight' in official
+    ckpt = official if container == 'flat' else {'model': official, 'epoch': 300}
+    model = load_converted('sequencer2d_small', ckpt, checkpoint_filter_fn, depths=TINY_DEPTHS, **TINY_WIDTHS)
+    assert _max_diff(oracle, model, (42, 70), batch=2) <= ATOL
+
+
+@pytest.mark.parametrize('name', sorted(ORACLES))
+def test_every_official_key_maps(name):
+    """Every official key of every full-size variant lands on our key of the same shape, one to one."""
+    official = _official_state_dict(timm.create_model(ORACLES[name], device='meta').state_dict(), DEPTHS[name])
+    assert f'blocks.0.{DEPTHS[name][0]}.down.weight' in official  # S: blocks.0.4.down (2x2 conv 192 -> 384)
+    model = timm.create_model(name, device='meta')
+    sd = checkpoint_filter_fn(official, model)
+    ours = model.state_dict()
+    assert len(sd) == len(official) == len(ours)
+    assert_same_layout(sd, ours)
+
+
+def test_convert_official_checkpoint(tmp_path):
+    """tools/convert.py's library path: an official-layout file -> save_for_hf folder -> local-dir: same logits."""
+    from backbones.convert import convert_checkpoint
+    oracle = random_model('sequencer2d_s', layers=TINY_DEPTHS, **TINY_WIDTHS)
+    ckpt = tmp_path / 'sequencer2d_s.pth'
+    torch.save({'model': _official_state_dict(oracle.state_dict(), TINY_DEPTHS)}, ckpt)
+    out = convert_checkpoint(
+        'sequencer2d_small', ckpt, tmp_path / 'out', model_kwargs=dict(depths=TINY_DEPTHS, **TINY_WIDTHS))
+    model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    assert _max_diff(oracle, model, (28, 56), batch=2) <= ATOL
+
+
+def test_own_layout_passes_through():
+    model = timm.create_model('sequencer2d_small', device='meta')
+    sd = model.state_dict()
+    out = checkpoint_filter_fn({'state_dict': sd}, model)
+    assert list(out) == list(sd) and all(out[k] is sd[k] for k in sd)
+
+
+def test_wrong_checkpoint_is_refused():
+    model = timm.create_model('sequencer2d_small', device='meta')
+    deeper = timm.create_model('sequencer2d_medium', device='meta').state_dict()
+    with pytest.raises(CheckpointMismatchError, match=r'unexpected keys .*stages\.2\.blocks\.1[0-3]\.'):
+        checkpoint_filter_fn(deeper, model)
+    partial = {k: v for k, v in model.state_dict().items() if '.rnn_h.' not in k}
+    with pytest.raises(CheckpointMismatchError, match=r'missing keys .*rnn_h'):
+        checkpoint_filter_fn(partial, model)
+
+
+# ---------------------------------------------------------------- counts and configs
+
+@pytest.mark.parametrize('name', sorted(ORACLES))
+def test_params_equal_official(name):
+    n = sum(p.numel() for p in timm.create_model(name, device='meta').parameters())
+    ref = sum(p.numel() for p in timm.create_model(ORACLES[name], device='meta').parameters())
+    assert n == ref == backbones.get_variant_info(name).params
+
+
+def test_lstm_macs_counted():
+    """Every LSTM direction costs 4h(C + h) MACs per time step per sequence (input and recurrent gate matmuls):
+    4 directions x H*W steps per block. The same on the meta device and on CPU, and the same as the counter's
+    ``aten::lstm`` op handle gives timm's nn.LSTM model."""
+    model = _tiny()
+    size = (3, 56, 84)
+    res = count(model, input_size=size)
+    expected = 0
+    for i, stage in enumerate(model.stages):
+        r = model.feature_info[i]['reduction']
+        for block in stage.blocks:
+            lstm = block.rnn_tokens.rnn_v
+            expected += 4 * (56 // r) * (84 // r) * 4 * lstm.hidden_size * (lstm.input_size + lstm.hidden_size)
+    assert res.by_operator['lstm'] == expected
+    meta = count(timm.create_model('sequencer2d_small', depths=TINY_DEPTHS, **TINY_WIDTHS, device='meta'), size)
+    assert meta.device == 'meta' and meta.by_operator == res.by_operator
+    oracle = count(timm.create_model('sequencer2d_s', layers=TINY_DEPTHS, **TINY_WIDTHS).eval(), size)
+    pooled = dict(res.by_operator, adaptive_avg_pool2d=0)  # timm pools with x.mean(), which fvcore skips
+    assert oracle.by_operator == {k: v for k, v in pooled.items() if v}
+
+
+def test_pretrained_cfgs_point_at_timm_weights():
+    for ours, theirs in ORACLES.items():
+        cfg = timm.models.get_pretrained_cfg(ours).to_dict()
+        ref = timm.models.get_pretrained_cfg(theirs).to_dict()
+        assert cfg['hf_hub_id'] == f'timm/{theirs}.in1k'
+        for key in ('mean', 'std', 'crop_pct', 'interpolation', 'input_size', 'num_classes', 'first_conv',
+                    'classifier', 'license'):
+            assert cfg[key] == ref[key], key
+
+
+def test_drop_path_is_linear_over_blocks():
+    """Official ``get_stage``: block k of all N blocks gets ``rate * k / (N - 1)``."""
+    model = timm.create_model('sequencer2d_small', drop_path_rate=0.3, device='meta')
+    rates = [getattr(b.drop_path1, 'drop_prob', 0.) for s in model.stages for b in s.blocks]
+    assert rates == pytest.approx(torch.linspace(0, 0.3, 18).tolist(), abs=1e-6)
+
+
+# ---------------------------------------------------------------- the LSTM
+
+def test_bilstm_is_nn_lstm():
+    """Same parameters (names, order, shapes, init bounds), same outputs and gradients as nn.LSTM."""
+    torch.manual_seed(0)
+    ours = BiLSTM(12, 5)
+    ref = nn.LSTM(12, 5, bidirectional=True)
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+    assert all(p.abs().max() <= 5 ** -0.5 for p in ours.parameters())
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(7, 3, 12, requires_grad=True)
+    out, expected = ours(x), ref(x)[0]
+    assert torch.equal(out, expected)
+    out.square().sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    expected.square().sum().backward()
+    assert torch.equal(grad, x.grad)
+
+
+def test_compile_fullgraph_without_graph_breaks():
+    """Dynamo captures the whole model as ONE graph (timm's nn.LSTM model breaks at every LSTM; fullgraph=True would
+    raise on any break), and the captured graph gives the eager numbers (it runs the same aten.lstm kernel)."""
+    torch._dynamo.reset()
+    model = _tiny()
+    x = torch.randn(2, 3, 42, 56)
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(model, fullgraph=True, backend=counting_backend)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), model(x))
+    assert len(graphs) == 1
+    assert sum(n.target is torch.lstm for n in graphs[0].graph.nodes) == 2 * sum(TINY_DEPTHS)
+    torch._dynamo.reset()
+
+
+def test_export_dynamic_batch():
+    """torch.export with a dynamic batch (height and width are fixed by the example: aten.lstm unrolls time)."""
+    model = _tiny()
+    batch = torch.export.Dim('batch', max=64)
+    program = torch.export.export(model, (torch.randn(2, 3, 28, 42),), dynamic_shapes=({0: batch},))
+    for b in (1, 3):
+        x = torch.randn(b, 3, 28, 42)
+        with torch.no_grad():
+            assert (program.module()(x) - model(x)).abs().max().item() <= 1e-6
+    assert program.module()(torch.randn(0, 3, 28, 42)).shape == (0, 1000)
+
+
+# ---------------------------------------------------------------- sizes
+
+def test_input_sizes():
+    """Multiples of 14 (stem stride 7, then the stride-2 conv), square or not, down to 14; anything else raises."""
+    model = timm.create_model('sequencer2d_small', features_only=True, depths=TINY_DEPTHS, **TINY_WIDTHS).eval()
+    with torch.no_grad():
+        for h, w in [(14, 14), (42, 70)]:
+            feats = model(torch.randn(1, 3, h, w))
+            assert [f.shape[-2:] for f in feats] == [(h // r, w // r) for r in (7, 14, 14, 14)]
+        assert model(torch.randn(0, 3, 28, 28))[-1].shape == (0, 64, 2, 2)
+    classifier = _tiny(num_classes=5)
+    with torch.no_grad():
+        assert classifier(torch.randn(0, 3, 28, 28)).shape == (0, 5)
+    for h, w in [(64, 64), (224, 230), (7, 14)]:
+        with pytest.raises(ValueError, match=f'multiples of 14, got {h}x{w}'):
+            classifier(torch.randn(1, 3, h, w))
