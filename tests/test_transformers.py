@@ -14,7 +14,7 @@ import pytest
 import timm
 import torch
 from _reduced import reduced_kwargs, reduced_model
-from conftest import SMALL_MODELS
+from conftest import SMALL_MODELS, input_side
 from safetensors.torch import save_file
 from transformers import AutoModelForImageClassification, TimmWrapperForImageClassification
 
@@ -24,7 +24,12 @@ from backbones.convert import convert_checkpoint
 from backbones.train.checkpoint import export_for_hf
 
 LABELS = ['cat', 'dog', 'fox', 'owl', 'yak']
-X = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+
+
+def _input(model) -> torch.Tensor:
+    """A 2 x 3 x 64 x 96 batch, sides rounded up to what ``model`` takes (Sequencer2D: multiples of 14)."""
+    size = (2, 3, input_side(model, 64), input_side(model, 96))
+    return torch.randn(size, generator=torch.Generator().manual_seed(3))
 
 
 @pytest.fixture(autouse=True)
@@ -34,8 +39,9 @@ def offline(monkeypatch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
 
 
-def _check_folder(folder, expected_logits, labels=None):
-    """transformers and timm's ``local-dir:`` build the folder's network and agree with ``expected_logits``."""
+def _check_folder(folder, x, expected_logits, labels=None):
+    """transformers and timm's ``local-dir:`` build the folder's network and agree with ``expected_logits`` on
+    ``x``."""
     config = json.loads((folder / 'config.json').read_text())
     assert 'num_classes' not in config.get('model_args', {})  # the key transformers would pass twice
     hf_model = AutoModelForImageClassification.from_pretrained(folder).eval()
@@ -45,18 +51,20 @@ def _check_folder(folder, expected_logits, labels=None):
         assert [hf_model.config.id2label[i] for i in range(len(labels))] == labels
     timm_model = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
     with torch.no_grad():
-        hf_logits = hf_model(pixel_values=X).logits
-        timm_logits = timm_model(X)
+        hf_logits = hf_model(pixel_values=x).logits
+        timm_logits = timm_model(x)
     torch.testing.assert_close(timm_logits, expected_logits, rtol=0, atol=1e-5)
     torch.testing.assert_close(hf_logits, timm_logits, rtol=0, atol=1e-5)
     direct = TimmWrapperForImageClassification.from_pretrained(folder).eval()
     with torch.no_grad():
-        torch.testing.assert_close(direct(pixel_values=X).logits, timm_logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(direct(pixel_values=x).logits, timm_logits, rtol=0, atol=1e-5)
 
 
 def _logits(model):
+    """An input for ``model`` and its logits."""
+    x = _input(model)
     with torch.no_grad():
-        return model.eval()(X)
+        return x, model.eval()(x)
 
 
 @pytest.mark.parametrize('name', SMALL_MODELS)
@@ -66,7 +74,7 @@ def test_save_for_hf_folder_loads_in_transformers(name, tmp_path):
     config = json.loads((tmp_path / 'config.json').read_text())
     # the reduced architecture travels in model_args (as JSON: tuples become lists)
     assert {k: config['model_args'][k] for k in reduced_kwargs(name)} == json.loads(json.dumps(reduced_kwargs(name)))
-    _check_folder(tmp_path, _logits(model), LABELS)
+    _check_folder(tmp_path, *_logits(model), LABELS)
 
 
 def test_converted_folder_loads_in_transformers(tmp_path):
@@ -75,7 +83,7 @@ def test_converted_folder_loads_in_transformers(tmp_path):
     ckpt = tmp_path / 'rednet26.safetensors'
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
     out = convert_checkpoint('rednet26', ckpt, tmp_path / 'out', model_kwargs=reduced_kwargs('rednet26'))
-    _check_folder(out, _logits(model))
+    _check_folder(out, *_logits(model))
 
 
 def test_training_best_folder_loads_in_transformers(tmp_path):
@@ -84,7 +92,7 @@ def test_training_best_folder_loads_in_transformers(tmp_path):
     data_config = dict(input_size=(3, 64, 64), interpolation='bilinear', mean=(0.5,) * 3, std=(0.25,) * 3,
                        crop_pct=1.0, crop_mode='center')
     out = export_for_hf(model, tmp_path / 'best', data_config=data_config, label_names=LABELS)
-    _check_folder(out, _logits(model), LABELS)
+    _check_folder(out, *_logits(model), LABELS)
 
 
 def test_pushed_folder_loads_in_transformers(tmp_path, monkeypatch):
@@ -106,4 +114,4 @@ def test_pushed_folder_loads_in_transformers(tmp_path, monkeypatch):
     model = reduced_model('rednet26', num_classes=len(LABELS))
     hub.push(model, 'me/rednet26-pets', label_names=LABELS)
     assert sorted(p.name for p in uploaded.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
-    _check_folder(uploaded, _logits(model), LABELS)
+    _check_folder(uploaded, *_logits(model), LABELS)
