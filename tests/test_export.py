@@ -54,6 +54,9 @@ TORCHSCRIPT_FIXED_SIZE = {
 EXAMPLE = (2, 3, 64, 96)  # exported at this size ...
 SECOND = (1, 3, 224, 160)  # ... also run at this one: batch 1, one window per side at stride 32 (224), padded maps
 ATOL = 1e-5
+# onnxruntime runs its own kernels (other summation orders): its logits of magnitude ~15 (random non-trivial
+# weights) may differ from eager by a float32 rounding more than ATOL; relative differences stay below 1e-6
+ORT_RTOL = 1e-6
 
 
 def _fixed_size(name: str) -> bool:
@@ -85,11 +88,12 @@ def _dynamic_shapes(dynamic_size: bool = True):
     return ({**batch, 2: 32 * Dim('h', min=2, max=16), 3: 32 * Dim('w', min=2, max=16)},)
 
 
-def _check(run, model, inputs):
+def _check(run, model, inputs, rtol: float = 0.):
     with torch.no_grad():
         for x in inputs:
             size = tuple(x.shape)
-            torch.testing.assert_close(run(x), model(x), rtol=0, atol=ATOL, msg=lambda m, size=size: f'{size}: {m}')
+            torch.testing.assert_close(
+                run(x), model(x), rtol=rtol, atol=ATOL, msg=lambda m, size=size: f'{size}: {m}')
 
 
 # ---------------------------------------------------------------------------------------------- empty batches
@@ -186,7 +190,7 @@ def test_onnx_torchscript_dynamic_size(name, tmp_path):
     torch.onnx.export(
         model, (torch.randn(example),), str(path), dynamo=False, input_names=['x'], output_names=['logits'],
         dynamic_axes={'x': axes, 'logits': {0: 'batch'}})
-    _check(_onnxruntime(path), model, _inputs(sizes))
+    _check(_onnxruntime(path), model, _inputs(sizes), ORT_RTOL)
 
 
 @pytest.mark.slow
@@ -200,4 +204,4 @@ def test_onnx_dynamo_dynamic_size(name, tmp_path):
         model, (torch.randn(example),), dynamo=True, dynamic_shapes=_dynamic_shapes(dynamic_size),
         input_names=['x'], output_names=['logits'])
     program.save(str(path))
-    _check(_onnxruntime(path), model, _inputs(sizes))
+    _check(_onnxruntime(path), model, _inputs(sizes), ORT_RTOL)
