@@ -93,7 +93,7 @@ def register_zoo_model(
         if name in _model_entrypoints and name not in _ours:
             raise NameClashError(
                 f"zoo model name '{name}' is already a timm entrypoint ({_model_entrypoints[name].__module__}); "
-                f"registering it would replace timm's model. Rename the zoo variant (see specs/naming.md).")
+                f"registering it would replace timm's model. Rename the zoo variant.")
         family = _MODULE_TO_FAMILY.get(fn.__module__)
         if family is None:
             raise RuntimeError(f'{fn.__module__} registers {name} before calling register_family()')

@@ -24,11 +24,14 @@ A token model runs ``patch_embed -> (+ pos_embed) -> blocks -> norm -> pool -> h
 - ``feature_info`` (:func:`token_feature_info`: one entry per block), ``num_features``, ``head_hidden_size``,
   ``in_chans``, ``_model_name``, ``grad_checkpointing``.
 
-Multi-branch models (CrossViT) keep their own ``forward_intermediates`` but build it from the same functions:
-:func:`join_prefix`, :func:`tap_to_grid`, :func:`format_taps`, :func:`check_global_pool` and
-:func:`backbones.layers.pos_embed_for_grid` / :func:`backbones.layers.resize_pos_embed_in_state_dict`.
+:class:`MultiBranchTokenMixin` is the same contract for models whose branches run side by side and exchange
+information inside their blocks (CrossViT): every branch has its own patch embedding, class token, position table,
+norm and head; ``forward_features`` returns the list of the branches' tokens; features are indexed branch-major
+(:func:`branch_feature_info`). It is built from the same functions: :func:`join_prefix`, :func:`tap_to_grid`,
+:func:`format_taps` and :func:`backbones.layers.pos_embed_for_grid` /
+:func:`backbones.layers.resize_pos_embed_in_state_dict`.
 """
-from typing import Dict, List, Optional, Set, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -40,11 +43,13 @@ from .layers.helpers import check_feature_indices, check_input
 from .layers.pos_embed import pos_embed_for_grid
 
 __all__ = [
-    'TokenFeatureMixin', 'token_feature_info', 'check_global_pool', 'join_prefix', 'tap_to_grid', 'format_taps',
-    'POOL_TYPES',
+    'TokenFeatureMixin', 'MultiBranchTokenMixin', 'token_feature_info', 'branch_feature_info', 'branch_take_indices',
+    'check_global_pool', 'join_prefix', 'tap_to_grid', 'format_taps', 'POOL_TYPES', 'BRANCH_POOL_TYPES',
 ]
 
 POOL_TYPES = ('', 'token', 'avg', 'max', 'avgmax')
+# multi-branch models always pool: the branches differ in width and token count (no '')
+BRANCH_POOL_TYPES = POOL_TYPES[1:]
 
 
 def token_feature_info(depth: int, dim: int, reduction: int) -> List[Dict]:
@@ -52,13 +57,32 @@ def token_feature_info(depth: int, dim: int, reduction: int) -> List[Dict]:
     return [dict(num_chs=dim, reduction=reduction, module=f'blocks.{i}') for i in range(depth)]
 
 
-def check_global_pool(global_pool: str, num_prefix_tokens: int):
-    """Pool types of token models, one ``ValueError`` listing the valid ones; ``'token'`` needs a class token."""
+def branch_feature_info(num_blocks: int, dims: Sequence[int], reductions: Sequence[int]) -> List[Dict]:
+    """Features of a multi-branch model, branch-major: index ``b * num_blocks + i`` is branch ``b`` after block
+    ``i`` (module ``blocks.<i>``, which all branches share). List the branches by non-decreasing reduction (timm's
+    ``FeatureInfo`` requires it)."""
+    return [dict(num_chs=d, reduction=r, module=f'blocks.{i}') for d, r in zip(dims, reductions)
+            for i in range(num_blocks)]
+
+
+def branch_take_indices(
+        num_branches: int, num_blocks: int, indices: Optional[Union[int, List[int]]],
+        model: str = 'model') -> Tuple[List[int], int]:
+    """:func:`backbones.layers.check_feature_indices` over branch-major features (None = all, n = the last n, or a
+    list; a clear ``ValueError`` for a bad set), and the last block that a tap needs."""
+    take_indices, _ = check_feature_indices(num_branches * num_blocks, indices, model)
+    return take_indices, max(i % num_blocks for i in take_indices)
+
+
+def check_global_pool(global_pool: str, num_prefix_tokens: int, pool_types: Sequence[str] = POOL_TYPES):
+    """Pool types of token models, one ``ValueError`` listing the valid ones (``pool_types``: the model's, by
+    default :data:`POOL_TYPES`); ``'token'`` needs a class token."""
     if not isinstance(global_pool, str):
-        raise TypeError(f'global_pool must be a string, one of {POOL_TYPES}; got {global_pool!r}')
-    if global_pool not in POOL_TYPES:
-        valid = ', '.join(repr(p) for p in POOL_TYPES if p)
-        raise ValueError(f"unknown global_pool {global_pool!r}: valid are {valid} ('' = no pooling)")
+        raise TypeError(f'global_pool must be a string, one of {tuple(pool_types)}; got {global_pool!r}')
+    if global_pool not in pool_types:
+        valid = ', '.join(repr(p) for p in pool_types if p)
+        raise ValueError(f"unknown global_pool {global_pool!r}: valid are {valid}"
+                         + (" ('' = no pooling)" if '' in pool_types else ''))
     if global_pool == 'token' and num_prefix_tokens == 0:
         raise ValueError("global_pool 'token' needs a class token, and this model has none")
 
@@ -256,6 +280,173 @@ class TokenFeatureMixin:
         x = global_pool_nlc(x, pool_type=self.global_pool, num_prefix_tokens=self.num_prefix_tokens)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class MultiBranchTokenMixin:
+    """timm's model contract for token models with parallel branches (CrossViT), given by the model:
+
+    - ``_embed(x) -> (tokens, grids)``: per branch, the tokens ``[B, 1 + gh * gw, D_b]`` (class token first, position
+      embedding added) and the patch grid ``(gh, gw)``;
+    - ``branch_grid_sizes(img_size)``: the patch grid of every branch for an ``(H, W)`` input;
+    - ``blocks`` (``nn.ModuleList``: each block maps the list of branch tokens to a new list) and
+      ``num_feature_blocks`` (``len(blocks)`` as built: feature indices keep their meaning after pruning);
+    - per branch, in ``nn.ModuleList`` / ``nn.ParameterList``: ``patch_embed``, ``cls_token``, ``pos_embed`` (one
+      class-token slot, then the ``grid_size[b]`` patch table), ``norm``, ``head``; ``embed_dim`` and ``patch_size``
+      (tuples), ``grid_size`` (list of grids), ``img_size``;
+    - ``num_branches``, ``in_chans``, ``input_divisor`` (input sides must be multiples of it), ``head_drop``,
+      ``global_pool``, ``num_classes``, ``num_features`` = ``head_hidden_size`` (the branch widths summed),
+      ``feature_info`` (:func:`branch_feature_info`), ``_model_name``, ``grad_checkpointing``.
+
+    ``forward_features`` returns the list of the branches' tokens after their norms; ``forward_head`` pools each
+    branch (``'token'``, ``'avg'``, ``'max'``, ``'avgmax'``; ``''`` does not exist, the branches differ in width and
+    token count), ``pre_logits`` concatenates the pooled vectors, the logits are the mean of the branch heads.
+    """
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {f'{name}.{b}' for name in ('cls_token', 'pos_embed') for b in range(self.num_branches)}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(
+            stem=r'^cls_token|^pos_embed|^patch_embed',
+            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            check_global_pool(global_pool, 1, BRANCH_POOL_TYPES)
+            self.global_pool = global_pool
+        dd = get_device_dtype(self)
+        self.head = nn.ModuleList([
+            nn.Linear(d, num_classes, **dd) if num_classes > 0 else nn.Identity() for d in self.embed_dim])
+        self.head.train(self.training)
+
+    @torch.jit.ignore
+    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None, patch_size=None):
+        """Re-size every branch's position table to its grid at ``img_size`` (sides: multiples of
+        ``input_divisor``) in place; any input size already works without this (see ``TokenFeatureMixin``)."""
+        if patch_size is not None:
+            raise ValueError(f'{self._model_name}: the patch sizes ({self.patch_size}) cannot be changed')
+        if img_size is None:
+            return
+        img_size = tuple(to_2tuple(img_size))
+        if img_size[0] % self.input_divisor or img_size[1] % self.input_divisor:
+            raise ValueError(f'{self._model_name} takes input sides that are multiples of {self.input_divisor}, '
+                             f'got {img_size[0]}x{img_size[1]}')
+        grids = self.branch_grid_sizes(img_size)
+        for b, grid in enumerate(grids):
+            if grid != tuple(self.grid_size[b]):
+                with torch.no_grad():
+                    pos = resample_abs_pos_embed(
+                        self.pos_embed[b], new_size=list(grid), old_size=list(self.grid_size[b]), num_prefix_tokens=1)
+                self.pos_embed[b] = nn.Parameter(pos, requires_grad=self.pos_embed[b].requires_grad)
+        self.grid_size = grids
+        self.img_size = img_size
+        update_model_input_size(self, img_size)
+
+    def _check_input(self, x: torch.Tensor):
+        weight: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():  # TorchScript cannot read the autocast state; torch's own error applies
+            weight = next(self.patch_embed.parameters())  # the input layers' dtype is the one the input must have
+        check_input(x, self.in_chans, self.input_divisor, self._model_name, weight=weight)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[List[torch.Tensor], List[torch.Tensor]]]:
+        """The patch tokens of each branch after each block in ``indices`` (branch-major: index ``b * K + i`` is
+        branch ``b`` after block ``i``, ``K = num_feature_blocks``; None = all, n = the last n, or a list), and the
+        final features (``forward_features``).
+
+        Taps are ``'NCHW'`` maps ``[B, D_b, gh, gw]`` or ``'NLC'`` tokens ``[B, gh * gw, D_b]``, class token removed
+        (``return_prefix_tokens``: ``(patches, class token [B, 1, D_b])`` pairs), in index order. ``norm`` applies
+        the branch's final norm to its taps; ``stop_early`` runs no block after the last tap.
+        """
+        assert output_fmt in ('NCHW', 'NLC'), 'output_fmt must be NCHW or NLC'
+        num_blocks = self.num_feature_blocks
+        take_indices, max_block = branch_take_indices(self.num_branches, num_blocks, indices, self._model_name)
+        xs, grids = self._embed(x)
+        if torch.jit.is_scripting() or not stop_early:  # TorchScript cannot slice a ModuleList
+            blocks = self.blocks
+        else:
+            blocks = self.blocks[:max_block + 1]
+        taps: List[List[torch.Tensor]] = [[] for _ in range(self.num_branches)]
+        prefixes: List[List[torch.Tensor]] = [[] for _ in range(self.num_branches)]
+        for i, block in enumerate(blocks):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                xs = checkpoint(block, xs)
+            else:
+                xs = block(xs)
+            for b, branch_norm in enumerate(self.norm):
+                if b * num_blocks + i in take_indices:
+                    patches, prefix = tap_to_grid(branch_norm(xs[b]) if norm else xs[b], grids[b], 1)
+                    taps[b].append(patches)
+                    prefixes[b].append(prefix)
+        intermediates: List[torch.Tensor] = []
+        for branch_taps in taps:  # branch-major, as the indices
+            intermediates.extend(format_taps(branch_taps, output_fmt))
+        if return_prefix_tokens and not torch.jit.is_scripting():
+            intermediates = list(zip(intermediates, [p for branch in prefixes for p in branch]))
+        if intermediates_only:
+            return intermediates
+        return [branch_norm(xs[b]) for b, branch_norm in enumerate(self.norm)], intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks after the last one a tap in ``indices`` needs; returns the taps kept (their indices keep
+        their meaning). The fusion into a branch that no kept tap reads stays, unused (as in timm's CrossViT);
+        ``prune_norm`` drops the final norms, ``prune_head`` the classifiers (pooled features remain)."""
+        take_indices, max_block = branch_take_indices(
+            self.num_branches, self.num_feature_blocks, indices, self._model_name)
+        self.blocks = self.blocks[:max_block + 1]
+        if prune_norm:
+            self.norm = nn.ModuleList([nn.Identity() for _ in range(self.num_branches)])
+        if prune_head:
+            self.reset_classifier(0)
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        xs, _ = self._embed(x)
+        for block in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                xs = checkpoint(block, xs)
+            else:
+                xs = block(xs)
+        return [branch_norm(xs[b]) for b, branch_norm in enumerate(self.norm)]
+
+    def forward_head(self, xs: List[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
+        pooled: List[torch.Tensor] = []
+        for x in xs:
+            pooled.append(self.head_drop(global_pool_nlc(x, pool_type=self.global_pool, num_prefix_tokens=1)))
+        if pre_logits or self.num_classes == 0:
+            return torch.cat(pooled, dim=1)
+        logits: List[torch.Tensor] = []
+        for b, head in enumerate(self.head):
+            logits.append(head(pooled[b]))
+        return torch.stack(logits).mean(dim=0)  # the mean of the branch heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

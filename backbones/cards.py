@@ -1,9 +1,9 @@
 """Model cards (``model_cards/<model>.md`` and the Hub ``README.md``) generated from the registry and measured figures.
 
-A card follows the layout of timm's Hub cards (see specs/hub.md §3): YAML front matter (``library_name: timm``,
-``tags`` without ``transformers``, ``license``, ``datasets``, ``pipeline_tag``), Model Details, Usage (classification,
-``features_only`` feature maps, image embeddings: every snippet begins with ``import backbones``), training recipe,
-citation.
+A card follows the layout of timm's Hub cards (as on huggingface.co/timm/<model>): YAML front matter
+(``library_name: timm``, ``tags`` without ``transformers``, ``license``, ``datasets``, ``pipeline_tag``), Model
+Details, Usage (classification, ``features_only`` feature maps, image embeddings: every snippet begins with
+``import backbones``), training recipe, citation.
 
 Measured figures (params, GMACs, activations, feature-map and embedding shapes) come from :func:`measure`, which builds
 the model on the meta device: GMACs from :func:`backbones.flops.count`; activations with fvcore's
@@ -51,6 +51,12 @@ BIBTEX: Dict[str, str] = {
   author={d'Ascoli, St{\\'e}phane and Touvron, Hugo and Leavitt, Matthew and Morcos, Ari and Biroli, Giulio and
           Sagun, Levent},
   booktitle={Proceedings of the 38th International Conference on Machine Learning (ICML)},
+  year={2021}
+}""",
+    'crossvit': """@inproceedings{chen2021crossvit,
+  title={CrossViT: Cross-Attention Multi-Scale Vision Transformer for Image Classification},
+  author={Chen, Chun-Fu (Richard) and Fan, Quanfu and Panda, Rameswar},
+  booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
   year={2021}
 }""",
     'davit': """@inproceedings{ding2022davit,
@@ -238,7 +244,8 @@ def measure(name: str) -> Dict[str, Any]:
         input_size=list(size),
         feature_shapes=[list(f.shape) for f in feats],
         embedding_shape=list(pre_logits.shape),
-        features_shape=list(unpooled.shape),
+        # a multi-branch model (CrossViT) returns one token tensor per branch
+        features_shape=[list(u.shape) for u in unpooled] if isinstance(unpooled, list) else list(unpooled.shape),
     )
 
 
@@ -318,6 +325,13 @@ def _size(s: Sequence[int]) -> str:
 
 def _shape(s: Sequence[int]) -> str:
     return f'torch.Size([{", ".join(str(int(d)) for d in s)}])'
+
+
+def _unpooled(shape: Sequence) -> str:
+    """``forward_features``'s output: one tensor, or a list of them (one per branch of a multi-branch model)."""
+    if shape and isinstance(shape[0], (list, tuple)):
+        return f'a list of {" and ".join(_shape(s) for s in shape)} tensors, one per branch'
+    return f'a {_shape(shape)} tensor'
 
 
 def _yaml_list(items: Sequence[str]) -> List[str]:
@@ -471,7 +485,7 @@ def render_card(model_name: str, **extra) -> str:
             '',
             '    # or equivalently (without needing to set num_classes=0)',
             f'    output = model.forward_features(transforms(img).unsqueeze(0))  # unpooled, '
-            f'a {_shape(measured["features_shape"])} tensor',
+            f'{_unpooled(measured["features_shape"])}',
             f'    output = model.forward_head(output, pre_logits=True)  # a {embedding} tensor',
         ])
 

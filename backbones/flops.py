@@ -1,4 +1,5 @@
-"""Parameter and MAC counter (paper convention: one multiply-add = one "FLOP"; see specs/flops.md).
+"""Parameter and MAC counter (paper convention: one multiply-add = one "FLOP", as in ResNet-50's 3.8 GFLOPs of
+arXiv 1512.03385 Table 1).
 
 Engine: fvcore's :class:`~fvcore.nn.FlopCountAnalysis` (jit trace, one handle per aten op), which is what timm's
 ``benchmark.py`` (``infer_gmacs``) and the official repos of BiFormer / DaViT report, so our numbers are comparable
@@ -262,6 +263,19 @@ def _bilstm_shape_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 register_module_handle('backbones.models.sequencer.BiLSTM', 'lstm', _bilstm_macs, _bilstm_shape_forward)
+
+
+def _cross_attention_formula_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Cross attention as the paper and the official code compute it (keys and values of every token), which is
+    what the layer is counted as. In inference the layer gets the same result with its key and value projections
+    folded into the query and the output (:mod:`backbones.layers.cross_attention`), about ``head_dim`` times fewer
+    MACs, as an implementation detail, not a different network."""
+    return module.proj_drop(module.proj(module.attend(x)))
+
+
+# no MACs of its own: the formula's linears and attention are counted by the op handles
+register_module_handle(
+    'backbones.layers.cross_attention.CrossAttention', 'linear', lambda *args: 0, _cross_attention_formula_forward)
 
 
 def _module_handle(module: nn.Module) -> Tuple[Optional[_ModuleEntry], Optional[type]]:

@@ -51,8 +51,11 @@ def _listing(directory: Path):
 def test_first_conv_and_head_are_checked_and_timm_still_adapts(name):
     model = timm.create_model(name, device='meta')
     sd, filter_fn = dict(model.state_dict()), family_filter_fn(name)
-    key = model.pretrained_cfg['first_conv'] + '.weight'
-    assert _load_meta(name, sd, in_chans=1).state_dict()[key].shape[1] == 1  # timm adapts the stem after the filter
+    first_convs = model.pretrained_cfg['first_conv']  # a name, or a tuple of them (CrossViT: one per branch)
+    keys = [c + '.weight' for c in ((first_convs,) if isinstance(first_convs, str) else first_convs)]
+    adapted = _load_meta(name, sd, in_chans=1).state_dict()
+    assert all(adapted[k].shape[1] == 1 for k in keys)  # timm adapts the stem(s) after the filter
+    key = keys[0]
     want = tuple(sd[key].shape)
     got = (want[0] + 1,) + want[1:]
     with pytest.raises(CheckpointMismatchError, match=re.escape(f'{key} (checkpoint {got}, model {want})')):

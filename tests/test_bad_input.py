@@ -7,7 +7,7 @@ from conftest import SMALL_MODELS
 import backbones  # noqa: F401
 from backbones._checkpoint import CheckpointMismatchError, family_filter_fn
 from backbones._features import StageFeatureMixin
-from backbones._token import TokenFeatureMixin
+from backbones._token import MultiBranchTokenMixin, TokenFeatureMixin
 
 
 @pytest.mark.parametrize('name', SMALL_MODELS)
@@ -21,12 +21,12 @@ def test_wrong_channel_count(name):
 
 @pytest.mark.parametrize('name', SMALL_MODELS)
 def test_size_rule(name):
-    """The shared size rule: token models take multiples of their patch size, stage models multiples of their
-    ``input_divisor`` (1: any size); anything else is a ValueError naming the rule."""
+    """The shared size rule: token models take multiples of their patch size, multi-branch token models and stage
+    models multiples of their ``input_divisor`` (1: any size); anything else is a ValueError naming the rule."""
     model = timm.create_model(name, device='meta').eval()
     if isinstance(model, TokenFeatureMixin):
         divisor = model.patch_size
-    elif type(model)._check_input is StageFeatureMixin._check_input:
+    elif isinstance(model, MultiBranchTokenMixin) or type(model)._check_input is StageFeatureMixin._check_input:
         divisor = model.input_divisor
     else:
         pytest.skip(f'{name} has its own size rule (tested in its family tests)')

@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 from _oracle import random_model
-from conftest import SMALL_MODELS
+from conftest import SMALL_MODELS, input_side
 
 import backbones  # noqa: F401
 
@@ -41,13 +41,6 @@ def _fit(name, b=1) -> torch.Tensor:
     """A meta batch of the family's default size (which its size rule takes, e.g. multiples of 14 for Sequencer)."""
     _, h, w = _shared(name).pretrained_cfg['input_size']
     return _x(b=b, h=h, w=w)
-
-
-def _small_side(name) -> int:
-    """The smallest side >= 64 the family's size rule takes (64 for most; Sequencer: multiples of 14)."""
-    model = _shared(name)
-    divisor = getattr(model, 'input_divisor', None) or getattr(model, 'patch_size', 1)
-    return math.ceil(64 / divisor) * divisor
 
 
 def _raises(exc, match, fn, *args, **kwargs) -> str:
@@ -137,7 +130,7 @@ def test_check_input_fixed_grid_and_minimum():
 def test_autocast_still_runs(name, one_thread):
     """AMP as timm trains: a float32 batch into a float32 model under autocast; a bf16 batch works there too."""
     model = random_model(name, num_classes=3)
-    side = _small_side(name)
+    side = input_side(_shared(name), 64)
     x = torch.randn(1, 3, side, side)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         assert model(x).shape == (1, 3)

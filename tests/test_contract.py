@@ -7,7 +7,7 @@ import torch
 from conftest import ALL_MODELS, SMALL_MODELS, input_side
 from timm.models import get_pretrained_cfg
 
-from backbones._token import TokenFeatureMixin
+from backbones._token import MultiBranchTokenMixin, TokenFeatureMixin
 
 SIZE = 64  # small real input side, rounded up to the model's size rule (input_side): 64 and 64x96 for most
 
@@ -18,7 +18,12 @@ def _x(model, h=SIZE, w=SIZE, b=2, device='cpu'):
 
 def _is_token_model(model) -> bool:
     """Token models (backbones._token) return tokens [B, P + N, C]; stage models NCHW maps [B, C, H, W]."""
-    return isinstance(model, TokenFeatureMixin)
+    return isinstance(model, (TokenFeatureMixin, MultiBranchTokenMixin))
+
+
+def _is_multi_branch(model) -> bool:
+    """Multi-branch token models (CrossViT) return a list of tokens [B, 1 + N_b, C_b], one per branch."""
+    return isinstance(model, MultiBranchTokenMixin)
 
 
 def _features_shape(model, b: int, h: int, w: int, reduction: int, num_chs: int):
@@ -27,6 +32,21 @@ def _features_shape(model, b: int, h: int, w: int, reduction: int, num_chs: int)
     if _is_token_model(model):
         return (b, model.num_prefix_tokens + gh * gw, num_chs)
     return (b, num_chs, gh, gw)
+
+
+def _branch_shapes(model, b: int, h: int, w: int):
+    """A multi-branch model's unpooled features of an h x w input: per branch [B, 1 + gh * gw, C_b]."""
+    return [(b, 1 + gh * gw, c) for (gh, gw), c in zip(model.branch_grid_sizes((h, w)), model.embed_dim)]
+
+
+def _tap_grids(model, h: int, w: int, indices):
+    """The spatial size of each tap: the input over the reduction (rounded up), or for a multi-branch model the grid
+    of the tap's branch (its own size rule, e.g. CrossViT's rescaled L branch)."""
+    if _is_multi_branch(model):
+        grids = model.branch_grid_sizes((h, w))
+        return [grids[i // model.num_feature_blocks] for i in indices]
+    return [(-(-h // model.feature_info[i]['reduction']), -(-w // model.feature_info[i]['reduction']))
+            for i in indices]
 
 
 # ---------------------------------------------------------------- every variant, on the meta device
@@ -41,17 +61,20 @@ def test_meta_shapes(name):
     if _is_token_model(model):  # timm's convention: no pool_size for token outputs
         assert cfg['pool_size'] is None, f'{name}: token model with a pool_size'
         h, w = cfg['input_size'][1:]
-        assert feats.shape == _features_shape(model, 1, h, w, model.patch_size, model.num_features)
+        if _is_multi_branch(model):
+            assert [f.shape for f in feats] == _branch_shapes(model, 1, h, w)
+        else:
+            assert feats.shape == _features_shape(model, 1, h, w, model.patch_size, model.num_features)
     else:
         assert cfg['pool_size'], f'{name}: pretrained_cfg lacks pool_size'
         assert feats.shape == (1, model.num_features, *cfg['pool_size'])
     assert model.forward_head(feats, pre_logits=True).shape == (1, model.head_hidden_size)
     assert model(x).shape == (1, cfg['num_classes'])
     sd = model.state_dict()
-    assert cfg['first_conv'] + '.weight' in sd
-    classifiers = cfg['classifier']  # a name, or a tuple (e.g. a distilled model's two heads), as timm allows
-    for c in (classifiers,) if isinstance(classifiers, str) else classifiers:
-        assert c + '.weight' in sd
+    # a name, or a tuple as timm allows (a distilled model's two heads, a multi-branch model's convs and heads)
+    for names in (cfg['first_conv'], cfg['classifier']):
+        for n in (names,) if isinstance(names, str) else names:
+            assert n + '.weight' in sd
     for p in list(model.parameters()) + list(model.buffers()):
         assert p.device.type == 'meta'
 
@@ -63,10 +86,10 @@ def test_meta_features_only(name):
     h, w = cfg['input_size'][1:]
     outs = model(torch.empty(1, 3, h, w, device='meta'))
     info = model.feature_info
-    assert len(outs) == len(info.channels()) >= 3
-    for o, c, r in zip(outs, info.channels(), info.reduction()):
+    assert len(outs) == len(info.channels()) >= (model.model.num_branches if _is_multi_branch(model.model) else 3)
+    for o, c, grid in zip(outs, info.channels(), _tap_grids(model.model, h, w, info.out_indices)):
         assert o.shape[1] == c
-        assert o.shape[2] == -(-h // r) and o.shape[3] == -(-w // r)
+        assert tuple(o.shape[2:]) == grid
 
 
 @pytest.mark.parametrize('name', ALL_MODELS)
@@ -94,8 +117,12 @@ def test_forward_and_classifier(name):
         assert torch.allclose(model(x), pre, atol=1e-5)
         model.reset_classifier(5, 'max')
         assert model(x).shape == (2, 5)
-        model.reset_classifier(0, '')
-        assert model(x).ndim == (3 if _is_token_model(model) else 4)
+        if _is_multi_branch(model):  # branches of different widths and lengths: no unpooled output
+            with pytest.raises(ValueError, match="unknown global_pool ''"):
+                model.reset_classifier(0, '')
+        else:
+            model.reset_classifier(0, '')
+            assert model(x).ndim == (3 if _is_token_model(model) else 4)
     assert not model.training  # reset keeps the mode
     m0 = timm.create_model(name, num_classes=0).eval()
     assert m0(x).shape == (2, m0.head_hidden_size)  # == num_features unless the head has a pre-logits layer
@@ -116,13 +143,16 @@ def test_features_only_and_intermediates(name):
     with torch.no_grad():
         outs = feat(x)
         final, inter = model.forward_intermediates(x, indices=list(taps))
-        assert torch.allclose(final, model.forward_features(x), atol=1e-5)
-    assert len(outs) == len(inter) == len(taps) >= 3
+        for a, b in zip(*[f if isinstance(f, list) else [f] for f in (final, model.forward_features(x))]):
+            assert torch.allclose(a, b, atol=1e-5)
+    # a multi-branch model's default: the last block of every branch (what its heads read)
+    assert len(outs) == len(inter) == len(taps) >= (model.num_branches if _is_multi_branch(model) else 3)
     if not _is_token_model(model):
         assert list(taps) == list(range(len(model.feature_info)))
-    for o, i, info in zip(outs, inter, [model.feature_info[t] for t in taps]):  # NCHW maps for both kinds of model
+    infos = [model.feature_info[t] for t in taps]
+    for o, i, info, grid in zip(outs, inter, infos, _tap_grids(model, h, w, taps)):  # NCHW maps for every model
         assert o.shape[1] == info['num_chs']
-        assert o.shape[-2:] == (-(-h // info['reduction']), -(-w // info['reduction']))
+        assert tuple(o.shape[-2:]) == grid
         assert torch.allclose(o, i, atol=1e-5)
     sub = timm.create_model(name, features_only=True, out_indices=(1, 2)).eval()
     assert sub.feature_info.channels() == [model.feature_info[1]['num_chs'], model.feature_info[2]['num_chs']]
@@ -136,14 +166,19 @@ def test_prune_intermediate_layers(name):
         full = model.forward_intermediates(x, intermediates_only=True)
         early = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
         assert torch.equal(early[0], full[1])
-        model.prune_intermediate_layers(indices=[1])
+        kept = model.prune_intermediate_layers(indices=[1])
         assert len(model.blocks if _is_token_model(model) else model.stages) == 2
         info = model.feature_info[1]
-        assert model.num_features == info['num_chs']
-        out = model(x)  # pruned head: unpooled features
+        out = model(x)
         side = x.shape[-1]
-        assert out.shape == _features_shape(model, 2, side, side, info['reduction'], info['num_chs'])
-        assert torch.allclose(model.forward_intermediates(x, intermediates_only=True)[-1], full[1], atol=1e-6)
+        if _is_multi_branch(model):  # pruned heads: every branch's pooled features, concatenated
+            assert out.shape == (2, model.num_features)
+            assert [f.shape for f in model.forward_features(x)] == _branch_shapes(model, 2, side, side)
+        else:  # pruned head: unpooled features
+            assert model.num_features == info['num_chs']
+            assert out.shape == _features_shape(model, 2, side, side, info['reduction'], info['num_chs'])
+        tap = model.forward_intermediates(x, indices=kept, intermediates_only=True)[-1]
+        assert torch.allclose(tap, full[1], atol=1e-6)
 
 
 @pytest.mark.parametrize('name', SMALL_MODELS)

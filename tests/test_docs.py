@@ -1,4 +1,5 @@
-"""README's model table is generated from the registry and kept current."""
+"""README's model table is generated from the registry and kept current; user-facing files cite primary sources."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,15 @@ def test_ci_runs_readme_setup():
     assert any(c.startswith('pip install') for c in commands) and any(c.startswith('pytest') for c in commands)
     for cmd in commands:
         assert cmd in ci_lines or f'{cmd} "$@"' in ci_lines, cmd
+
+
+def test_user_facing_files_cite_only_primary_sources():
+    """Users cannot open the team's internal notes: code, tools, configs, cards, README, CHANGELOG never cite them."""
+    unreadable = re.compile(r'specs/|shared/|design\.md')
+    files = [ROOT / 'README.md', ROOT / 'CHANGELOG.md']
+    for folder, pattern in (('backbones', '**/*.py'), ('tools', '**/*.py'), ('configs', '**/*.yaml'),
+                            ('model_cards', '**/*.md')):
+        files += sorted((ROOT / folder).glob(pattern))
+    hits = [f'{path.relative_to(ROOT)}:{i}' for path in files
+            for i, line in enumerate(path.read_text().splitlines(), 1) if unreadable.search(line)]
+    assert not hits, f'cite the primary source (paper section / official repo file at a commit) instead: {hits}'

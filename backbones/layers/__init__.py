@@ -1,8 +1,10 @@
 """Blocks shared by several zoo families (timm.layers is used as is wherever it already has the piece)."""
+from .activation import InplaceGELU
 from .attention import Attention, sdpa
 from .bottleneck import Bottleneck, MixerFn
 from .channel_attention import ChannelAttention
 from .conv import Conv2dSame, ConvNormAct, LayerType, create_conv2d_same, pad_same, same_padding
+from .cross_attention import CrossAttention
 from .fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
 from .head import POOL_TYPES, Head, check_pool_type
 from .helpers import check_feature_indices, check_input, check_model_kwargs

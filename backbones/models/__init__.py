@@ -2,6 +2,7 @@
 from . import (
     biformer,  # noqa: F401
     convit,  # noqa: F401
+    crossvit,  # noqa: F401
     davit,  # noqa: F401
     maxvit,  # noqa: F401
     moat,  # noqa: F401

@@ -353,7 +353,8 @@ _TF_BOOKKEEPING = re.compile(
 
 
 def _tf_layout(name: str, v: torch.Tensor) -> torch.Tensor:
-    """TF layout -> PyTorch layout, by variable kind (see specs/moat.md, Checkpoint layout)."""
+    """TF layout -> PyTorch layout, by variable kind (TF1 variable names of google-research/deeplab2@64bc1c1's
+    model/pixel_encoder/moat.py)."""
     if name.endswith('depthwise_kernel'):  # [kh, kw, C, 1] -> [C, 1, kh, kw]
         return v.permute(2, 3, 0, 1)
     if name.endswith('logits_head/kernel'):  # [1, 1, C, classes] -> Linear [classes, C]
@@ -524,9 +525,10 @@ _SRC_PE = 'official model-zoo README, the no-PE row (see notes)'
 _PE_NOTE = (
     'The README lists {} GMACs with position embedding. Its PE minus no-PE differences (0 / 0 / 0.5 / 4.9 / 7.9 G for '
     'MOAT-0..4) track the one-hot einsums with which the official code expands the position tables, a weight-only '
-    'computation (they are ~1/8 of those einsums\' TF-profiler cost, specs/moat.md; our inference). '
+    'computation (they are ~1/8 of those einsums\' TF-profiler cost, measured on the official code; our inference). '
     'This implementation gathers the table entries (no MACs), so its network MACs are those of the no-PE row.')
-_SRC_TINY0 = 'official code, TF-profiler MAdds of tiny-MOAT-0 without PE (specs/moat.md)'
+_SRC_TINY0 = ('official code (google-research/deeplab2@64bc1c1), TF-profiler MAdds of tiny-MOAT-0 without PE, batch 1 '
+              'at 256')
 _TINY0_NOTE = ('The README lists 1.1 GMACs (rounded to 0.1 G); 1.08 is the official code\'s measured MAdds without '
                'PE (with PE the profiler adds the table-expansion einsums: 1.15, see the MOAT-2/3/4 notes).')
 _NO_PE = dict(rel_pos=False)

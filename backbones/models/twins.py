@@ -286,12 +286,12 @@ _SVT = dict(mlp_ratios=(4, 4, 4, 4), sr_ratios=(8, 4, 2, 1), window_sizes=(7, 7,
 
 
 def _counts(timm_name: str, gmacs: float, readme: float, readme_like: float) -> Dict:
-    """Registry figures for GMACs. ``gmacs``: specs/twins.md's fvcore count of timm's ``timm_name`` (the same
+    """Registry figures for GMACs. ``gmacs``: fvcore 0.1.5's count of timm 1.0.31's ``timm_name`` at 224 (the same
     network and layout) WITH the attention matmuls, the zoo's convention; ``readme``: the official README figure,
     which matches the count without them (``readme_like``) and is more than 2 % below ``gmacs``."""
     return dict(
         gmacs=gmacs,
-        gmacs_source=f'fvcore count with attention matmuls of timm {timm_name} (specs/twins.md); '
+        gmacs_source=f'fvcore count with attention matmuls of timm 1.0.31 {timm_name}; '
                      f'official README: {readme}',
         notes=f'official README {readme} GFLOPs (MACs) = the count without the q.k^T and attn.v matmuls '
               f'({readme_like}); with them {gmacs} (+{100 * (gmacs - readme) / readme:.1f} %)',
