@@ -8,10 +8,12 @@ from backbones._registry import _VARIANTS
 # BiFormer: a stage-0 block that follows another block, and global attention; Twins-SVT: a locally-grouped /
 # global sub-sampled pair in the first and in the last stage (sub-sampling 8 and 1); ConViT: one GPSA block, then
 # the class token and one ordinary attention block; RapidNet: one inverted-residual block per stage and one MLDC
-# block where the variant has them; TiC: a block without and one with the cyclic shift
+# block where the variant has them; TiC: a block without and one with the cyclic shift; CrossViT: one multi-scale
+# block (one block per branch, then the cross-attention fusion)
 REDUCED_KWARGS = {
     'biformer': dict(depths=(2, 1, 1, 2)),
     'convit': dict(depth=2, local_up_to_layer=1),
+    'crossvit': dict(depth=((1, 1),)),
     'davit': dict(depths=(1, 1, 1, 1)),
     'involution': dict(depths=(1, 1, 1, 1), kernel_size=3),  # 3x3 involutions: 9 kernel taps to trace, not 49
     'maxvit': dict(depths=(1, 1, 1, 1)),

@@ -5,10 +5,12 @@ Every family's smallest variant (``conftest.SMALL_MODELS``, so new families join
 - batch size 0 gives empty outputs of the right shapes (classifier, ``forward_features``, ``forward_intermediates``,
   ``features_only``), like timm's CNNs;
 - ``torch.compile(fullgraph=True)`` traces the whole forward as one graph, and the compiled model equals eager;
-- exported once with a dynamic batch and a dynamic height / width (multiples of 32), the program run at two sizes,
-  the example's (batch 2, 64x96) and another (batch 1, 224x160: one window per side at stride 32, padded maps),
+- exported once with a dynamic batch and a dynamic height / width (multiples of 32, or of the model's size rule),
+  the program run at two sizes, the example's (batch 2, 64x96) and another (batch 1, 224x160: one window per side
+  at stride 32, padded maps; sides rounded up to the size rule, e.g. CrossViT 72x96 and 228x168),
   equals the eager model there (<= 1e-5): ``torch.export``'s own program, and ONNX (run with onnxruntime) through
-  the TorchScript exporter (``dynamo=False``) and through the dynamo exporter.
+  the TorchScript exporter (``dynamo=False``) and through the dynamo exporter. onnxruntime's kernels round
+  differently (``ORT_RTOL``), and its cubic Resize differs from torch's bicubic (CrossViT, ``ORT_ATOL``).
 
 The compile and export tests use each family's smallest variant with fewer blocks (``_reduced.REDUCED_KWARGS``;
 every block type of the family is kept): tracing visits every block, so depth only costs time.
@@ -34,6 +36,7 @@ import torch.fx.experimental._config as fx_config
 from _reduced import reduced_model
 from conftest import SMALL_MODELS, input_side
 from torch.export import Dim
+from torch.utils._pytree import tree_map
 
 from backbones._registry import _VARIANTS
 
@@ -49,6 +52,7 @@ TORCHSCRIPT_FIXED_SIZE = {
     'convit': ("its position table is resampled to the patch grid with antialiased bicubic interpolation, an op the "
                "TorchScript exporter lacks (the dynamo exporter has it): exported at the table's own size, where "
                "nothing is resampled", (224, 224)),
+    'crossvit': ('as ConViT: its two position tables are resampled with antialiased bicubic interpolation', (240, 240)),
 }
 
 EXAMPLE = (2, 3, 64, 96)  # exported at this size ...
@@ -57,6 +61,11 @@ ATOL = 1e-5
 # onnxruntime runs its own kernels (other summation orders): its logits of magnitude ~15 (random non-trivial
 # weights) may differ from eager by a float32 rounding more than ATOL; relative differences stay below 1e-6
 ORT_RTOL = 1e-6
+# families whose ONNX graph holds an op that onnxruntime computes differently from torch: its absolute tolerance, why
+ORT_ATOL = {
+    'crossvit': (1e-4, "the L branch's input resize: onnxruntime's cubic Resize differs from torch's bicubic "
+                       "interpolation by up to 1.4e-4 on a unit-variance 240 -> 224 image (measured on the op alone)"),
+}
 
 
 def _fixed_size(name: str) -> bool:
@@ -80,20 +89,30 @@ def _inputs(sizes):
     return [torch.randn(size, generator=generator) for size in sizes]
 
 
-def _dynamic_shapes(dynamic_size: bool = True):
-    """Batch 1..64; height and width 64..512 in steps of 32 (the total stride of every family)."""
+def _dynamic_shapes(model, dynamic_size: bool = True):
+    """Batch 1..64; height and width about 64..512 in steps of the model's size rule (``input_divisor``, e.g.
+    CrossViT's 12) or, for models that take any size, of 32 (the total stride of every family)."""
     batch = {0: Dim('batch', min=1, max=64)}
     if not dynamic_size:
         return (batch,)
-    return ({**batch, 2: 32 * Dim('h', min=2, max=16), 3: 32 * Dim('w', min=2, max=16)},)
+    step = max(getattr(model, 'input_divisor', 1), 1)
+    step = step if step > 1 else 32
+    lo, hi = -(-64 // step), 512 // step
+    return ({**batch, 2: step * Dim('h', min=lo, max=hi), 3: step * Dim('w', min=lo, max=hi)},)
 
 
-def _check(run, model, inputs, rtol: float = 0.):
+def _check(run, model, inputs, rtol: float = 0., atol: float = ATOL):
     with torch.no_grad():
         for x in inputs:
             size = tuple(x.shape)
             torch.testing.assert_close(
-                run(x), model(x), rtol=rtol, atol=ATOL, msg=lambda m, size=size: f'{size}: {m}')
+                run(x), model(x), rtol=rtol, atol=atol, msg=lambda m, size=size: f'{size}: {m}')
+
+
+def _check_onnx(path, name, model, inputs):
+    """onnxruntime's outputs equal eager (``ORT_RTOL``; ``ORT_ATOL`` where its ops differ from torch's)."""
+    atol = ORT_ATOL.get(_VARIANTS[name].family, (ATOL,))[0]
+    _check(_onnxruntime(path), model, inputs, ORT_RTOL, atol)
 
 
 # ---------------------------------------------------------------------------------------------- empty batches
@@ -104,6 +123,12 @@ def test_empty_batch(name):
 
     The expected shapes come from a batch of 1 on the meta device; the real model's weights are left unset, as an
     empty batch computes nothing."""
+    def empty_shapes(out):  # the shapes of a (possibly nested: CrossViT's branches) output, batch set to 0
+        return tree_map(lambda t: (0, *t.shape[1:]), out)
+
+    def shapes(out):
+        return tree_map(lambda t: tuple(t.shape), out)
+
     meta = timm.create_model(name, device='meta').eval()
     h, w = input_side(meta, 64), input_side(meta, 96)
     one = torch.empty(1, 3, h, w, device='meta')
@@ -114,10 +139,10 @@ def test_empty_batch(name):
     x = torch.empty(0, 3, h, w)
     with torch.no_grad():
         assert model(x).shape == (0, model.num_classes)
-        assert model.forward_features(x).shape == (0, *ref_features.shape[1:])
+        assert shapes(model.forward_features(x)) == empty_shapes(ref_features)
         final, taps = model.forward_intermediates(x)
-    assert final.shape == (0, *ref_final.shape[1:])
-    assert [t.shape for t in taps] == [(0, *t.shape[1:]) for t in ref_taps]
+    assert shapes(final) == empty_shapes(ref_final)
+    assert shapes(taps) == empty_shapes(ref_taps)
 
     features = timm.create_model(name, features_only=True, device='meta').to_empty(device='cpu').eval()
     with torch.no_grad():
@@ -162,7 +187,8 @@ def test_torch_export_dynamic_size(name):
     dynamic_size = not _fixed_size(name)
     example, sizes = _sizes(model, dynamic_size)
     with fx_config.patch(backed_size_oblivious=True):
-        program = torch.export.export(model, (torch.randn(example),), dynamic_shapes=_dynamic_shapes(dynamic_size))
+        program = torch.export.export(
+            model, (torch.randn(example),), dynamic_shapes=_dynamic_shapes(model, dynamic_size))
     _check(program.module(), model, _inputs(sizes))
 
 
@@ -190,7 +216,7 @@ def test_onnx_torchscript_dynamic_size(name, tmp_path):
     torch.onnx.export(
         model, (torch.randn(example),), str(path), dynamo=False, input_names=['x'], output_names=['logits'],
         dynamic_axes={'x': axes, 'logits': {0: 'batch'}})
-    _check(_onnxruntime(path), model, _inputs(sizes), ORT_RTOL)
+    _check_onnx(path, name, model, _inputs(sizes))
 
 
 @pytest.mark.slow
@@ -201,7 +227,7 @@ def test_onnx_dynamo_dynamic_size(name, tmp_path):
     example, sizes = _sizes(model, dynamic_size)
     path = tmp_path / f'{name}.onnx'
     program = torch.onnx.export(
-        model, (torch.randn(example),), dynamo=True, dynamic_shapes=_dynamic_shapes(dynamic_size),
+        model, (torch.randn(example),), dynamo=True, dynamic_shapes=_dynamic_shapes(model, dynamic_size),
         input_names=['x'], output_names=['logits'])
     program.save(str(path))
-    _check(_onnxruntime(path), model, _inputs(sizes), ORT_RTOL)
+    _check_onnx(path, name, model, _inputs(sizes))
