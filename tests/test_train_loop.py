@@ -16,6 +16,8 @@ from backbones.train import (
     EMBEDDED_DEFAULTS,
     CheckpointError,
     apply_run_defaults,
+    args_to_yaml,
+    build_parser,
     explicit_keys,
     main,
     parse_args,
@@ -251,6 +253,19 @@ def test_export_for_hf_replaces_files_atomically(tmp_path):
     assert sorted(p.name for p in d.iterdir()) == ['config.json', 'model.safetensors']
 
 
+def test_export_for_hf_of_a_channels_last_model(tmp_path):
+    """--channels-last (a quick-start default) trains a model whose conv weights are not contiguous: safetensors
+    refuses those, so the export writes a contiguous copy and leaves the trained model as it is."""
+    m = timm.create_model('se_resnet50', depths=(1, 1, 1, 1), widths=(16, 32, 64, 128), num_classes=3)
+    m.to(memory_format=torch.channels_last)
+    weight = m.stem.conv1.conv.weight
+    assert not weight.is_contiguous()
+    d = export_for_hf(m, tmp_path / 'best')
+    assert m.stem.conv1.conv.weight is weight and not weight.is_contiguous()
+    loaded = timm.create_model(f'local-dir:{d}', pretrained=True).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in m.state_dict().items())
+
+
 # --- defaults -------------------------------------------------------------------------------------------------------
 def test_explicit_keys_from_command_line_and_config(tmp_path):
     cfg = tmp_path / 'c.yaml'
@@ -268,11 +283,12 @@ def test_embedded_defaults_apply_only_without_data_and_to_unset_flags():
     assert set(EMBEDDED_DEFAULTS) <= set(changed)
     assert backbones.get_variant_info(args.model)  # a zoo model
 
-    argv = ['--model', 'se_resnet50', '--epochs', '2']
+    argv = ['--model', 'rednet26', '--epochs', '2']
     args, _ = parse_args(argv)
     apply_run_defaults(args, explicit_keys(argv), log=False)
-    assert (args.model, args.epochs, args.batch_size) == ('se_resnet50', 2, EMBEDDED_DEFAULTS['batch_size'])
-    assert args.model_kwargs == {}  # the default model's kwargs go with the default model only
+    assert (args.model, args.epochs, args.batch_size) == ('rednet26', 2, EMBEDDED_DEFAULTS['batch_size'])
+    assert args.model_kwargs == {} and not args.channels_last  # the default model's settings go with it only
+    assert args.img_size == EMBEDDED_DEFAULTS['img_size']
 
     argv = ['--data-dir', '/data/imagenet']
     args, _ = parse_args(argv)
@@ -280,6 +296,39 @@ def test_embedded_defaults_apply_only_without_data_and_to_unset_flags():
     assert (args.model, args.epochs, args.batch_size) == ('resnet50', 300, 128)  # timm's, untouched
     if not torch.cuda.is_available():
         assert args.device == 'cpu'
+
+
+def test_quick_start_defaults_build_and_round_trip(tmp_path):
+    """The no-argument run (a smoke test, no training): its model builds at its input size with the dataset's 10
+    classes, its schedule warms up and decays per step, and its args.yaml reruns it unchanged."""
+    from backbones.train.model import check_model_input
+    args, _ = parse_args([])
+    apply_run_defaults(args, set(), log=False)
+    check_model_input(args)  # meta device: builds the model and runs one forward at --img-size
+    model = timm.create_model(args.model, num_classes=10, device='meta', **args.model_kwargs)
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000  # small: a laptop CPU trains it in minutes
+    assert args.epochs > args.warmup_epochs >= 1 and args.sched == 'cosine' and args.sched_on_updates
+    assert args.data_dir is None and not args.dataset  # the embedded dataset
+    path = tmp_path / 'args.yaml'
+    path.write_text(args_to_yaml(args))
+    again, _ = parse_args(['-c', str(path)])
+    assert vars(again) == vars(args)
+    shown = ' '.join(build_parser().format_help().split())  # --help lists the quick-start values
+    assert f"--model {args.model} --model-kwargs 'depths=" in shown and f'--epochs {args.epochs} ' in shown
+
+
+def test_cpu_threads_leave_a_core_per_data_worker(monkeypatch):
+    from backbones.train import defaults
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    monkeypatch.setattr(defaults, 'available_cpus', lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert defaults.configure_cpu_threads(workers=1, log=False) == 1 == torch.get_num_threads()
+        torch.set_num_threads(2)
+        assert defaults.configure_cpu_threads(workers=0, log=False) == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_loss_selection_follows_timm():

@@ -284,13 +284,38 @@ def _float_default(kwargs: dict) -> dict:
     return kwargs
 
 
+def _quick_start_epilog() -> str:
+    """The quick-start values (``defaults.EMBEDDED_DEFAULTS``) as the flags that would set them."""
+    import textwrap
+
+    from .defaults import EMBEDDED_DEFAULTS
+
+    def flag(key: str, value: Any) -> str:
+        name = '--' + key.replace('_', '-')
+        if value is True:
+            return name
+        if isinstance(value, dict):  # --model-kwargs k=v ... (ParseKwargs reads tuples)
+            value = ' '.join(f"'{k}=({','.join(map(str, v))})'" if isinstance(v, (list, tuple)) else f'{k}={v}'
+                             for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            value = ' '.join(map(str, value))
+        return f'{name} {value}'
+
+    text = ('Quick start: with no --data-dir (and no --dataset) the run trains on the embedded shapes dataset, and '
+            'every flag not given (on the command line or in -c) takes its quick-start value instead of the default '
+            'listed above (--model-kwargs and --channels-last only with the default model): '
+            + ' '.join(flag(k, v) for k, v in EMBEDDED_DEFAULTS.items()))
+    return textwrap.fill(text, width=118, break_on_hyphens=False, break_long_words=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The training parser: timm ``train.py``'s flags (names, defaults, types), grouped as timm groups them.
 
     ``-c/--config`` is handled by :func:`parse_args` (it is not part of the returned namespace, as in timm).
     """
     parser = _cli.ArgumentParser(
-        description='Backbone Zoo ImageNet-style training (timm train.py flags; -c/--config YAML sets defaults)')
+        description='Backbone Zoo ImageNet-style training (timm train.py flags; -c/--config YAML sets defaults)',
+        epilog=_quick_start_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                         help='YAML config (keys = argparse dest names, e.g. a timm args.yaml); CLI flags override it')
     for title, table in _GROUPS:

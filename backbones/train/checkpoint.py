@@ -266,6 +266,10 @@ def export_for_hf(model: nn.Module, directory, data_config: Optional[Dict[str, A
     with) goes into the exported ``pretrained_cfg``, so ``timm.create_model('local-dir:<directory>',
     pretrained=True)`` + ``resolve_data_config`` reproduce the evaluation; ``extra`` is added to ``config.json``."""
     from ..hub import save_for_hf  # timm's, with a config.json that transformers loads too
+    if any(not t.is_contiguous() for t in model.state_dict().values()):
+        # a channels_last model (--channels-last): safetensors stores only contiguous tensors
+        import copy
+        model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     model_config: Dict[str, Any] = {}
