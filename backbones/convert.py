@@ -201,7 +201,7 @@ def _check_out_dir(out_dir: Path, checkpoint: Path, overwrite: bool) -> None:
 def _write_atomically(model, out_dir: Path, overwrite: bool, model_config: dict) -> None:
     """Write the folder as a temporary sibling and swap it into place; on any failure (Ctrl-C included) the
     temporary goes, the previous folder stays, and the parents this call created are removed again."""
-    from timm.models import save_for_hf
+    from .hub import save_for_hf  # timm's, with a config.json that transformers loads too
     created = [p for p in out_dir.parents if not p.exists()]  # deepest first
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir.parent, out_dir.name)  # of an earlier conversion that was killed

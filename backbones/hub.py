@@ -1,6 +1,6 @@
 """Push zoo models to the Hugging Face Hub and pull them back, safely.
 
-Built on timm's hub code: :func:`push` writes the folder with ``timm.models.save_for_hf`` (``config.json`` +
+Built on timm's hub code: :func:`push` writes the folder with :func:`save_for_hf` (``config.json`` +
 ``model.safetensors``, no pickle) and uploads it with a ``README.md`` model card as ONE commit, like
 ``timm.models.push_to_hf_hub`` does, except that the card is always (re)written: timm leaves an existing README
 untouched, so a second push would keep a stale card. Anything pushed loads back with plain timm after
@@ -17,6 +17,10 @@ it. Both check what timm would only discover later, with messages that say what 
 the weights' classifier does not have (each naming the file), an architecture that is not registered (``import
 backbones`` first), a repo whose only weights are a pickle (never loaded: pickles can run code), a truncated
 ``model.safetensors`` or one that is not safetensors at all.
+
+:func:`save_for_hf` is the one writer of the zoo's folders (``push``, ``tools/convert.py``, a training run's
+``best/``): timm's ``save_for_hf`` whose ``config.json`` also loads in Hugging Face transformers
+(``AutoModelForImageClassification.from_pretrained(folder)`` after ``import backbones``).
 """
 from __future__ import annotations
 
@@ -40,7 +44,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
-from timm.models import is_model, save_for_hf
+from timm.models import is_model
+from timm.models import save_for_hf as timm_save_for_hf
 
 from ._checkpoint import (
     CheckpointMismatchError,
@@ -54,6 +59,7 @@ from ._checkpoint import check_safetensors as _check_safetensors
 
 __all__ = [
     'push', 'pull', 'load_model', 'load_checkpoint', 'build_model', 'check_safetensors', 'read_label_names',
+    'save_for_hf',
     'HubError', 'UnsafeWeightsError', 'UnregisteredArchitectureError', 'CorruptWeightsError',
 ]
 
@@ -77,6 +83,34 @@ class UnregisteredArchitectureError(HubError):
 
 class CorruptWeightsError(HubError, ValueError):
     """A weights file is truncated or not a safetensors file."""
+
+
+# -- writing a folder -------------------------------------------------------------------------------------------
+
+def save_for_hf(
+        model: nn.Module,
+        save_directory: Union[str, Path],
+        model_config: Optional[dict] = None,
+        model_args: Optional[dict] = None,
+        data_config: Optional[dict] = None,
+        safe_serialization: Union[bool, str] = True,
+) -> None:
+    """``timm.models.save_for_hf`` (``config.json`` + ``model.safetensors``), with a ``config.json`` that Hugging Face
+    transformers loads as well as timm.
+
+    timm records ``num_classes`` twice: at the top of ``config.json`` and in ``model_args``. transformers'
+    ``TimmWrapperForImageClassification`` passes the top-level one (as ``num_labels``) AND ``model_args`` to
+    ``timm.create_model``, which then fails with "got multiple values for keyword argument 'num_classes'". timm's
+    own ``local-dir:`` / ``hf-hub:`` loading takes ``num_classes`` from the top level, so it is dropped from
+    ``model_args``; everything else is timm's.
+    """
+    timm_save_for_hf(model, save_directory, model_config=model_config, model_args=model_args,
+                     data_config=data_config, safe_serialization=safe_serialization)
+    path = Path(save_directory) / CONFIG_NAME
+    config = json.loads(path.read_text(encoding='utf-8'))
+    if 'num_classes' in config.get('model_args', {}):  # (timm checks that it equals the top-level one)
+        del config['model_args']['num_classes']
+        path.write_text(json.dumps(config, indent=2), encoding='utf-8')
 
 
 # -- checkpoints ------------------------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ def test_existing_out_dir_needs_overwrite(tmp_path, rednet_ckpt):
 def test_failed_write_leaves_nothing(tmp_path, rednet_ckpt, monkeypatch):
     """A failure half-way through writing (an error or Ctrl-C) removes the temp folder and keeps the previous
     output."""
-    import timm.models
+    from backbones import hub
     old = convert_checkpoint('rednet26', rednet_ckpt, tmp_path / 'out', model_kwargs=SMALL_REDNET)
     before = {p.name: p.read_bytes() for p in old.iterdir()}
 
@@ -191,7 +191,7 @@ def test_failed_write_leaves_nothing(tmp_path, rednet_ckpt, monkeypatch):
             (Path(save_directory) / 'model.safetensors').write_bytes(b'partial')
             raise exc
 
-        monkeypatch.setattr(timm.models, 'save_for_hf', half_write)
+        monkeypatch.setattr(hub, 'save_for_hf', half_write)  # the writer convert uses
         with pytest.raises(type(exc)):
             convert_checkpoint('rednet26', rednet_ckpt, tmp_path / 'a' / 'b' / 'out', model_kwargs=SMALL_REDNET)
         _only(tmp_path, rednet_ckpt.name, 'out')  # not even the parents it created
@@ -228,6 +228,7 @@ def test_cli(tmp_path, rednet_ckpt, rednet_fixture, capsys, monkeypatch):
     pushed = []
     fake_hub = types.ModuleType('backbones.hub')
     fake_hub.push = lambda model, repo_id, **kw: pushed.append((model.num_classes, repo_id, kw))
+    fake_hub.save_for_hf = importlib.import_module('backbones.hub').save_for_hf  # the real writer: only push is fake
     monkeypatch.setitem(sys.modules, 'backbones.hub', fake_hub)
     monkeypatch.setattr(backbones, 'hub', fake_hub, raising=False)
     assert main(args + ['--overwrite', '--push', 'org/rednet26-small', '--private']) == 0

@@ -3,7 +3,7 @@ from .activation import InplaceGELU
 from .attention import Attention, sdpa
 from .bottleneck import Bottleneck, MixerFn
 from .channel_attention import ChannelAttention
-from .conv import ConvNormAct, LayerType, same_padding
+from .conv import Conv2dSame, ConvNormAct, LayerType, create_conv2d_same, pad_same, same_padding
 from .cross_attention import CrossAttention
 from .fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
 from .head import POOL_TYPES, Head, check_pool_type
@@ -23,6 +23,16 @@ from .sk import SelectiveKernel, SelectiveKernelAttn, sk_attn_chs
 from .stage import Stage, drop_path_schedule
 from .stem import ConvStem, stem_pool
 from .subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
+from .tracing import contiguous_for_export, is_exporting, is_tracing
 from .transformer import TransformerBlock
-from .window import crop, grid_partition, grid_reverse, pad_to_multiple, window_partition, window_reverse
+from .window import (
+    contiguous_reshape,
+    crop,
+    grid_partition,
+    grid_reverse,
+    pad_to_multiple,
+    round_up,
+    window_partition,
+    window_reverse,
+)
 from .window_taps import window_dot, window_taps, window_weighted_sum

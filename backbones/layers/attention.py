@@ -11,6 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import use_fused_attn
 
+from .window import contiguous_reshape
+
 __all__ = ['Attention', 'sdpa']
 
 
@@ -100,7 +102,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         x = sdpa(q, k, v, attn_bias, self.scale, self.attn_drop.p if self.training else 0., self.fused_attn)
-        return x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)  # explicit: batch 0 works
+        return contiguous_reshape(x.transpose(1, 2), [B, N, self.num_heads * self.head_dim])  # explicit: batch 0 works
 
     def forward(
             self,

@@ -11,6 +11,7 @@ import torch.nn as nn
 from timm.layers import use_fused_attn
 
 from .attention import sdpa
+from .window import contiguous_reshape
 
 __all__ = ['ChannelAttention']
 
@@ -51,5 +52,5 @@ class ChannelAttention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 4, 1)
         q, k, v = qkv.unbind(0)
         x = sdpa(k, v, q, scale=self.scale, fused=self.fused_attn)  # softmax(k^T v * scale) q^T: [B, heads, d, N]
-        x = x.permute(0, 3, 1, 2).reshape(B, N, C)
+        x = contiguous_reshape(x.permute(0, 3, 1, 2), [B, N, C])
         return self.proj(x)

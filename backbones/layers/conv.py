@@ -1,12 +1,13 @@
-"""Conv -> norm -> activation, the unit every CNN family here is made of."""
-from typing import Callable, Optional, Type, Union
+"""Conv -> norm -> activation, the unit every CNN family here is made of; TensorFlow "SAME" padding."""
+from typing import Callable, List, Optional, Type, Union
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .fuse import fuse_conv_bn
 
-__all__ = ['ConvNormAct', 'same_padding']
+__all__ = ['ConvNormAct', 'same_padding', 'pad_same', 'Conv2dSame', 'create_conv2d_same']
 
 LayerType = Union[Type[nn.Module], Callable[..., nn.Module]]
 
@@ -14,6 +15,64 @@ LayerType = Union[Type[nn.Module], Callable[..., nn.Module]]
 def same_padding(kernel_size: int, dilation: int = 1) -> int:
     """Symmetric padding keeping the size at stride 1 (odd kernels)."""
     return ((kernel_size - 1) // 2) * dilation
+
+
+def pad_same(x: torch.Tensor, kernel_size: int, stride: int, value: float = 0.) -> torch.Tensor:
+    """Pad an NCHW map as TensorFlow's "SAME" padding does for a ``kernel_size`` / ``stride`` window: ``ceil(n /
+    stride)`` outputs per side, the total padding split with the smaller half first (top / left).
+
+    The same numbers as ``timm.layers.pad_same``, in integer arithmetic: ``math.ceil`` of a float turns every later
+    size of a ``torch.export`` trace into nested ceilings, which made exporting MaxViT / MOAT several times slower.
+    """
+    pads: List[int] = []
+    for n in (x.shape[-1], x.shape[-2]):  # F.pad order: the last dimension first
+        total = ((n + stride - 1) // stride - 1) * stride + kernel_size - n
+        if kernel_size < stride:  # (a window narrower than its stride can skip pixels: never negative padding)
+            total = max(total, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads, value=value)
+
+
+class Conv2dSame(nn.Conv2d):
+    """``nn.Conv2d`` (square kernel) with TensorFlow "SAME" padding computed from each input's size (asymmetric,
+    bottom / right heavy, where the total is odd: strided convolutions on even maps)."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            kernel_size: int,
+            stride: int = 1,
+            groups: int = 1,
+            bias: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__(
+            in_chs, out_chs, kernel_size, stride=stride, padding=0, groups=groups, bias=bias, device=device,
+            dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = pad_same(x, self.kernel_size[0], self.stride[0])
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def create_conv2d_same(
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        device=None,
+        dtype=None,
+) -> nn.Conv2d:
+    """A convolution with TensorFlow "SAME" padding: a plain ``nn.Conv2d`` with symmetric padding where that is the
+    same (odd kernel, stride 1), else :class:`Conv2dSame`. Parameters ``weight`` / ``bias`` either way."""
+    if stride == 1 and kernel_size % 2 == 1:
+        return nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, groups=groups, bias=bias,
+                         device=device, dtype=dtype)
+    return Conv2dSame(in_chs, out_chs, kernel_size, stride, groups=groups, bias=bias, device=device, dtype=dtype)
 
 
 class ConvNormAct(nn.Module):

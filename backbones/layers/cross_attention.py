@@ -31,9 +31,19 @@ import torch.nn as nn
 from timm.layers import use_fused_attn
 
 from .attention import sdpa
+from .tracing import is_exporting
+from .window import contiguous_reshape
 
 __all__ = ['CrossAttention']
 
+
+
+def _per_head_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``[B, n, h, k] x [h, k, m] -> [B, n, h, m]`` (``x[b, i, j] @ w[j]``, einsum ``'bnhk,hkm->bnhm'``) as one
+    ``bmm`` over the heads, with sizes written out and an explicit copy: what the exporters take for any batch."""
+    B, n, h, k = x.shape
+    y = torch.bmm(contiguous_reshape(x.permute(2, 0, 1, 3), [h, B * n, k]), w)  # [h, B * n, m]
+    return contiguous_reshape(y.view(h, B, n, w.shape[-1]).permute(1, 2, 0, 3), [B, n, h, w.shape[-1]])
 
 class CrossAttention(nn.Module):
     """Multi-head attention of the first ``num_query_tokens`` tokens over all tokens (see module docstring).
@@ -92,10 +102,17 @@ class CrossAttention(nn.Module):
         B, N, C = x.shape
         n, h, d = self.num_query_tokens, self.num_heads, self.head_dim
         q = self.wq(x[:, :n]).reshape(B, n, h, d) * self.scale
-        q = torch.einsum('bnhd,hdc->bnhc', q, self.wk.weight.reshape(h, d, C))  # W_k,h^T q_h
+        wk, wv = self.wk.weight.reshape(h, d, C), self.wv.weight.reshape(h, d, C)
+        if is_exporting():  # einsum's internal reshapes would make batch 1 a special case of the program
+            q = _per_head_matmul(q, wk)
+        else:
+            q = torch.einsum('bnhd,hdc->bnhc', q, wk)  # W_k,h^T q_h
         # every (query, head) pair is one query row of a single C-wide attention over the tokens
         mixed = sdpa(q.reshape(B, 1, n * h, C), x.unsqueeze(1), x.unsqueeze(1), None, 1., 0., self.fused_attn)
-        out = torch.einsum('bnhc,hdc->bnhd', mixed.reshape(B, n, h, C), self.wv.weight.reshape(h, d, C))
+        if is_exporting():
+            out = _per_head_matmul(mixed.reshape(B, n, h, C), wv.transpose(1, 2))
+        else:
+            out = torch.einsum('bnhc,hdc->bnhd', mixed.reshape(B, n, h, C), wv)
         out = out.reshape(B, n, C)
         return out if self.wv.bias is None else out + self.wv.bias
 

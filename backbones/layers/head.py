@@ -6,6 +6,7 @@ import torch.nn as nn
 from timm.layers import SelectAdaptivePool2d
 
 from .conv import LayerType
+from .tracing import contiguous_for_export
 
 __all__ = ['Head', 'POOL_TYPES', 'check_pool_type']
 
@@ -74,7 +75,7 @@ class Head(nn.Module):
         self.fc = nn.Linear(self.hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
+        x = self.global_pool(contiguous_for_export(x))  # (a channels-last map would make batch 1 a special case)
         if self.unpooled:  # pool_type='': the norm acts on the channels at every position of the map
             x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         else:

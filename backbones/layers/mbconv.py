@@ -15,24 +15,28 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, create_conv2d, pad_same, register_notrace_function
+from timm.layers import DropPath, register_notrace_function
 
-from .conv import LayerType
+from .conv import LayerType, create_conv2d_same, pad_same
 from .fuse import fuse_bn_conv_, fuse_conv_bn_
 from .se import SqueezeExcite
+from .tracing import is_tracing
 
 __all__ = ['MBConv', 'MBConvShortcut', 'avg_pool_same']
 
 
 @register_notrace_function
 def avg_pool_same(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
-    """``tf.nn.avg_pool(padding='SAME')``: pad bottom/right-heavy as TF does, average over real pixels only."""
+    """``tf.nn.avg_pool(padding='SAME')``: pad bottom/right-heavy as TF does, average over real pixels only.
+
+    A traced graph always divides by the count of real pixels (1 everywhere when nothing is padded), so it holds
+    at every input size."""
     k: Tuple[int, int] = (kernel_size, kernel_size)
     s: Tuple[int, int] = (stride, stride)
-    padded = pad_same(x, k, s)
-    if padded.shape[-2:] == x.shape[-2:]:
+    padded = pad_same(x, kernel_size, stride)
+    if not is_tracing() and padded.shape[-2:] == x.shape[-2:]:
         return F.avg_pool2d(x, k, s)
-    count = F.avg_pool2d(pad_same(torch.ones_like(x[:1, :1]), k, s), k, s)
+    count = F.avg_pool2d(pad_same(torch.ones_like(x[:1, :1]), kernel_size, stride), k, s)
     return F.avg_pool2d(padded, k, s) / count
 
 
@@ -90,7 +94,7 @@ class MBConv(nn.Module):
         self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)
         self.norm1 = nn.BatchNorm2d(mid_chs, eps=norm_eps, **dd)
         self.act1 = act_layer()
-        self.conv2 = create_conv2d(mid_chs, mid_chs, 3, stride=stride, depthwise=True, padding='same', **dd)
+        self.conv2 = create_conv2d_same(mid_chs, mid_chs, 3, stride=stride, groups=mid_chs, **dd)
         self.norm2 = nn.BatchNorm2d(mid_chs, eps=norm_eps, **dd)
         self.act2 = act_layer()
         self.se = SqueezeExcite(mid_chs, rd_chs=max(1, int(se_ratio * out_chs)), act_layer=se_act_layer, **dd) \

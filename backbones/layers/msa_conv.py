@@ -113,12 +113,13 @@ class MSAConvAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         B, C, H, W = q.shape
-        heads = (B, self.num_heads, C // self.num_heads, H, W)  # explicit sizes: a batch of 0 keeps its shape
+        heads = [self.num_heads, C // self.num_heads]  # channels -> [h, C/h]: a view, whatever the batch size
         # msa_conv_qk / msa_conv_av on [B, h, C/h, H, W] (called through the primitives: sizes already checked)
-        attn = window_dot(q.reshape(heads), k.reshape(heads), self.kernel_size, self.dilation)  # [B, h, kh*kw, H, W]
+        q, k, v = q.unflatten(1, heads), k.unflatten(1, heads), v.unflatten(1, heads)
+        attn = window_dot(q, k, self.kernel_size, self.dilation)  # [B, h, kh*kw, H, W]
         attn = (attn * self.scale).softmax(dim=2)  # zero-padded taps keep their logit 0 (not masked), as official
         attn = self.attn_drop(attn)
-        out = window_weighted_sum(v.reshape(heads), attn, self.value_kernel_size, self.dilation)  # [B, h, C/h, H, W]
+        out = window_weighted_sum(v, attn, self.value_kernel_size, self.dilation)  # [B, h, C/h, H, W]
         return out.reshape(B, C, H, W)
 
     def forward_unfold(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, to_2tuple
 
+from .window import contiguous_reshape
+
 __all__ = ['OversizeConv2d', 'toeplitz_taps', 'oversize_conv_matmul', 'resize_kernel_1d', 'eager_channels_last']
 
 
@@ -61,7 +63,7 @@ def oversize_conv_matmul(x: torch.Tensor, weight_h: torch.Tensor, weight_w: torc
     B, C, H, W = x.shape
     t_h = toeplitz_taps(weight_h, H)  # [C, H_out, H_in]
     t_w = toeplitz_taps(weight_w, W)  # [C, W_out, W_in]
-    y = x.permute(1, 2, 0, 3).reshape(C, H, B * W)  # channels as the batch, (B, W) as columns
+    y = contiguous_reshape(x.permute(1, 2, 0, 3), [C, H, B * W])  # channels as the batch, (B, W) as columns
     y = torch.bmm(t_h, y).reshape(C, H * B, W)  # rows (H_out, B)
     y = torch.bmm(y, t_w.transpose(1, 2))  # [C, H * B, W_out]
     return y.reshape(C, H, B, W).permute(2, 0, 1, 3)

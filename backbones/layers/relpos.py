@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
+from .tracing import is_tracing
+
 __all__ = ['RelPosBias', 'rel_pos_index', 'resize_rel_pos_table']
 
 
@@ -23,8 +25,9 @@ def rel_pos_index(window: Tuple[int, int], key_minus_query: bool = True,
                   device: Optional[torch.device] = None) -> torch.Tensor:
     """``[N, N]`` (N = wh * ww, tokens row-major) indices into a flattened ``(2wh-1) x (2ww-1)`` offset table."""
     wh, ww = window
-    ys = torch.arange(wh, device=device).repeat_interleave(ww)
-    xs = torch.arange(ww, device=device).repeat(wh)
+    token = torch.arange(wh * ww, device=device)
+    ys = token // ww  # row-major (y, x) of each token, in ops the exporters take with a dynamic window
+    xs = token - ys * ww
     dy = ys[None, :] - ys[:, None]  # [query, key] = key - query
     dx = xs[None, :] - xs[:, None]
     if not key_minus_query:
@@ -34,8 +37,8 @@ def rel_pos_index(window: Tuple[int, int], key_minus_query: bool = True,
 
 def resize_rel_pos_table(table: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of a ``[heads, h, w]`` table to ``[heads, size[0], size[1]]`` (``tf.image.resize`` default)."""
-    if table.shape[-2] == size[0] and table.shape[-1] == size[1]:
-        return table
+    if not is_tracing() and table.shape[-2] == size[0] and table.shape[-1] == size[1]:
+        return table  # (a traced graph always resizes: to the same size, bilinear is the identity, exactly)
     return F.interpolate(table.unsqueeze(0), size=size, mode='bilinear', align_corners=False).squeeze(0)
 
 

@@ -21,7 +21,8 @@ import torch.nn as nn
 from timm.layers import register_notrace_function, use_fused_attn
 
 from .attention import sdpa
-from .window import pad_to_multiple, window_partition, window_reverse
+from .tracing import contiguous_for_export, is_tracing
+from .window import contiguous_reshape, crop, pad_to_multiple, window_partition, window_reverse
 
 __all__ = ['BiLevelRoutingAttention', 'routed_attention']
 
@@ -67,21 +68,30 @@ def routed_attention(
     kv = kv.index_select(0, (route + offset).reshape(-1)).reshape(B * regions, topk * n, qk_dim + v_dim)
 
     # fine level: token attention of each region's queries over its topk * n routed keys, per head
-    q = q.reshape(B * regions, n, num_heads, qk_dim // num_heads).transpose(1, 2)
-    k = kv[..., :qk_dim].reshape(B * regions, topk * n, num_heads, qk_dim // num_heads).transpose(1, 2)
-    v = kv[..., qk_dim:].reshape(B * regions, topk * n, num_heads, v_dim // num_heads).transpose(1, 2)
+    q = _split_heads(q, num_heads)
+    k = _split_heads(kv[..., :qk_dim], num_heads)
+    v = _split_heads(kv[..., qk_dim:], num_heads)
     out = sdpa(q, k, v, None, scale, 0., fused)  # [B * R, heads, n, v_dim / heads]
-    out = out.transpose(1, 2).reshape(B * regions, n, v_dim)
+    out = contiguous_reshape(out.transpose(1, 2), [B * regions, n, v_dim])  # (n can be 1: one token per region)
     return window_reverse(out, (rh, rw), (H, W))
+
+
+def _split_heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``[N, L, heads * d]`` (a channel slice) -> ``[N, heads, L, d]``. A traced graph copies the slice first: a view
+    of it asks whether ``L`` is 1 (one token per region at small inputs), and the graph would depend on the answer."""
+    N, L, D = t.shape
+    if is_tracing():
+        t = t.clone(memory_format=torch.contiguous_format)
+    return t.view(N, L, num_heads, D // num_heads).transpose(1, 2)
 
 
 @register_notrace_function
 def crop_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """The top-left ``H x W`` of a ``[B, H', W', C]`` map, ``H, W`` those of ``ref`` (undoes the region padding)."""
     H, W = ref.shape[1], ref.shape[2]
-    if x.shape[1] == H and x.shape[2] == W:
+    if not is_tracing() and x.shape[1] == H and x.shape[2] == W:
         return x
-    return x[:, :H, :W, :].contiguous()
+    return crop(x, (H, W))
 
 
 # leaves for every FX tracer, not only timm's (whose autowrap list covers module forwards of timm's own tracer)
@@ -147,7 +157,7 @@ class BiLevelRoutingAttention(nn.Module):
         out = routed_attention(
             qkv, self.qk_dim, self.num_heads, self.n_win, self.topk, self.scale, self.fused_attn)
         if self.lepe is not None:
-            v = qkv[..., 2 * self.qk_dim:].permute(0, 3, 1, 2)
+            v = contiguous_for_export(qkv[..., 2 * self.qk_dim:].permute(0, 3, 1, 2))
             out = out + self.lepe(v).permute(0, 2, 3, 1)
         out = crop_like(out, shortcut_size)
         return self.proj(out)

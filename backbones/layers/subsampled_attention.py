@@ -20,7 +20,8 @@ from timm.layers import to_2tuple, use_fused_attn
 
 from .attention import Attention, sdpa
 from .conv import LayerType
-from .window import crop, pad_to_multiple, window_partition, window_reverse
+from .tracing import contiguous_for_export
+from .window import contiguous_reshape, crop, pad_to_multiple, window_partition, window_reverse
 
 __all__ = ['LocallyGroupedAttention', 'GlobalSubsampledAttention']
 
@@ -110,10 +111,12 @@ class GlobalSubsampledAttention(nn.Module):
         B, H, W, C = x.shape
         q = self.q(x).reshape(B, H * W, self.num_heads, self.head_dim).transpose(1, 2)
         if self.sr is not None and self.norm is not None:
-            kv = self.norm(self.sr(x.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2))  # [B, HW / sr^2, C]
+            x_nchw = contiguous_for_export(x.permute(0, 3, 1, 2))
+            kv = self.norm(self.sr(x_nchw).flatten(2).transpose(1, 2))  # [B, HW / sr^2, C]
         else:
             kv = x.reshape(B, H * W, C)
-        k, v = self.kv(kv).reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        kv = self.kv(kv).reshape(B, kv.shape[1], 2, self.num_heads, self.head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         x = sdpa(q, k, v, None, self.scale, self.attn_drop.p if self.training else 0., self.fused_attn)
-        x = x.transpose(1, 2).reshape(B, H, W, C)
+        x = contiguous_reshape(x.transpose(1, 2), [B, H, W, C])
         return self.proj_drop(self.proj(x))

@@ -55,6 +55,7 @@ from ..layers.conv import ConvNormAct
 from ..layers.head import Head
 from ..layers.routing_attention import BiLevelRoutingAttention
 from ..layers.stage import Stage, drop_path_schedule
+from ..layers.tracing import contiguous_for_export
 
 __all__ = ['BiFormer']
 
@@ -98,7 +99,7 @@ class GlobalAttentionLePE(nn.Module):
         self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lepe = self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        lepe = self.lepe(contiguous_for_export(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
         out = self.mhsa(x.flatten(1, 2), pre_proj=lepe.flatten(1, 2))  # [B, H*W, C]
         return out.reshape(x.shape)
 
@@ -141,7 +142,7 @@ class BiFormerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pos_embed is not None:
-            x = x + self.pos_embed(x)
+            x = x + self.pos_embed(contiguous_for_export(x))
         x = x.permute(0, 2, 3, 1)  # NHWC
         x = x + self.drop_path1(self.attn(self.norm1(x)))
         x = x + self.drop_path2(self.mlp(self.norm2(x)))

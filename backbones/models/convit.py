@@ -57,6 +57,7 @@ from .._token import TokenFeatureMixin, check_global_pool, token_feature_info
 from ..layers.attention import Attention
 from ..layers.patch_embed import PatchEmbed
 from ..layers.pos_embed import resize_pos_embed_in_state_dict
+from ..layers.tracing import is_exporting
 from ..layers.transformer import TransformerBlock
 
 __all__ = ['ConViT', 'GPSA']
@@ -160,7 +161,10 @@ class GPSA(nn.Module):
             content = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
             # P v: mix along each grid row with attn_cols, then along each column with g * attn_rows
             pos = attn_cols.unsqueeze(1) @ v.reshape(B, self.num_heads, H, W, self.head_dim)
-            pos = (gate * attn_rows) @ pos.reshape(B, self.num_heads, H, W * self.head_dim)
+            rows = gate * attn_rows
+            if is_exporting():  # a matmul broadcast over the batch would make batch 1 a special case
+                rows = rows.expand(B, -1, -1, -1).clone(memory_format=torch.contiguous_format)
+            pos = rows @ pos.reshape(B, self.num_heads, H, W * self.head_dim)
             x = torch.addcmul(pos.reshape(B, self.num_heads, N, self.head_dim), content, 1. - gate)
         else:  # the official formula, N x N maps
             content = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)

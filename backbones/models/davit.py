@@ -44,7 +44,8 @@ from ..layers.attention import Attention
 from ..layers.channel_attention import ChannelAttention
 from ..layers.head import Head
 from ..layers.stage import Stage, drop_path_schedule
-from ..layers.window import crop, pad_to_multiple, window_partition, window_reverse
+from ..layers.tracing import contiguous_for_export, is_tracing
+from ..layers.window import crop, pad_to_multiple, round_up, window_partition, window_reverse
 
 __all__ = ['DaViT']
 
@@ -67,9 +68,9 @@ EPS = 1e-5  # every LayerNorm of the official code (torch default)
 def pad_nchw(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pad an NCHW map on the bottom / right so H and W are multiples of ``multiple`` (official patch embeds)."""
     H, W = x.shape[-2], x.shape[-1]
-    pad_h = (multiple - H % multiple) % multiple
-    pad_w = (multiple - W % multiple) % multiple
-    if pad_h or pad_w:
+    pad_h = round_up(H, multiple) - H
+    pad_w = round_up(W, multiple) - W
+    if is_tracing() or pad_h or pad_w:  # a traced graph always pads (see backbones.layers.tracing)
         x = F.pad(x, (0, pad_w, 0, pad_h))
     return x
 
@@ -110,7 +111,7 @@ class ConvPosEnc(nn.Module):
         self.proj = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.proj(x)
+        return x + self.proj(contiguous_for_export(x))
 
 
 class DualBlockHalf(nn.Module):

@@ -40,7 +40,6 @@ from timm.layers import (
     LayerNorm2d,
     Mlp,
     NormMlpClassifierHead,
-    create_conv2d,
     get_device_dtype,
     register_notrace_function,
     to_2tuple,
@@ -53,11 +52,13 @@ from .._checkpoint import check_state_dict, rename_keys, unwrap_state_dict
 from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.attention import Attention
+from ..layers.conv import create_conv2d_same
 from ..layers.head import check_pool_type
 from ..layers.helpers import check_feature_indices
 from ..layers.mbconv import MBConv
 from ..layers.relpos import RelPosBias, resize_rel_pos_table
 from ..layers.stage import Stage, drop_path_schedule
+from ..layers.tracing import is_tracing
 from ..layers.window import crop, grid_partition, grid_reverse, pad_to_multiple, window_partition, window_reverse
 
 __all__ = ['MaxViT']
@@ -89,8 +90,8 @@ def padded_attn_bias(
     """The attention bias for a ``size`` map padded to ``padded``: ``bias`` (``[heads, N, N]``) itself when nothing
     is padded, else ``[batch * groups, heads, N, N]`` with ``-inf`` on the keys that are padding (group order of
     :func:`window_partition` / :func:`grid_partition`)."""
-    if size[0] == padded[0] and size[1] == padded[1]:
-        return bias
+    if not is_tracing() and size[0] == padded[0] and size[1] == padded[1]:
+        return bias  # (a traced graph always masks, nothing where nothing is padded: it holds at every size)
     rows = torch.arange(padded[0], device=bias.device) < size[0]
     cols = torch.arange(padded[1], device=bias.device) < size[1]
     valid = (rows[:, None] & cols[None, :]).view(1, padded[0], padded[1], 1)
@@ -221,10 +222,10 @@ class MaxViTStem(nn.Module):
     def __init__(self, in_chs: int, widths: Tuple[int, int] = (64, 64), device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.conv1 = create_conv2d(in_chs, widths[0], 3, stride=2, padding='same', bias=True, **dd)
+        self.conv1 = create_conv2d_same(in_chs, widths[0], 3, stride=2, bias=True, **dd)
         self.norm1 = nn.BatchNorm2d(widths[0], eps=1e-3, **dd)
         self.act1 = GELU_TANH()
-        self.conv2 = create_conv2d(widths[0], widths[1], 3, stride=1, padding='same', bias=True, **dd)
+        self.conv2 = create_conv2d_same(widths[0], widths[1], 3, stride=1, bias=True, **dd)
         self.out_chs = widths[1]
         self.reduction = 2
 

@@ -43,7 +43,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, create_conv2d, register_notrace_function
+from timm.layers import DropPath, register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch.fx.node import has_side_effect
 
@@ -51,6 +51,7 @@ from .._checkpoint import CheckpointMismatchError, convert_state_dict, unwrap_st
 from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.attention import Attention
+from ..layers.conv import create_conv2d_same
 from ..layers.head import Head
 from ..layers.helpers import check_input
 from ..layers.mbconv import MBConv
@@ -87,8 +88,7 @@ class MoatStem(nn.Sequential):
             if i > 0:
                 self.add_module(f'norm{i - 1}', nn.BatchNorm2d(prev, eps=BN_EPS, **dd))
                 self.add_module(f'act{i - 1}', nn.GELU())
-            self.add_module(f'conv{i}', create_conv2d(
-                prev, w, 3, stride=2 if i == 0 else 1, padding='same', bias=True, **dd))
+            self.add_module(f'conv{i}', create_conv2d_same(prev, w, 3, stride=2 if i == 0 else 1, bias=True, **dd))
             prev = w
         self.out_chs = prev
         self.reduction = 2

@@ -53,6 +53,8 @@ from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.head import Head
 from ..layers.stage import Stage, drop_path_schedule
+from ..layers.tracing import contiguous_for_export
+from ..layers.window import contiguous_reshape
 
 __all__ = ['Sequencer2d', 'BiLSTM2d', 'BiLSTM']
 
@@ -76,8 +78,8 @@ def _lines(x: torch.Tensor, vertical: bool) -> torch.Tensor:
     left to right ``[W, B*H, D]``."""
     B, H, W, D = x.shape
     if vertical:
-        return x.permute(1, 0, 2, 3).reshape(H, B * W, D)
-    return x.permute(2, 0, 1, 3).reshape(W, B * H, D)
+        return contiguous_reshape(x.permute(1, 0, 2, 3), [H, B * W, D])
+    return contiguous_reshape(x.permute(2, 0, 1, 3), [W, B * H, D])
 
 
 def _unlines(y: torch.Tensor, B: int, H: int, W: int, vertical: bool) -> torch.Tensor:
@@ -189,7 +191,7 @@ class Downsample(nn.Module):
         self.down = nn.Conv2d(in_chs, out_chs, patch_size, stride=patch_size, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(x)
+        return self.down(contiguous_for_export(x))  # the blocks' output is a permuted channels-last map
 
 
 class SequencerStage(Stage):

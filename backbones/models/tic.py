@@ -57,6 +57,7 @@ from ..layers.conv import ConvNormAct
 from ..layers.head import Head
 from ..layers.msa_conv import MSAConv2d, MSAConvAttention
 from ..layers.stage import Stage, drop_path_schedule
+from ..layers.tracing import contiguous_for_export
 
 __all__ = ['TiC']
 
@@ -81,13 +82,20 @@ def cyclic_shift(x: torch.Tensor, group_chs: List[int]) -> torch.Tensor:
     right, in group 3 to the left (wrapping around the borders)."""
     H, W = x.shape[-2], x.shape[-1]
     sy, sx = H // 4, W // 4
-    rolls_y, rolls_x = [-sy, sy, 0, 0], [0, 0, -sx, sx]  # torch.roll moves content by +shift
+    # torch.roll(x, -s) along rows starts at row s, torch.roll(x, s) at row H - s; groups 2, 3 roll the columns
+    dims, starts = [2, 2, 3, 3], [sy, H - sy, sx, W - sx]
     out: List[torch.Tensor] = []
     start = 0
     for g in range(len(group_chs)):  # static: one roll per direction group (no iteration over a traced tensor)
-        out.append(torch.roll(x[:, start:start + group_chs[g]], (rolls_y[g], rolls_x[g]), (2, 3)))
+        out.append(_roll_to(x[:, start:start + group_chs[g]], starts[g], dims[g]))
         start += group_chs[g]
     return torch.cat(out, dim=1)
+
+
+def _roll_to(x: torch.Tensor, start: int, dim: int) -> torch.Tensor:
+    """``x`` rolled along ``dim`` so that index ``start`` (0 <= start <= size) comes first: ``torch.roll`` as two
+    slices, because ONNX's TorchScript exporter takes only constant shifts in ``torch.roll`` (here they are sizes)."""
+    return torch.cat([x.narrow(dim, start, x.shape[dim] - start), x.narrow(dim, 0, start)], dim=dim)
 
 
 class TiCAttention(nn.Module):
@@ -195,8 +203,9 @@ class TiCBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        # LayerNorm2d returns a channels-last map, which the exporter's 1x1 convs would guard on (batch 1)
+        x = x + self.drop_path1(self.attn(contiguous_for_export(self.norm1(x))))
+        x = x + self.drop_path2(self.mlp(contiguous_for_export(self.norm2(x))))
         return x
 
 
@@ -224,7 +233,7 @@ class Downsample(nn.Module):
         self.msa = MSAConv2d(in_chs, out_chs, kernel_size, stride=2, num_heads=num_heads, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.msa(self.norm(x))
+        return self.msa(contiguous_for_export(self.norm(x)))  # (as in TiCBlock)
 
 
 class TiC(StageFeatureMixin, nn.Module):

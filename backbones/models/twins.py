@@ -42,6 +42,7 @@ from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.head import Head
 from ..layers.stage import Stage, drop_path_schedule
 from ..layers.subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
+from ..layers.tracing import contiguous_for_export
 
 __all__ = ['Twins']
 
@@ -69,7 +70,7 @@ class PatchEmbed(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.norm(self.proj(x).permute(0, 2, 3, 1)))
+        return self.drop(self.norm(self.proj(contiguous_for_export(x)).permute(0, 2, 3, 1)))
 
 
 class PosConv(nn.Module):
@@ -80,7 +81,7 @@ class PosConv(nn.Module):
         self.proj = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return x + self.proj(contiguous_for_export(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
 
 
 class TwinsBlock(nn.Module):

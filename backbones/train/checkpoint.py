@@ -265,7 +265,7 @@ def export_for_hf(model: nn.Module, directory, data_config: Optional[Dict[str, A
     every file in ``directory`` is always complete. ``data_config`` (the eval transforms the weights were validated
     with) goes into the exported ``pretrained_cfg``, so ``timm.create_model('local-dir:<directory>',
     pretrained=True)`` + ``resolve_data_config`` reproduce the evaluation; ``extra`` is added to ``config.json``."""
-    from timm.models import save_for_hf
+    from ..hub import save_for_hf  # timm's, with a config.json that transformers loads too
     if any(not t.is_contiguous() for t in model.state_dict().values()):
         # a channels_last model (--channels-last): safetensors stores only contiguous tensors
         import copy
