@@ -198,9 +198,9 @@ def test_any_side_from_3_works_with_official_map_sizes():
 
 def test_too_small_input_is_refused():
     model = timm.create_model('parcnetv2_xt', device='meta')
-    with pytest.raises(ValueError, match=r'sides >= 3.*got 2x64'):
+    with pytest.raises(ValueError, match=r'sides of at least 3 .*got 2x64'):
         model(torch.empty(1, 3, 2, 64, device='meta'))
-    with pytest.raises(ValueError, match='sides >= 3'):
+    with pytest.raises(ValueError, match='sides of at least 3 '):
         model.forward_intermediates(torch.empty(1, 3, 64, 1, device='meta'))
     with pytest.raises(ValueError, match='expects 3 input channels'):
         model(torch.empty(1, 1, 64, 64, device='meta'))

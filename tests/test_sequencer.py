@@ -259,5 +259,5 @@ def test_input_sizes():
     with torch.no_grad():
         assert classifier(torch.randn(0, 3, 28, 28)).shape == (0, 5)
     for h, w in [(64, 64), (224, 230), (7, 14)]:
-        with pytest.raises(ValueError, match=f'multiples of 14, got {h}x{w}'):
+        with pytest.raises(ValueError, match=f'multiples of 14.*got {h}x{w}'):
             classifier(torch.randn(1, 3, h, w))

@@ -54,7 +54,6 @@ from .._checkpoint import check_state_dict, rename_keys, unwrap_state_dict
 from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.head import Head
-from ..layers.helpers import check_input
 from ..layers.oversize_conv import OversizeConv2d, eager_channels_last, resize_kernel_1d
 from ..layers.stage import Stage, drop_path_schedule
 
@@ -255,7 +254,8 @@ class ParCNetV2(StageFeatureMixin, nn.Module):
         self.drop_rate = drop_rate
         self.img_size = to_2tuple(img_size) if img_size is not None else None
         self.resize_kernels = resize_kernels
-        self.input_divisor = 1  # any side >= 3 (see _check_input)
+        self.input_divisor = 1
+        self.min_input_size = 3  # any side >= 3, the official code's limit (the 7x7 stride-4 stem pads by 2)
         self._model_name = 'ParCNetV2'
         self.grad_checkpointing = False
         if resize_kernels:
@@ -315,10 +315,6 @@ class ParCNetV2(StageFeatureMixin, nn.Module):
             for block in stage.blocks:
                 block.token_mixer.dwconv1.resize_(k)
         update_model_input_size(self, self.img_size, resize_kernels=True)
-
-    def _check_input(self, x: torch.Tensor):
-        # any side >= 3, the official code's limit (the 7x7 stride-4 stem pads by 2)
-        check_input(x, self.in_chans, 1, self._model_name, 3, self._input_weight())
 
 
 # official layout -> ours
