@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .fuse import fuse_conv_bn
+from .tracing import is_exporting
 
 __all__ = ['ConvNormAct', 'same_padding', 'pad_same', 'Conv2dSame', 'create_conv2d_same']
 
@@ -129,7 +130,7 @@ class ConvNormAct(nn.Module):
         return self.matmul_1x1
 
     def forward(self, x):
-        if self.matmul_1x1:
+        if self.matmul_1x1 and not is_exporting():  # exported: the conv (channels-last maps guard on B > 1)
             x = F.linear(x.permute(0, 2, 3, 1), self.conv.weight.flatten(1), self.conv.bias).permute(0, 3, 1, 2)
         else:
             x = self.conv(x)

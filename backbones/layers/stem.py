@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from .conv import ConvNormAct, LayerType
+from .tracing import is_exporting
 
 __all__ = ['ConvStem', 'stem_pool']
 
@@ -69,7 +70,7 @@ class ConvStem(nn.Module):
         self.min_input_size = stride + 1 if pool == 'max_caffe' else 1
 
     def forward(self, x):
-        if self.channels_last:
+        if self.channels_last and not is_exporting():  # an exported graph would guard on the batch size (B > 1)
             x = x.contiguous(memory_format=torch.channels_last)
         for m in self.children():
             x = m(x)
