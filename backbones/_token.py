@@ -105,12 +105,9 @@ def format_taps(taps: List[torch.Tensor], output_fmt: str) -> List[torch.Tensor]
     return [t.flatten(1, 2) for t in taps]
 
 
-class TokenFeatureMixin:
-    """timm's model contract for ``patch_embed -> blocks -> norm -> head`` token models (see module docstring)."""
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        return {'pos_embed', 'cls_token'}
+class _TokenContract:
+    """What both token mixins share: timm's parameter groups (tokens and embeddings, then each block, the final
+    norm last), grad checkpointing and the classifier getter."""
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
@@ -126,6 +123,14 @@ class TokenFeatureMixin:
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
+
+
+class TokenFeatureMixin(_TokenContract):
+    """timm's model contract for ``patch_embed -> blocks -> norm -> head`` token models (see module docstring)."""
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {'pos_embed', 'cls_token'}
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
         self.num_classes = num_classes
@@ -285,7 +290,7 @@ class TokenFeatureMixin:
         return self.forward_head(self.forward_features(x))
 
 
-class MultiBranchTokenMixin:
+class MultiBranchTokenMixin(_TokenContract):
     """timm's model contract for token models with parallel branches (CrossViT), given by the model:
 
     - ``_embed(x) -> (tokens, grids)``: per branch, the tokens ``[B, 1 + gh * gw, D_b]`` (class token first, position
@@ -308,21 +313,6 @@ class MultiBranchTokenMixin:
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
         return {f'{name}.{b}' for name in ('cls_token', 'pos_embed') for b in range(self.num_branches)}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(
-            stem=r'^cls_token|^pos_embed|^patch_embed',
-            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
         self.num_classes = num_classes
