@@ -105,10 +105,10 @@ def masked_routed_attention(
     v_dim = C - 2 * qk_dim
     q, k, v = qkv.view(B, H * W, C).split([qk_dim, qk_dim, v_dim], dim=-1)
 
-    # coarse level, as in routed_attention: region means in map order (regions row-major)
-    q_r = qkv[..., :qk_dim].view(B, n_win, rh, n_win, rw, qk_dim).mean((2, 4)).view(B, regions, qk_dim).detach()
-    k_r = qkv[..., qk_dim:2 * qk_dim].view(B, n_win, rh, n_win, rw, qk_dim).mean((2, 4))
-    k_r = k_r.view(B, regions, qk_dim).detach()
+    # coarse level, as in routed_attention: region means in map order (regions row-major); one dim at a time, as a
+    # reduction over two strided dims of a channel slice at once goes 8x slower
+    qk_r = qkv[..., :2 * qk_dim].view(B, n_win, rh, n_win, rw, 2 * qk_dim).mean(4).mean(2).detach()
+    q_r, k_r = qk_r.view(B, regions, 2 * qk_dim).split(qk_dim, dim=-1)
     route = torch.topk((q_r * scale) @ k_r.transpose(-2, -1), topk, dim=-1)[1]  # [B, R, topk]
 
     # region-to-region mask (0 where routed, -inf elsewhere), spread to tokens by each token's region id
