@@ -257,6 +257,12 @@ register_module_handle(
     'backbones.layers.cross_attention.CrossAttention', 'linear', lambda *args: 0, _cross_attention_formula_forward)
 
 
+# no MACs of its own either: counted as the official gathered form (the masked form is an implementation detail)
+register_module_handle(
+    'backbones.layers.routing_attention.BiLevelRoutingAttention', 'linear', lambda *args: 0,
+    lambda module, x: module.forward_gathered(x))
+
+
 def _module_handle(module: nn.Module) -> Tuple[Optional[_ModuleEntry], Optional[type]]:
     """The handle registered for the module's class or its nearest registered base class, and that class."""
     for cls in type(module).__mro__:

@@ -1,5 +1,6 @@
 """BiFormer: parity with the official code (fixtures), official key layout and counts, the routing attention
 against a by-definition reference, any-size inputs."""
+import copy
 import json
 from pathlib import Path
 
@@ -193,8 +194,10 @@ def _random_bra(dim=12, heads=3, n_win=3, topk=2, qk_dim=None):
     ((2, 3), 3, 9, None),  # smaller than the region grid: mostly padding, every region routed
     ((6, 6), 2, 3, 24),  # q/k wider than v
 ])
-def test_bra_matches_definition(size, n_win, topk, qk_dim):
+@pytest.mark.parametrize('masked', [False, True], ids=['gathered', 'masked'])
+def test_bra_matches_definition(size, n_win, topk, qk_dim, masked):
     m = _random_bra(n_win=n_win, topk=topk, qk_dim=qk_dim)
+    m.masked = masked
     x = torch.randn(2, *size, 12, dtype=torch.float64)
     expected = _bra_by_definition(m, x)
     for fused, tol in ((True, 1e-10), (False, 1e-5)):  # the explicit path of ``sdpa`` takes its softmax in float32
@@ -205,9 +208,11 @@ def test_bra_matches_definition(size, n_win, topk, qk_dim):
         torch.testing.assert_close(y, expected, atol=tol, rtol=tol)
 
 
-def test_bra_batch_elements_are_independent():
-    """The flattened (batch * region) gather must not mix images."""
+@pytest.mark.parametrize('masked', [False, True], ids=['gathered', 'masked'])
+def test_bra_batch_elements_are_independent(masked):
+    """The flattened (batch * region) gather and the mask must not mix images."""
     m = _random_bra()
+    m.masked = masked
     x = torch.randn(3, 6, 9, 12, dtype=torch.float64)
     with torch.no_grad():
         together = m(x)
@@ -239,9 +244,12 @@ def test_routing_gather_is_one_index_select():
     assert dim == 0 and index.dim() == 1 and src.shape[0] == 2 * 3 * 3 and index.numel() == 2 * 9 * 2
 
 
-def test_bra_flops_counted():
-    """Token attention (SDPA) and the routing matmul are counted: B * R * heads * n * (topk * n) * (d_qk + d_v)."""
+@pytest.mark.parametrize('masked', [False, True], ids=['gathered', 'masked'])
+def test_bra_flops_counted(masked):
+    """Token attention (SDPA) and the routing matmul are counted: B * R * heads * n * (topk * n) * (d_qk + d_v),
+    the gathered form's work, also when the layer computes the masked form."""
     m = _random_bra(dim=12, heads=3, n_win=3, topk=2).float()
+    m.masked = masked
     m.pretrained_cfg = dict(input_size=(6, 9, 12))
     res = count(m)
     regions, n = 9, 2 * 3
@@ -257,17 +265,32 @@ def test_model_flops_against_flop_counter_mode(small_model):
     ours = count(small_model, input_size=(3, 100, 164))
     matmul_like = {'conv', 'linear', 'matmul', 'scaled_dot_product_attention'}
     assert ours.by_operator['scaled_dot_product_attention'] > 0
-    assert sum(v for k, v in ours.by_operator.items() if k in matmul_like) == flop_counter_macs(small_model, x)
+    gathered = copy.deepcopy(small_model)  # the form the counter counts (the official operator's work)
+    for m in gathered.modules():
+        if isinstance(m, BiLevelRoutingAttention):
+            m.masked = False
+    assert sum(v for k, v in ours.by_operator.items() if k in matmul_like) == flop_counter_macs(gathered, x)
 
 
-def test_bra_fx_leaf():
+@pytest.mark.parametrize('masked', [False, True], ids=['gathered', 'masked'])
+def test_bra_fx_leaf(masked):
     """Plain ``torch.fx`` (not only timm's tracer) traces the layer, routing as one leaf call."""
     m = _random_bra().float()
+    m.masked = masked
     gm = torch.fx.symbolic_trace(m)
     x = torch.randn(2, 7, 5, 12)
     with torch.no_grad():
         torch.testing.assert_close(gm(x), m(x))
-    assert any(n.op == 'call_function' and n.target.__name__ == 'routed_attention' for n in gm.graph.nodes)
+    leaf = 'masked_routed_attention' if masked else 'routed_attention'
+    assert any(n.op == 'call_function' and n.target.__name__ == leaf for n in gm.graph.nodes)
+
+
+def test_bra_form_choice():
+    """The masked form where queries route to at least a quarter of the regions (BiFormer's third stage: 16 of 49),
+    the gathered one below (first two stages: 1 and 4 of 49)."""
+    model = timm.create_model('biformer_tiny', device='meta')
+    masked = [[blk.attn.masked for blk in stage.blocks] for stage in model.stages[:3]]
+    assert masked == [[False] * 2, [False] * 2, [True] * 8]
 
 
 # ---------------------------------------------------------------- input sizes

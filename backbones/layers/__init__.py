@@ -16,7 +16,7 @@ from .patch_embed import PatchEmbed
 from .pos_embed import pos_embed_for_grid, resize_pos_embed_in_state_dict
 from .relpos import RelPosBias, rel_pos_index, resize_rel_pos_table
 from .res2 import Res2Split
-from .routing_attention import BiLevelRoutingAttention, routed_attention
+from .routing_attention import BiLevelRoutingAttention, masked_routed_attention, routed_attention
 from .se import SqueezeExcite
 from .shortcut import Shortcut
 from .sk import SelectiveKernel, SelectiveKernelAttn, sk_attn_chs

@@ -11,8 +11,17 @@ and cropped after the attention: the padded tokens carry the projection bias and
 means, the routing and the attention, exactly as the official ``auto_pad=True`` code (``ops/bra_legacy.py``) does;
 at divisible sizes nothing is padded.
 
-Routing gather: the selected regions' keys / values are taken with ONE ``index_select`` over the flattened
-``(batch * regions)`` axis, not a ``gather`` on an expanded view of every region.
+Two exact forms of the fine level, chosen per layer from the fraction of regions each query routes to:
+
+* gathered (:func:`routed_attention`): the selected regions' keys / values are taken with ONE ``index_select`` over
+  the flattened ``(batch * regions)`` axis (not a ``gather`` on an expanded view of every region), then attended;
+* masked (:func:`masked_routed_attention`, ``topk >= n_win ** 2 / 4``: BiFormer's third stage, 16 of 49 regions):
+  every query attends to the whole map through one SDPA call with an additive mask that is ``-inf`` outside its
+  routed regions. Same softmax over the same keys, so the same numbers up to float rounding (the keys are summed in
+  map order, not routing order); at most 4x the attention MACs but no copy of ``topk`` key / value sets per region,
+  which costs more than the extra MACs on a CPU (BiFormer-T at 224: 29 -> 11 ms per third-stage block).
+
+Either way the layer is counted (``backbones.flops``) as the gathered form, the official operator's work.
 """
 from typing import Optional
 
@@ -24,7 +33,7 @@ from .attention import sdpa
 from .tracing import contiguous_for_export, is_tracing
 from .window import contiguous_reshape, crop, pad_to_multiple, window_partition, window_reverse
 
-__all__ = ['BiLevelRoutingAttention', 'routed_attention']
+__all__ = ['BiLevelRoutingAttention', 'routed_attention', 'masked_routed_attention']
 
 
 @register_notrace_function
@@ -55,8 +64,10 @@ def routed_attention(
     regions = n_win * n_win
     n = rh * rw  # tokens per region
     v_dim = C - 2 * qk_dim
-    x = window_partition(qkv, (rh, rw))  # [B * R, n, 2 * qk_dim + C], regions row-major, tokens row-major inside
-    q, kv = x[..., :qk_dim], x[..., qk_dim:]
+    # regions row-major, tokens row-major inside; k/v partitioned on their own so that the routing gather below
+    # copies whole contiguous regions (an index_select of a channel slice goes element by element, 10x slower)
+    q = window_partition(qkv[..., :qk_dim], (rh, rw))  # [B * R, n, qk_dim]
+    kv = window_partition(qkv[..., qk_dim:], (rh, rw))  # [B * R, n, qk_dim + v_dim]
 
     # coarse level: region-to-region affinity of the mean query / key (no gradient through the routing)
     q_r = q.mean(1).view(B, regions, qk_dim).detach()
@@ -74,6 +85,43 @@ def routed_attention(
     out = sdpa(q, k, v, None, scale, 0., fused)  # [B * R, heads, n, v_dim / heads]
     out = contiguous_reshape(out.transpose(1, 2), [B * regions, n, v_dim])  # (n can be 1: one token per region)
     return window_reverse(out, (rh, rw), (H, W))
+
+
+@register_notrace_function
+def masked_routed_attention(
+        qkv: torch.Tensor,
+        qk_dim: int,
+        num_heads: int,
+        n_win: int,
+        topk: int,
+        scale: float,
+        fused: bool = True,
+) -> torch.Tensor:
+    """:func:`routed_attention` as one masked attention over the whole map (same arguments and result): each query
+    attends to every token, the logits of tokens outside its region's ``topk`` routed regions set to ``-inf``."""
+    B, H, W, C = qkv.shape
+    rh, rw = H // n_win, W // n_win
+    regions = n_win * n_win
+    v_dim = C - 2 * qk_dim
+    q, k, v = qkv.view(B, H * W, C).split([qk_dim, qk_dim, v_dim], dim=-1)
+
+    # coarse level, as in routed_attention: region means in map order (regions row-major); one dim at a time, as a
+    # reduction over two strided dims of a channel slice at once goes 8x slower
+    qk_r = qkv[..., :2 * qk_dim].view(B, n_win, rh, n_win, rw, 2 * qk_dim).mean(4).mean(2).detach()
+    q_r, k_r = qk_r.view(B, regions, 2 * qk_dim).split(qk_dim, dim=-1)
+    route = torch.topk((q_r * scale) @ k_r.transpose(-2, -1), topk, dim=-1)[1]  # [B, R, topk]
+
+    # region-to-region mask (0 where routed, -inf elsewhere), spread to tokens by each token's region id
+    region_bias = torch.full((B, regions, regions), float('-inf'), dtype=qkv.dtype, device=qkv.device)
+    region_bias = region_bias.scatter(2, route, 0.)
+    rows = torch.arange(H, device=qkv.device) // rh
+    cols = torch.arange(W, device=qkv.device) // rw
+    region_id = (rows.view(H, 1) * n_win + cols.view(1, W)).view(H * W)
+    bias = region_bias.index_select(1, region_id).index_select(2, region_id).unsqueeze(1)  # [B, 1, HW, HW]
+
+    out = sdpa(_split_heads(q, num_heads), _split_heads(k, num_heads), _split_heads(v, num_heads), bias, scale, 0.,
+               fused)  # [B, heads, H * W, v_dim / heads]
+    return contiguous_reshape(out.transpose(1, 2), [B, H, W, v_dim])
 
 
 def _split_heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -96,6 +144,7 @@ def crop_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 # leaves for every FX tracer, not only timm's (whose autowrap list covers module forwards of timm's own tracer)
 torch.fx.wrap('routed_attention')
+torch.fx.wrap('masked_routed_attention')
 torch.fx.wrap('crop_like')
 torch.fx.wrap('pad_to_multiple')
 
@@ -116,6 +165,9 @@ class BiLevelRoutingAttention(nn.Module):
             head width).
         side_dwconv: LePE kernel size (0: no LePE).
         qkv_bias: bias of the q/k/v projection.
+
+    ``masked`` (attribute, from ``topk >= n_win ** 2 / 4``) selects :func:`masked_routed_attention` over the gathered
+    :func:`routed_attention`; both give the same numbers.
     """
 
     def __init__(
@@ -142,6 +194,7 @@ class BiLevelRoutingAttention(nn.Module):
         self.n_win = n_win
         self.topk = topk
         self.scale = qk_scale if qk_scale is not None else qk_dim ** -0.5
+        self.masked = 4 * topk >= n_win * n_win
         self.fused_attn = use_fused_attn()
         self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=qkv_bias, **dd)
         if side_dwconv > 0:
@@ -151,11 +204,22 @@ class BiLevelRoutingAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, self.masked)
+
+    def forward_gathered(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` through the gathered :func:`routed_attention` whatever ``masked`` says (the official
+        operator's form, which ``backbones.flops`` counts)."""
+        return self._forward(x, False)
+
+    def _forward(self, x: torch.Tensor, masked: bool) -> torch.Tensor:
         shortcut_size = x  # only its H, W are used, to crop the padding away
         x = pad_to_multiple(x, (self.n_win, self.n_win))
         qkv = self.qkv(x)
-        out = routed_attention(
-            qkv, self.qk_dim, self.num_heads, self.n_win, self.topk, self.scale, self.fused_attn)
+        args = (self.qk_dim, self.num_heads, self.n_win, self.topk, self.scale, self.fused_attn)
+        if masked:
+            out = masked_routed_attention(qkv, *args)
+        else:
+            out = routed_attention(qkv, *args)
         if self.lepe is not None:
             v = contiguous_for_export(qkv[..., 2 * self.qk_dim:].permute(0, 3, 1, 2))
             out = out + self.lepe(v).permute(0, 2, 3, 1)

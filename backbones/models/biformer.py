@@ -22,7 +22,9 @@ Differences from the official code (none changes a number at the official sizes)
   the last rows / columns of a side that is not a multiple of 32, so STL takes multiples of 32 and raises a
   ``ValueError`` otherwise.
 - The routed keys / values are taken with one ``index_select`` on the flattened (batch * region) axis, and the
-  token attention runs on ``F.scaled_dot_product_attention`` (:func:`backbones.layers.attention.sdpa`).
+  token attention runs on ``F.scaled_dot_product_attention`` (:func:`backbones.layers.attention.sdpa`). The third
+  stage (16 of 49 regions routed) instead attends over the whole map with the unrouted regions masked out: the same
+  softmax over the same keys, without copying 16 regions' keys / values per region.
 - ``reset_classifier`` works (the official one raises), ``drop_rate`` is the classifier dropout (official: unused).
 - The refactored ``biformer_stl_nchw`` (``ops/bra_nchw.py``) is not provided: it pads and routes differently from the
   legacy BRA for sizes that do not divide into regions, in ways the spec does not pin down, and no fixture checks it.

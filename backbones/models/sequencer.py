@@ -51,6 +51,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from .._checkpoint import convert_state_dict
 from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
+from ..layers.activation import InplaceGELU
 from ..layers.head import Head
 from ..layers.stage import Stage, drop_path_schedule
 from ..layers.tracing import contiguous_for_export
@@ -162,7 +163,7 @@ class SequencerBlock(nn.Module):
         self.rnn_tokens = BiLSTM2d(dim, hidden_size, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=EPS, **dd)
-        self.mlp_channels = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
+        self.mlp_channels = Mlp(dim, int(dim * mlp_ratio), act_layer=InplaceGELU, drop=proj_drop, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

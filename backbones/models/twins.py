@@ -39,6 +39,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from .._checkpoint import convert_state_dict
 from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
+from ..layers.activation import InplaceGELU
 from ..layers.head import Head
 from ..layers.stage import Stage, drop_path_schedule
 from ..layers.subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
@@ -117,7 +118,7 @@ class TwinsBlock(nn.Module):
                 dim, num_heads, sr_ratio, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=InplaceGELU, drop=proj_drop, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.peg = PosConv(dim, **dd) if pos_conv else nn.Identity()
 
