@@ -40,6 +40,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from .._checkpoint import convert_state_dict
 from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
+from ..layers.activation import InplaceGELU
 from ..layers.attention import Attention
 from ..layers.channel_attention import ChannelAttention
 from ..layers.head import Head
@@ -134,7 +135,7 @@ class DualBlockHalf(nn.Module):
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.cpe2 = ConvPosEnc(dim, **dd)
         self.norm2 = nn.LayerNorm(dim, eps=EPS, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=InplaceGELU, **dd)  # exact GELU, in place in inference
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def attend(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
