@@ -101,6 +101,8 @@ class Attention(nn.Module):
         B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
+        if attn_bias is not None:  # as a 4-D view: on the CPU, SDPA's flash kernel takes only a mask of q's rank
+            attn_bias = attn_bias.expand(B, self.num_heads, N, N)  # (a 3-D one runs the math kernel, ~2.5x slower)
         x = sdpa(q, k, v, attn_bias, self.scale, self.attn_drop.p if self.training else 0., self.fused_attn)
         return contiguous_reshape(x.transpose(1, 2), [B, N, self.num_heads * self.head_dim])  # explicit: batch 0 works
 

@@ -34,6 +34,7 @@ from typing import List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath,
@@ -42,6 +43,7 @@ from timm.layers import (
     NormMlpClassifierHead,
     get_device_dtype,
     register_notrace_function,
+    register_notrace_module,
     to_2tuple,
     trunc_normal_,
 )
@@ -51,6 +53,7 @@ from timm.models._input import update_model_input_size
 from .._checkpoint import check_state_dict, rename_keys, unwrap_state_dict
 from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
+from ..layers.activation import InplaceGELU
 from ..layers.attention import Attention
 from ..layers.conv import create_conv2d_same
 from ..layers.head import check_pool_type
@@ -75,7 +78,21 @@ FAMILY = register_family(Family(
             "checkpoint_filter_fn",
 ))
 
-GELU_TANH = partial(nn.GELU, approximate='tanh')
+@register_notrace_module  # an FX leaf: the branch below reads a tensor attribute
+class GELUTanh(InplaceGELU):
+    """The official activation, GELU with the tanh approximation, computed in place in inference (as the shared
+    :class:`~backbones.layers.activation.InplaceGELU`): every use here activates a fresh buffer nothing else reads
+    (a Linear's or a BatchNorm's output), and a fresh buffer of MBConv's hidden width costs page faults on the CPU
+    on every forward. Same numbers bit for bit."""
+
+    def __init__(self):
+        nn.GELU.__init__(self, approximate='tanh')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            return F.gelu(x, approximate='tanh')
+        return torch._C._nn.gelu_(x, approximate='tanh')
+
 
 
 @register_notrace_function
@@ -140,7 +157,7 @@ class PartitionAttention(nn.Module):
         self.rel_pos = RelPosBias(self.attn.num_heads, self.partition_size, key_minus_query=True, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=GELU_TANH, drop=proj_drop, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=GELUTanh, drop=proj_drop, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def set_partition_size(self, partition_size: Union[int, Tuple[int, int]]):
@@ -203,7 +220,7 @@ class MaxViTBlock(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.conv = MBConv(
-            in_chs, out_chs, stride, expand_ratio=expand_ratio, se_ratio=se_ratio, act_layer=GELU_TANH,
+            in_chs, out_chs, stride, expand_ratio=expand_ratio, se_ratio=se_ratio, act_layer=GELUTanh,
             norm_eps=1e-3, drop_path=drop_path, **dd)
         attn_args = dict(head_dim=head_dim, mlp_ratio=mlp_ratio, attn_drop=attn_drop, proj_drop=proj_drop,
                          drop_path=drop_path, **dd)
@@ -224,7 +241,7 @@ class MaxViTStem(nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.conv1 = create_conv2d_same(in_chs, widths[0], 3, stride=2, bias=True, **dd)
         self.norm1 = nn.BatchNorm2d(widths[0], eps=1e-3, **dd)
-        self.act1 = GELU_TANH()
+        self.act1 = GELUTanh()
         self.conv2 = create_conv2d_same(widths[0], widths[1], 3, stride=1, bias=True, **dd)
         self.out_chs = widths[1]
         self.reduction = 2
