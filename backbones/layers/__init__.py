@@ -3,13 +3,14 @@ from .activation import InplaceGELU
 from .attention import Attention, sdpa
 from .bottleneck import Bottleneck, MixerFn
 from .channel_attention import ChannelAttention
-from .conv import Conv2dSame, ConvNormAct, LayerType, create_conv2d_same, pad_same, same_padding
+from .conv import Conv2dSame, ConvNormAct, LayerType, PointwiseConv2d, create_conv2d_same, pad_same, same_padding
 from .cross_attention import CrossAttention
 from .fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
 from .head import POOL_TYPES, Head, check_pool_type
 from .helpers import check_feature_indices, check_input, check_model_kwargs
 from .involution import Involution
 from .mbconv import MBConv, MBConvShortcut, avg_pool_same
+from .mlp import Mlp
 from .msa_conv import MSAConv2d, MSAConvAttention, msa_conv_av, msa_conv_qk
 from .oversize_conv import OversizeConv2d, eager_channels_last, oversize_conv_matmul, toeplitz_taps
 from .patch_embed import PatchEmbed

@@ -4,11 +4,14 @@ from typing import Callable, List, Optional, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from .fuse import fuse_conv_bn
-from .tracing import is_exporting
+from .tracing import is_exporting, is_tracing
 
-__all__ = ['ConvNormAct', 'same_padding', 'pad_same', 'Conv2dSame', 'create_conv2d_same']
+__all__ = [
+    'ConvNormAct', 'PointwiseConv2d', 'same_padding', 'same_pads', 'pad_same', 'fill_border_', 'Conv2dSame',
+    'create_conv2d_same']
 
 LayerType = Union[Type[nn.Module], Callable[..., nn.Module]]
 
@@ -18,6 +21,17 @@ def same_padding(kernel_size: int, dilation: int = 1) -> int:
     return ((kernel_size - 1) // 2) * dilation
 
 
+def same_pads(x: torch.Tensor, kernel_size: int, stride: int) -> List[int]:
+    """TensorFlow "SAME" padding of an NCHW map in ``F.pad`` order: ``[left, right, top, bottom]``."""
+    pads: List[int] = []
+    for n in (x.shape[-1], x.shape[-2]):  # F.pad order: the last dimension first
+        total = ((n + stride - 1) // stride - 1) * stride + kernel_size - n
+        if kernel_size < stride:  # (a window narrower than its stride can skip pixels: never negative padding)
+            total = max(total, 0)
+        pads += [total // 2, total - total // 2]
+    return pads
+
+
 def pad_same(x: torch.Tensor, kernel_size: int, stride: int, value: float = 0.) -> torch.Tensor:
     """Pad an NCHW map as TensorFlow's "SAME" padding does for a ``kernel_size`` / ``stride`` window: ``ceil(n /
     stride)`` outputs per side, the total padding split with the smaller half first (top / left).
@@ -25,13 +39,38 @@ def pad_same(x: torch.Tensor, kernel_size: int, stride: int, value: float = 0.) 
     The same numbers as ``timm.layers.pad_same``, in integer arithmetic: ``math.ceil`` of a float turns every later
     size of a ``torch.export`` trace into nested ceilings, which made exporting MaxViT / MOAT several times slower.
     """
-    pads: List[int] = []
-    for n in (x.shape[-1], x.shape[-2]):  # F.pad order: the last dimension first
-        total = ((n + stride - 1) // stride - 1) * stride + kernel_size - n
-        if kernel_size < stride:  # (a window narrower than its stride can skip pixels: never negative padding)
-            total = max(total, 0)
-        pads += [total // 2, total - total // 2]
-    return F.pad(x, pads, value=value)
+    pads = same_pads(x, kernel_size, stride)
+    if torch.jit.is_scripting() or not isinstance(x, torch.Tensor) or is_tracing() or x.dim() != 4 \
+            or min(pads) < 0 or x.requires_grad:  # (not a tensor: an FX proxy)
+        return F.pad(x, pads, value=value)
+    return _pad_borders(x, pads, value)
+
+
+@torch.jit.unused
+def _pad_borders(x: torch.Tensor, pads: List[int], value: float) -> torch.Tensor:
+    """``F.pad(x, pads, value=value)`` for an NCHW map (eager, no autograd): ``F.pad`` fills the whole new buffer
+    before copying ``x`` into it; here only the border is filled (about a third less memory traffic for MBConv's
+    strided depth-wise input). The layout (channels-last or not) is kept."""
+    left, right, top, bottom = pads
+    if not any(pads):
+        return x
+    B, C, H, W = x.shape
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+    out = torch.empty((B, C, H + top + bottom, W + left + right), dtype=x.dtype, device=x.device, memory_format=fmt)
+    out[:, :, top:top + H, left:left + W] = x
+    return fill_border_(out, pads, value)
+
+
+@torch.jit.unused
+def fill_border_(x: torch.Tensor, pads: List[int], value: float = 0.) -> torch.Tensor:
+    """Set the border ``pads = [left, right, top, bottom]`` of an NCHW map to ``value``, in place."""
+    left, right, top, bottom = pads
+    H, W = x.shape[-2] - top - bottom, x.shape[-1] - left - right
+    for rows, cols in ((slice(0, top), slice(None)), (slice(top + H, None), slice(None)),
+                       (slice(top, top + H), slice(0, left)), (slice(top, top + H), slice(left + W, None))):
+        x[:, :, rows, cols] = value
+    return x
 
 
 class Conv2dSame(nn.Conv2d):
@@ -74,6 +113,26 @@ def create_conv2d_same(
         return nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, groups=groups, bias=bias,
                          device=device, dtype=dtype)
     return Conv2dSame(in_chs, out_chs, kernel_size, stride, groups=groups, bias=bias, device=device, dtype=dtype)
+
+
+@register_notrace_module  # an FX leaf: the path is chosen from the input's memory layout
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution (stride 1, no padding; ``nn.Conv2d`` parameters and keys) that, run eagerly on a
+    channels-last map, is one matmul over the channels: ``linear(x.permute(0, 2, 3, 1), W)``, channels-last out.
+
+    PyTorch sends 1x1 convolutions of small batches on one CPU thread outside oneDNN, to a path that first copies a
+    channels-last input to NCHW (see :meth:`ConvNormAct.use_matmul_1x1`). NCHW-contiguous inputs, tracing and
+    scripting take the convolution.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, bias: bool = True, device=None, dtype=None):
+        super().__init__(in_chs, out_chs, 1, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting() or is_tracing() or x.dim() != 4 or x.is_contiguous() \
+                or not x.is_contiguous(memory_format=torch.channels_last):
+            return self._conv_forward(x, self.weight, self.bias)
+        return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
 
 
 class ConvNormAct(nn.Module):

@@ -11,7 +11,7 @@ import torch.nn as nn
 if TYPE_CHECKING:
     from .conv import ConvNormAct
 
-__all__ = ['fuse_conv_bn', 'fuse_conv_bn_', 'fuse_bn_conv_', 'fuse_conv_norm_act_', 'scale_conv_']
+__all__ = ['fuse_conv_bn', 'fuse_conv_bn_', 'fuse_bn_conv_', 'fuse_conv_norm_act_', 'scale_conv_', 'bn_scale_shift']
 
 
 @torch.no_grad()
@@ -53,6 +53,18 @@ def _bn_scale_shift(bn: nn.BatchNorm2d):
     shift = -bn.running_mean.double() * scale
     if bn.bias is not None:
         shift = shift + bn.bias.double()
+    return scale, shift
+
+
+def bn_scale_shift(bn: nn.BatchNorm2d):
+    """``bn(x) == x * scale + shift`` per channel with the running statistics (the eval-mode function), in the
+    parameters' dtype and differentiable: for folding a BatchNorm into a neighbouring conv at run time."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
     return scale, shift
 
 

@@ -46,7 +46,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import GELU, DropPath, Mlp, trunc_normal_
+from timm.layers import GELU, DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
@@ -55,6 +55,7 @@ from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.attention import Attention
 from ..layers.conv import ConvNormAct
 from ..layers.head import Head
+from ..layers.mlp import Mlp
 from ..layers.routing_attention import BiLevelRoutingAttention
 from ..layers.stage import Stage, drop_path_schedule
 from ..layers.tracing import contiguous_for_export

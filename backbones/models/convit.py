@@ -48,13 +48,14 @@ from typing import Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_, use_fused_attn
+from timm.layers import calculate_drop_path_rates, to_2tuple, trunc_normal_, use_fused_attn
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict, unwrap_state_dict
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from .._token import TokenFeatureMixin, check_global_pool, token_feature_info
 from ..layers.attention import Attention
+from ..layers.mlp import Mlp
 from ..layers.patch_embed import PatchEmbed
 from ..layers.pos_embed import resize_pos_embed_in_state_dict
 from ..layers.tracing import is_exporting

@@ -54,7 +54,7 @@ from typing import List, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
+from timm.layers import calculate_drop_path_rates, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict, unwrap_state_dict
@@ -63,6 +63,7 @@ from .._token import BRANCH_POOL_TYPES, MultiBranchTokenMixin, branch_feature_in
 from ..layers.activation import InplaceGELU
 from ..layers.attention import Attention
 from ..layers.cross_attention import CrossAttention
+from ..layers.mlp import Mlp
 from ..layers.patch_embed import PatchEmbed
 from ..layers.pos_embed import pos_embed_for_grid, resize_pos_embed_in_state_dict
 from ..layers.transformer import TransformerBlock

@@ -39,7 +39,6 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath,
     LayerNorm2d,
-    Mlp,
     NormMlpClassifierHead,
     get_device_dtype,
     register_notrace_function,
@@ -59,6 +58,8 @@ from ..layers.conv import create_conv2d_same
 from ..layers.head import check_pool_type
 from ..layers.helpers import check_feature_indices
 from ..layers.mbconv import MBConv
+from ..layers.mlp import Mlp
+from ..layers.oversize_conv import eager_channels_last
 from ..layers.relpos import RelPosBias, resize_rel_pos_table
 from ..layers.stage import Stage, drop_path_schedule
 from ..layers.tracing import is_tracing
@@ -247,6 +248,8 @@ class MaxViTStem(nn.Module):
         self.reduction = 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:  # oneDNN's channels-last convs: 6x faster for the 3-channel conv1 on one CPU thread
+            x = eager_channels_last(x)
         return self.conv2(self.act1(self.norm1(self.conv1(x))))
 
 

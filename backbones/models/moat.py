@@ -55,6 +55,7 @@ from ..layers.conv import create_conv2d_same
 from ..layers.head import Head
 from ..layers.helpers import check_input
 from ..layers.mbconv import MBConv
+from ..layers.oversize_conv import eager_channels_last
 from ..layers.relpos import RelPosBias
 from ..layers.stage import Stage
 from ..layers.window import window_partition, window_reverse
@@ -92,6 +93,13 @@ class MoatStem(nn.Sequential):
             prev = w
         self.out_chs = prev
         self.reduction = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:  # oneDNN's channels-last convs: 6x faster for the 3-channel conv0 on one CPU thread
+            x = eager_channels_last(x)
+        for layer in self:
+            x = layer(x)
+        return x
 
 
 class MoatBlock(nn.Module):

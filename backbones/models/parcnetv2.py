@@ -53,6 +53,7 @@ from timm.models._input import update_model_input_size
 from .._checkpoint import check_state_dict, rename_keys, unwrap_state_dict
 from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
+from ..layers.conv import PointwiseConv2d
 from ..layers.head import Head
 from ..layers.oversize_conv import OversizeConv2d, eager_channels_last, resize_kernel_1d
 from ..layers.stage import Stage, drop_path_schedule
@@ -149,12 +150,12 @@ class ParCV2Mixer(nn.Module):
             device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.pwconv1 = nn.Conv2d(dim, 2 * dim, 1, **dd)
+        self.pwconv1 = PointwiseConv2d(dim, 2 * dim, **dd)
         self.act = nn.GELU()
         self.dwconv1 = OversizeConv2d(dim, kernel_size, **dd)
         self.dwconv2 = nn.Conv2d(
             dim, dim, local_kernel_size, padding=local_kernel_size // 2, groups=dim, bias=False, **dd)
-        self.pwconv2 = nn.Conv2d(dim, dim, 1, bias=False, **dd)
+        self.pwconv2 = PointwiseConv2d(dim, dim, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, g = self.pwconv1(x).chunk(2, dim=1)
@@ -192,6 +193,9 @@ class ParCNetV2Block(nn.Module):
         self.res_scale1 = LayerScale2d(dim, init_values=1., **dd) if res_scale else nn.Identity()
         self.norm2 = LayerNormGeneral(dim, **dd)
         self.mlp = GluMlp(dim, int(mlp_ratio * dim), act_layer=nn.GELU, bias=(True, False), use_conv=True, **dd)
+        hidden = self.mlp.fc1.out_channels
+        self.mlp.fc1 = PointwiseConv2d(dim, hidden, bias=True, **dd)  # the same 1x1 convs, as matmuls when eager
+        self.mlp.fc2 = PointwiseConv2d(hidden // 2, dim, bias=False, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.res_scale2 = LayerScale2d(dim, init_values=1., **dd) if res_scale else nn.Identity()
 

@@ -45,7 +45,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, LayerNorm2d, Mlp, lecun_normal_, register_notrace_module
+from timm.layers import DropPath, LayerNorm2d, lecun_normal_, register_notrace_module
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
@@ -53,6 +53,7 @@ from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.activation import InplaceGELU
 from ..layers.head import Head
+from ..layers.mlp import Mlp
 from ..layers.stage import Stage, drop_path_schedule
 from ..layers.tracing import contiguous_for_export
 from ..layers.window import contiguous_reshape

@@ -33,7 +33,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, LayerNorm2d, Mlp, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
@@ -41,6 +41,7 @@ from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.activation import InplaceGELU
 from ..layers.head import Head
+from ..layers.mlp import Mlp
 from ..layers.stage import Stage, drop_path_schedule
 from ..layers.subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
 from ..layers.tracing import contiguous_for_export
