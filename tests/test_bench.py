@@ -77,6 +77,20 @@ def test_twin_same_weights_and_official_op():
             assert r.max_abs_diff <= 1e-5 * max(1., r.ref_max_abs), r
 
 
+def test_moat_official_op_sequence():
+    """MOAT's reference runs the blocks op by op (separate BatchNorms, NCHW convs, explicit attention) on the same
+    weights: the same logits, other code paths."""
+    from backbones.layers.attention import Attention
+    from backbones.layers.mbconv import MBConv
+    contenders, ref = build_contenders('moat_0', optimized=False)
+    assert [c.label for c in contenders] == ['moat_0', OFFICIAL_OPS['moat'][0]] and ref == 1
+    official = contenders[1].model
+    assert all(m.forward.__func__ is MBConv.forward_unfused for m in official.modules() if isinstance(m, MBConv))
+    assert all(not m.fused_attn for m in official.modules() if isinstance(m, Attention))
+    rows = run_group(contenders, ref, [torch.randn(1, 3, 64, 64)], BenchConfig(memory=False, flops=False, **FAST))
+    assert rows[0].max_abs_diff <= 1e-5 * max(1., rows[0].ref_max_abs), rows[0]
+
+
 def test_any_timm_reference_and_errors():
     contenders, ref = build_contenders('rapidnet_ti', 'resnet18', optimized=False)
     assert ref == 1 and contenders[1].label == 'timm resnet18' and not contenders[1].same_weights

@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 # README's table: (zoo model, reference) -- the smallest paper variant of every family, against its timm twin where
-# timm has one, else the official operator, else resnet50 (with the recorded official ratio) or nothing
+# timm has one, else the official operator formulation, else resnet50 (with the recorded official ratio) or nothing
 README_SUITE = [
     ('se_resnet50', 'twin'),
     ('sknet50', 'twin'),
@@ -60,10 +60,11 @@ README_SUITE = [
     ('twins_svt_s', 'twin'),
     ('sequencer2d_small', 'twin'),
     ('convit_ti', 'twin'),
+    ('crossvit_tiny', 'twin'),
     ('biformer_tiny', 'resnet50'),
     ('tic_tiny', 'official'),
     ('rapidnet_ti', 'resnet50'),
-    ('moat_0', 'none'),
+    ('moat_0', 'official'),
     ('parcnetv2_xt', 'none'),
 ]
 

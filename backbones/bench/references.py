@@ -64,6 +64,7 @@ TIMM_TWINS: Dict[str, Tuple[str, dict]] = {
     'sequencer2d_medium': ('sequencer2d_m', {}),
     'sequencer2d_large': ('sequencer2d_l', {}),
     'convit_ti': ('convit_tiny', {}),
+    'crossvit_tiny': ('crossvit_tiny_240', {}),
     'convit_s': ('convit_small', {}),
     'convit_b': ('convit_base', {}),
 }
@@ -79,10 +80,27 @@ def _use_official_msa_conv(model: nn.Module) -> int:
     return _swap_forward(model, MSAConvAttention, MSAConvAttention.forward_unfold)
 
 
+def _use_official_moat(model: nn.Module) -> int:
+    from ..layers.attention import Attention
+    from ..layers.mbconv import MBConv
+    from ..models.moat import MoatStem
+    n = _swap_forward(model, MBConv, MBConv.forward_unfused) + _swap_forward(model, MoatStem, nn.Sequential.forward)
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.fused_attn = False
+            n += 1
+    return n
+
+
 # family -> (label, function switching a model's layers to the official formulation in place; returns how many)
 OFFICIAL_OPS: Dict[str, Tuple[str, Callable[[nn.Module], int]]] = {
     'involution': ('official unfold involution (d-li14/involution, naive PyTorch op)', _use_official_involution),
     'tic': ('official im2col MSA-Conv (zs670980918/MSA-Conv op, as unfold)', _use_official_msa_conv),
+    # the official code is TensorFlow (google-research/deeplab2@64bc1c1a model/layers/moat_blocks.py,
+    # moat_attention.py): its blocks op by op in PyTorch eager, on NCHW maps: BatchNorms as separate ops, the
+    # convolutions as written, attention as explicit products (q k^T + relative-position bias, softmax, times v)
+    'moat': ('official op sequence (deeplab2 MOAT blocks op by op: separate BatchNorms, NCHW convs, explicit '
+             'attention)', _use_official_moat),
 }
 
 
