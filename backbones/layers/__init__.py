@@ -12,7 +12,7 @@ from .involution import Involution
 from .mbconv import MBConv, MBConvShortcut, avg_pool_same
 from .mlp import Mlp
 from .msa_conv import MSAConv2d, MSAConvAttention, msa_conv_av, msa_conv_qk
-from .oversize_conv import OversizeConv2d, eager_channels_last, oversize_conv_matmul, toeplitz_taps
+from .oversize_conv import OversizeConv2d, oversize_conv_matmul, toeplitz_taps
 from .patch_embed import PatchEmbed
 from .pos_embed import pos_embed_for_grid, resize_pos_embed_in_state_dict
 from .relpos import RelPosBias, rel_pos_index, resize_rel_pos_table
@@ -24,7 +24,7 @@ from .sk import SelectiveKernel, SelectiveKernelAttn, sk_attn_chs
 from .stage import Stage, drop_path_schedule
 from .stem import ConvStem, stem_pool
 from .subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
-from .tracing import contiguous_for_export, is_exporting, is_tracing
+from .tracing import contiguous_for_export, eager_channels_last, is_exporting, is_tracing
 from .transformer import TransformerBlock
 from .window import (
     contiguous_reshape,

@@ -10,7 +10,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-__all__ = ['InplaceGELU']
+__all__ = ['InplaceGELU', 'gelu_maybe_inplace']
+
+
+def gelu_maybe_inplace(x: torch.Tensor, approximate: str = 'none') -> torch.Tensor:
+    """``F.gelu(x, approximate)``, computed in ``x``'s memory when autograd does not record it (``x`` must be a fresh
+    buffer that nothing else reads)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.gelu(x, approximate=approximate)
+    return torch._C._nn.gelu_(x, approximate=approximate)
 
 
 @register_notrace_module  # an FX leaf: the branch below reads a tensor attribute
@@ -23,6 +31,4 @@ class InplaceGELU(nn.GELU):
         super().__init__()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad:
-            return F.gelu(x)
-        return torch._C._nn.gelu_(x)
+        return gelu_maybe_inplace(x)

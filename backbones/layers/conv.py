@@ -10,8 +10,8 @@ from .fuse import fuse_conv_bn
 from .tracing import is_exporting, is_tracing
 
 __all__ = [
-    'ConvNormAct', 'PointwiseConv2d', 'same_padding', 'same_pads', 'pad_same', 'fill_border_', 'Conv2dSame',
-    'create_conv2d_same']
+    'ConvNormAct', 'PointwiseConv2d', 'pointwise_matmul', 'same_padding', 'same_pads', 'pad_same', 'fill_border_',
+    'Conv2dSame', 'create_conv2d_same']
 
 LayerType = Union[Type[nn.Module], Callable[..., nn.Module]]
 
@@ -115,6 +115,13 @@ def create_conv2d_same(
     return Conv2dSame(in_chs, out_chs, kernel_size, stride, groups=groups, bias=bias, device=device, dtype=dtype)
 
 
+def pointwise_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A 1x1 convolution (``weight [out, in]``) of an NCHW map as one matmul over the channels:
+    ``linear(x.permute(0, 2, 3, 1), weight).permute(0, 3, 1, 2)``. On a channels-last map the matmul reads the memory
+    as it is and the result is channels-last again."""
+    return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
+
+
 @register_notrace_module  # an FX leaf: the path is chosen from the input's memory layout
 class PointwiseConv2d(nn.Conv2d):
     """A 1x1 convolution (stride 1, no padding; ``nn.Conv2d`` parameters and keys) that, run eagerly on a
@@ -132,7 +139,7 @@ class PointwiseConv2d(nn.Conv2d):
         if torch.jit.is_scripting() or is_tracing() or x.dim() != 4 or x.is_contiguous() \
                 or not x.is_contiguous(memory_format=torch.channels_last):
             return self._conv_forward(x, self.weight, self.bias)
-        return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+        return pointwise_matmul(x, self.weight.flatten(1), self.bias)
 
 
 class ConvNormAct(nn.Module):
@@ -190,7 +197,7 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x):
         if self.matmul_1x1 and not is_exporting():  # exported: the conv (channels-last maps guard on B > 1)
-            x = F.linear(x.permute(0, 2, 3, 1), self.conv.weight.flatten(1), self.conv.bias).permute(0, 3, 1, 2)
+            x = pointwise_matmul(x, self.conv.weight.flatten(1), self.conv.bias)
         else:
             x = self.conv(x)
         return self.act(self.bn(x))

@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, register_notrace_function
 
-from .conv import Conv2dSame, LayerType, create_conv2d_same, fill_border_, pad_same, same_pads
+from .activation import gelu_maybe_inplace
+from .conv import Conv2dSame, LayerType, create_conv2d_same, fill_border_, pad_same, pointwise_matmul, same_pads
 from .fuse import bn_scale_shift, fuse_bn_conv_, fuse_conv_bn_
 from .se import SqueezeExcite
 from .tracing import is_tracing
@@ -41,16 +42,15 @@ def avg_pool_same(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tenso
 
 
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """A 1x1 convolution (``weight [out, in]``) as one matmul over the channels; NCHW in, NCHW (channels-last) out.
-    An NCHW-contiguous input is copied to channels-last first (else the matmul runs as one small product per row)."""
-    x = x.contiguous(memory_format=torch.channels_last)
-    return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
+    """:func:`pointwise_matmul` on a channels-last copy of an NCHW-contiguous input (else the matmul would run as
+    one small product per row of the map); channels-last out."""
+    return pointwise_matmul(x.contiguous(memory_format=torch.channels_last), weight, bias)
 
 
 def _act_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``act(x)``, in place for a GELU when no gradient is recorded (``x`` must be a fresh buffer)."""
-    if isinstance(act, nn.GELU) and not (torch.is_grad_enabled() and x.requires_grad):
-        return torch._C._nn.gelu_(x, approximate=act.approximate)
+    if isinstance(act, nn.GELU):
+        return gelu_maybe_inplace(x, act.approximate)
     return act(x)
 
 

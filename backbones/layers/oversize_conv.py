@@ -27,18 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, to_2tuple
 
+from .tracing import eager_channels_last
 from .window import contiguous_reshape
 
-__all__ = ['OversizeConv2d', 'toeplitz_taps', 'oversize_conv_matmul', 'resize_kernel_1d', 'eager_channels_last']
-
-
-def eager_channels_last(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in channels-last memory when running eagerly (the fast CPU path of depth-wise convs); unchanged under
-    ``torch.compile`` / ``torch.export``, which choose layouts themselves (forcing one there only adds shape guards:
-    a channels-last map with a side of 1 is ambiguous)."""
-    if torch.compiler.is_compiling():
-        return x
-    return x.contiguous(memory_format=torch.channels_last)
+__all__ = ['OversizeConv2d', 'toeplitz_taps', 'oversize_conv_matmul', 'resize_kernel_1d']
 
 
 def toeplitz_taps(weight: torch.Tensor, n: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ gives the same numbers (padding by zero rows is a copy, a zero additive bias add
 """
 import torch
 
-__all__ = ['is_tracing', 'is_exporting', 'contiguous_for_export']
+__all__ = ['is_tracing', 'is_exporting', 'contiguous_for_export', 'eager_channels_last']
 
 
 def is_tracing() -> bool:
@@ -33,3 +33,12 @@ def contiguous_for_export(x: torch.Tensor) -> torch.Tensor:
     if is_exporting():
         return x.contiguous()
     return x
+
+
+def eager_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last memory when running eagerly (oneDNN's fast CPU convolutions); unchanged under
+    ``torch.compile`` / ``torch.export``, which choose layouts themselves (forcing one there only adds shape guards:
+    a channels-last map with a side of 1 is ambiguous)."""
+    if torch.compiler.is_compiling():
+        return x
+    return x.contiguous(memory_format=torch.channels_last)

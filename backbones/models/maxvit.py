@@ -59,10 +59,9 @@ from ..layers.head import check_pool_type
 from ..layers.helpers import check_feature_indices
 from ..layers.mbconv import MBConv
 from ..layers.mlp import Mlp
-from ..layers.oversize_conv import eager_channels_last
 from ..layers.relpos import RelPosBias, resize_rel_pos_table
 from ..layers.stage import Stage, drop_path_schedule
-from ..layers.tracing import is_tracing
+from ..layers.tracing import eager_channels_last, is_tracing
 from ..layers.window import crop, grid_partition, grid_reverse, pad_to_multiple, window_partition, window_reverse
 
 __all__ = ['MaxViT']

@@ -55,9 +55,9 @@ from ..layers.conv import create_conv2d_same
 from ..layers.head import Head
 from ..layers.helpers import check_input
 from ..layers.mbconv import MBConv
-from ..layers.oversize_conv import eager_channels_last
 from ..layers.relpos import RelPosBias
 from ..layers.stage import Stage
+from ..layers.tracing import eager_channels_last
 from ..layers.window import window_partition, window_reverse
 
 __all__ = ['MOAT', 'MoatBlock', 'MoatStem', 'checkpoint_filter_fn', 'convert_tf_state_dict']

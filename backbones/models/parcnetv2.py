@@ -55,8 +55,9 @@ from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.conv import PointwiseConv2d
 from ..layers.head import Head
-from ..layers.oversize_conv import OversizeConv2d, eager_channels_last, resize_kernel_1d
+from ..layers.oversize_conv import OversizeConv2d, resize_kernel_1d
 from ..layers.stage import Stage, drop_path_schedule
+from ..layers.tracing import eager_channels_last
 
 __all__ = ['ParCNetV2']
 
