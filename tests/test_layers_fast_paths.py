@@ -149,3 +149,28 @@ def test_pointwise_conv_is_the_conv():
     assert out.is_contiguous(memory_format=torch.channels_last)  # the matmul path ran (channels-last out)
     traced = create_feature_extractor(nn.Sequential(conv), return_nodes={'0': 'out'})  # an FX leaf
     torch.testing.assert_close(traced(x)['out'], ref(x), rtol=0, atol=1e-5)
+
+
+def _conv_norm_act(in_chs, out_chs, stride, first, **kwargs):
+    from backbones.layers import ConvNormAct
+    return ConvNormAct(in_chs, out_chs, 3, stride=stride, **kwargs)
+
+
+@pytest.mark.parametrize('gated', [False, True])
+def test_bottleneck_sums_in_place_without_touching_its_input(gated):
+    """The residual sum (and SE's fused gate) is written into the branch's own fresh output in inference: same
+    numbers as the out-of-place sum, the block input (the identity shortcut, possibly a collected feature) intact,
+    and the same gradients when autograd records the block."""
+    from backbones.layers import Bottleneck, SqueezeExcite
+    block = _randomize_(Bottleneck(16, 16, 4, _conv_norm_act, attn_layer=SqueezeExcite if gated else None)).eval()
+    x = torch.randn(2, 16, 6, 6)
+    before = x.clone()
+    with torch.no_grad():
+        out = block(x)
+        branch = block.conv3(block.conv2(block.conv1(x)))
+        ref = torch.relu(x + (branch * block.attn.excitation(branch) if gated else branch))
+    assert torch.equal(x, before)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    y = x.clone().requires_grad_()
+    block(y).sum().backward()
+    assert y.grad is not None and torch.equal(x, before)

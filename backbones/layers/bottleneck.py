@@ -17,12 +17,23 @@ from timm.layers import DropPath
 
 from .conv import ConvNormAct, LayerType
 from .shortcut import Shortcut
+from .tracing import is_tracing
 
 __all__ = ['Bottleneck', 'MixerFn']
 
 # mixer_fn(in_chs, out_chs, stride, first, device=, dtype=) -> module mapping [B, in, H, W] to [B, out, H/s, W/s],
 # normalized and activated. ``first`` is True in the first block of a stage.
 MixerFn = Callable[..., nn.Module]
+
+
+@torch.jit.unused
+def _records_grad(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> bool:
+    """Whether autograd records an op on ``a, b, c`` (also true while tracing and for FX proxies: those take the
+    out-of-place op)."""
+    tensors = (a, b, c)
+    if is_tracing() or not all(isinstance(t, torch.Tensor) for t in tensors):
+        return True
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 class Bottleneck(nn.Module):
@@ -86,5 +97,9 @@ class Bottleneck(nn.Module):
         x = self.conv2(x)
         x = self.conv3(x)
         if self.gated:
-            return self.act(torch.addcmul(shortcut, x, self.drop_path(self.attn.excitation(x))))
-        return self.act(self.drop_path(self.attn(x)) + shortcut)
+            gate = self.drop_path(self.attn.excitation(x))
+            if torch.jit.is_scripting() or _records_grad(x, gate, shortcut):
+                return self.act(torch.addcmul(shortcut, x, gate))
+            return self.act(torch.addcmul(shortcut, x, gate, out=x))  # into conv3's fresh output: no new buffer
+        # in place on the branch output (a fresh buffer that autograd does not need), as timm's ResNets do
+        return self.act(self.drop_path(self.attn(x)).add_(shortcut))
