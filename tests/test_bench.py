@@ -128,6 +128,9 @@ def test_merge_rows_and_json():
     assert [(r.group, r.label) for r in merged] == [('a', 'a'), ('a', 'r'), ('b', 'b'), ('b', 'r'), ('c', 'c'),
                                                     ('c', 'r')]
     assert merged[0] is new[0] and merged[2] is old[2]
+    in_order = merge_rows(old, new, order=['a', 'c', 'b'])  # a new group goes where the suite puts it
+    assert [(r.group, r.label) for r in in_order] == [('a', 'a'), ('a', 'r'), ('c', 'c'), ('c', 'r'), ('b', 'b'),
+                                                      ('b', 'r')]
 
 
 def test_twin_registry():

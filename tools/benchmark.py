@@ -117,7 +117,8 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
     if args.markdown and args.update:
-        rows = merge_rows(rows_from_dicts(json.loads(args.store.read_text())), rows)
+        rows = merge_rows(rows_from_dicts(json.loads(args.store.read_text())), rows,
+                          order=[name for name, _ in README_SUITE])
         notes = official_notes(rows)
     if args.markdown:
         args.store.parent.mkdir(parents=True, exist_ok=True)

@@ -145,11 +145,14 @@ def rows_from_dicts(items: Sequence[dict]) -> List[Row]:
     return rows
 
 
-def merge_rows(old: Sequence[Row], new: Sequence[Row]) -> List[Row]:
+def merge_rows(old: Sequence[Row], new: Sequence[Row], order: Sequence[str] = ()) -> List[Row]:
     """``old`` with every (group, setting) that ``new`` measured replaced by the new rows, in place; groups ``old``
-    lacks go after the last row of their setting. Settings keep their first order (tables stay whole)."""
+    lacks go before the first group of their setting that comes later in ``order`` (group names, e.g. README's
+    suite), else after the last row of their setting. Settings keep their first order (tables stay whole)."""
     def key(r: Row):
         return (r.group, r.mode, r.threads, r.batch, r.options)
+
+    rank = {name: i for i, name in enumerate(order)}
 
     fresh = {}
     for r in new:
@@ -163,7 +166,15 @@ def merge_rows(old: Sequence[Row], new: Sequence[Row]) -> List[Row]:
                 done.add(k)
         else:
             merged.append(r)
-    merged += [r for r in new if key(r) not in done]
+    for r in new:
+        if key(r) in done:
+            continue
+        later = [i for i, m in enumerate(merged) if key(m)[1:] == key(r)[1:] and m.group != r.group
+                 and rank.get(m.group, len(rank)) > rank.get(r.group, len(rank))]
+        if later:  # before that group (after the new group's rows placed so far: rows keep their order)
+            merged.insert(later[0], r)
+        else:
+            merged.append(r)
     order = {}
     for r in merged:
         order.setdefault(key(r)[1:], len(order))
