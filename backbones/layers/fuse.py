@@ -3,7 +3,7 @@
 Both are exact algebra (``bn(conv(x)) == conv'(x)`` with the eval statistics); the new weights are computed in
 float64 and cast back, so the folded layer differs from the pair only by the rounding of its own arithmetic.
 """
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -21,18 +21,11 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     ``conv`` may have any kernel, stride, dilation, groups and padding, with or without a bias. The result keeps
     ``conv``'s device, dtype and training flag.
     """
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError('cannot fold a BatchNorm without running statistics (track_running_stats=False)')
     if bn.num_features != conv.out_channels:
         raise ValueError(f'BatchNorm width {bn.num_features} != conv output channels {conv.out_channels}')
+    scale, shift = bn_scale_shift(bn, torch.float64)
     w = conv.weight.double()
-    b = conv.bias.double() if conv.bias is not None else torch.zeros_like(bn.running_mean, dtype=torch.float64)
-    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.double()
-    shift = -bn.running_mean.double() * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.double()
+    b = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
     fused = nn.Conv2d(
         conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
         dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
@@ -43,28 +36,23 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
-def _bn_scale_shift(bn: nn.BatchNorm2d):
-    """``bn(x) == x * scale + shift`` per channel in eval mode, in float64."""
+def bn_scale_shift(bn: nn.BatchNorm2d, dtype: Optional[torch.dtype] = None):
+    """``bn(x) == x * scale + shift`` per channel with the running statistics (the eval-mode function).
+
+    In ``dtype`` (float64 for folding once, exactly) or, by default, the statistics' own dtype and differentiable
+    (for folding into a neighbouring conv at run time)."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError('cannot fold a BatchNorm without running statistics (track_running_stats=False)')
-    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.double()
-    shift = -bn.running_mean.double() * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.double()
-    return scale, shift
 
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t if dtype is None else t.to(dtype)
 
-def bn_scale_shift(bn: nn.BatchNorm2d):
-    """``bn(x) == x * scale + shift`` per channel with the running statistics (the eval-mode function), in the
-    parameters' dtype and differentiable: for folding a BatchNorm into a neighbouring conv at run time."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
+    scale = torch.rsqrt(cast(bn.running_var) + bn.eps)
     if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
+        scale = scale * cast(bn.weight)
+    shift = -cast(bn.running_mean) * scale
     if bn.bias is not None:
-        shift = shift + bn.bias
+        shift = shift + cast(bn.bias)
     return scale, shift
 
 
@@ -83,7 +71,7 @@ def fuse_conv_bn_(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     ``Conv2dSame`` and its dynamic padding included) and gains a bias if it had none."""
     if bn.num_features != conv.out_channels:
         raise ValueError(f'BatchNorm width {bn.num_features} != conv output channels {conv.out_channels}')
-    scale, shift = _bn_scale_shift(bn)
+    scale, shift = bn_scale_shift(bn, torch.float64)
     b = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
     return _set_weight_bias_(conv, conv.weight.double() * scale.view(-1, 1, 1, 1), b * scale + shift)
 
@@ -101,7 +89,7 @@ def fuse_bn_conv_(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
     if conv.groups != 1 or bn.num_features != conv.in_channels:
         raise ValueError(f'BatchNorm width {bn.num_features} vs conv input channels {conv.in_channels} '
                          f'(groups {conv.groups}): cannot fold')
-    scale, shift = _bn_scale_shift(bn)
+    scale, shift = bn_scale_shift(bn, torch.float64)
     w = conv.weight.double()  # [out, in, 1, 1]
     b = conv.bias.double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64,
                                                                      device=w.device)
