@@ -5,7 +5,6 @@ its source, and :class:`Recipes` renders one zoo model's into ``configs/<family>
 
 A recipe file (``configs/README.md`` walks through one)::
 
-    paper: Squeeze-and-Excitation Networks (Hu et al., arXiv 1709.01507)   # the header's "recipe of ..."
     refs:                          # named texts, written {NAME} in any text below (a ref may use the refs above it)
       PAPER: arXiv 1709.01507 §5.1
     note: ...                      # a NOTE above the values of every model of the family (optional)
@@ -25,6 +24,8 @@ of every inherited value becomes, e.g. ``"ASSUMPTION, MaxViT's: {source}"`` when
 in) with ``keep_sources`` (the keys whose sources stay as they are), and, in a model's own entry, ``vars``: values
 for ``{name}`` in every text of its recipe, and for a value written ``"{name}"`` (which takes the var's type).
 Three refs are common to every file: ``{TIMM_DEFAULT}``, ``{LR_FROM_BASE}`` and ``{NO_COOLDOWN_DEIT}``.
+The header of a config names the paper from the registry (:class:`~backbones._registry.Family`: title, authors,
+arXiv id), followed by the file's ``caveat`` when the recipe is not the paper's own.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
+
+from ._registry import get_family, get_variant_info, list_models
 
 __all__ = ['CONFIGS', 'COMMON_REFS', 'Recipe', 'Recipes', 'RecipeError', 'write_configs', 'check_configs']
 
@@ -107,13 +110,13 @@ class _File:
             data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as e:
             raise RecipeError(f'{path.name}: {e}') from e
-        unknown = set(data) - {'paper', 'refs', 'note', 'recipes', 'models'}
+        unknown = set(data) - {'caveat', 'refs', 'note', 'recipes', 'models'}
         if unknown:
             raise RecipeError(f'{path.name}: unknown top-level keys {sorted(unknown)}')
         refs = dict(COMMON_REFS)
         for name, text in (data.get('refs') or {}).items():
             refs[name] = _fill(str(text), refs)
-        self.paper = _fill(data.get('paper', ''), refs)
+        self.caveat = _fill(data.get('caveat', ''), refs)
         self.note = _fill(data['note'], refs) if data.get('note') else None
         self.recipes = {k: self._spec(v, refs, f'recipe {k}') for k, v in (data.get('recipes') or {}).items()}
         self.models = {k: self._spec(v, refs, f'model {k}') for k, v in (data.get('models') or {}).items()}
@@ -156,7 +159,11 @@ class Recipes:
         raise KeyError(f'no training recipe for {model!r}: add it to its family\'s configs/<family>{SUFFIX}')
 
     def paper(self, family: str) -> str:
-        return self._files[family].paper
+        """What the configs' header calls the recipe's paper: the registry's title, authors and arXiv id, then the
+        file's ``caveat`` (a recipe that is not the paper's own says so there)."""
+        fam = get_family(family)
+        caveat = self._files[family].caveat
+        return f'{fam.paper} ({fam.authors_short}, arXiv {fam.arxiv})' + (f': {caveat}' if caveat else '')
 
     def recipe(self, model: str) -> Recipe:
         """``model``'s values and notes, every ``{name}`` filled in."""
@@ -214,7 +221,6 @@ class Recipes:
     def render_registered(self, families: Sequence[str] = ()) -> Dict[str, str]:
         """``{'<family>/<model>.yaml': text}`` for every registered zoo model (of ``families``): a recipe file may
         hold models not registered (yet), which get no config."""
-        from ._registry import get_variant_info, list_models
         out = {}
         for model in list_models():
             family = get_variant_info(model).family

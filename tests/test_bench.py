@@ -6,7 +6,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 import torch.nn as nn
 
@@ -16,7 +15,6 @@ from backbones.bench import (
     README_SUITE,
     SPEED_END,
     SPEED_START,
-    TIMM_TWINS,
     BenchConfig,
     Contender,
     benchmark,
@@ -29,6 +27,7 @@ from backbones.bench import (
     rows_from_dicts,
     rows_markdown,
     run_group,
+    timm_twin,
 )
 from backbones.layers import ConvNormAct
 
@@ -71,7 +70,7 @@ def test_twin_same_weights_and_official_op():
     cfg = BenchConfig(img_size=64, flops=False, memory=False, **FAST)
     rows = benchmark(['se_resnet50', 'rednet26'], cfg, optimized=False)
     assert [r.label for r in rows] == [
-        'se_resnet50', 'timm legacy_seresnet50', 'rednet26', OFFICIAL_OPS['involution'][0]]
+        'se_resnet50', f'timm {timm_twin("se_resnet50")[0]}', 'rednet26', OFFICIAL_OPS['involution'][0]]
     for r in rows:
         if not r.is_reference:  # same weights through checkpoint_filter_fn: the same logits
             assert r.max_abs_diff <= 1e-5 * max(1., r.ref_max_abs), r
@@ -108,7 +107,7 @@ def test_any_timm_reference_and_errors():
 def test_twin_buffers_are_built():
     """Computed buffers outside the state dict (MaxViT-TF's one-hot relative-position lookups) are rebuilt after
     ``to_empty``, not left as uninitialised memory."""
-    twin = random_timm_model('maxvit_tiny_tf_224')
+    twin = random_timm_model(timm_twin('maxvit_tiny')[0])
     lookups = [b for n, b in twin.named_buffers() if n.endswith('_lookup')]
     assert lookups and all(set(b.unique().tolist()) <= {0., 1.} for b in lookups)
 
@@ -134,8 +133,10 @@ def test_merge_rows_and_json():
 
 
 def test_twin_registry():
-    zoo, entrypoints = set(backbones.list_models()), set(timm.list_models())
-    assert set(TIMM_TWINS) <= zoo and {t for t, _ in TIMM_TWINS.values()} <= entrypoints
+    """The benchmark's timm twin is the one the variant registers, with its kwargs; a model without one has none."""
+    info = backbones.get_variant_info('davit_l')
+    assert timm_twin('davit_l') == (info.timm_twin, info.timm_twin_kwargs) and info.timm_twin_kwargs
+    assert timm_twin('rapidnet_ti') is None
 
 
 def test_readme_markers():

@@ -57,7 +57,7 @@ def test_recipes_are_valid_and_cite_primary_sources(recipes):
 # ---------------------------------------------------------------- the recipe-file format, on small files
 
 _BASE = '''
-paper: P
+caveat: the caveat
 refs: {A: "paper §1", B: "{A} table"}
 note: family note
 recipes:
@@ -79,7 +79,7 @@ models:
 '''
 
 
-def _recipes(tmp_path, text, name='fam'):
+def _recipes(tmp_path, text, name='senet'):  # a registered family's name: the header reads its Family
     (tmp_path / f'{name}{SUFFIX}').write_text(text)
     return Recipes(tmp_path)
 
@@ -96,7 +96,8 @@ def test_format_extends_inherited_sources_and_vars(tmp_path):
     assert m3.notes == ['family note', 'derived note (paper §1)']
     assert r.recipe('m2').notes == ['family note', 'm2 only']  # the nearest note wins
     text = r.render('m3')
-    assert text.startswith('# m3: ImageNet-1k training recipe of P, in timm train.py args.yaml keys.\n')
+    assert text.startswith('# m3: ImageNet-1k training recipe of Squeeze-and-Excitation Networks (Hu et al., arXiv '
+                           '1709.01507): the caveat, in timm train.py args.yaml keys.\n')
     assert text.endswith('# NOTE: family note\n# NOTE: derived note (paper §1)\nmodel: m3  # the zoo variant this '
                          'recipe trains (file name)\nepochs: 20  # paper §1 table: twenty\nlr: null  # unset so that '
                          'lr_base below applies\ndrop_path: 0.3  # ASSUMED: paper §1 table: 0.3 for huge\n'
@@ -105,7 +106,7 @@ def test_format_extends_inherited_sources_and_vars(tmp_path):
 
 def test_format_across_families(tmp_path):
     _recipes(tmp_path, _BASE)
-    r = _recipes(tmp_path, 'models:\n  x: {extends: fam/base, vars: {dp: 0.5, size: s}}\n', 'other')
+    r = _recipes(tmp_path, 'models:\n  x: {extends: senet/base, vars: {dp: 0.5, size: s}}\n', 'other')
     assert r.recipe('x').values[2] == ('drop_path', 0.5, 'paper §1 table: 0.5 for s')
     assert r.recipe('x').notes == []  # the other family's note stays there
 
