@@ -6,14 +6,11 @@ Details, Usage (classification, ``features_only`` feature maps, image embeddings
 ``import backbones``), training recipe, citation.
 
 Measured figures (params, GMACs, activations, feature-map and embedding shapes) come from :func:`measure`, which builds
-the model on the meta device: GMACs from :func:`backbones.flops.count`; activations with fvcore's
-``ActivationCountAnalysis`` traced on meta the same way (timm's convention: output elements of conv / linear / matmul /
-einsum ops), plus the output of every layer with a flops module handle (the involution's aggregation, a conv-like
-op fvcore cannot see), whose cheap ``count_forward`` is also used here; shapes from real meta forwards. Measuring takes
-a few seconds per model, so the figures are cached in ``model_cards/measured.json`` with a fingerprint of each model
-(structure, parameter shapes, pretrained cfg, :data:`MEASURE_VERSION`): :func:`check_cards` recounts nothing whose
-fingerprint still matches (and flags those that do not). After a change to the counter, bump
-:data:`MEASURE_VERSION` or run ``tools/make_cards.py --recount``.
+the model on the meta device: params, GMACs and activations (timm's convention) from :func:`backbones.flops.count`;
+shapes from real meta forwards. Measuring takes a few seconds per model, so the figures are cached in
+``model_cards/measured.json`` with a fingerprint of each model (structure, parameter shapes, pretrained cfg,
+:data:`MEASURE_VERSION`): :func:`check_cards` recounts nothing whose fingerprint still matches (and flags those that do
+not). After a change to the counter, bump :data:`MEASURE_VERSION` or run ``tools/make_cards.py --recount``.
 """
 from __future__ import annotations
 
@@ -21,7 +18,6 @@ import hashlib
 import json
 import pathlib
 import re
-import types
 import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -73,40 +69,6 @@ def fingerprint(name: str) -> str:
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
 
 
-def _activations(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """fvcore ActivationCountAnalysis on the meta device, with the counter's meta-tracing fix and module handles."""
-    from fvcore.nn import ActivationCountAnalysis
-
-    from . import flops
-    extra: List[int] = []
-    handles, replaced = [], []
-    for module in model.modules():
-        entry, cls = flops._module_handle(module)
-        if entry is None:
-            continue
-
-        def hook(mod, inputs, output):
-            with flops._untraced():
-                extra.append(int(output.numel()))
-        handles.append(module.register_forward_hook(hook))
-        if entry.count_forward is not None and type(module).forward is cls.forward and 'forward' not in vars(module):
-            module.forward = types.MethodType(entry.count_forward, module)
-            replaced.append(module)
-    try:
-        analysis = ActivationCountAnalysis(model, x)
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
-        analysis.tracer_warnings('none')
-        with flops._meta_tracing(x.is_meta), torch.no_grad():
-            total = analysis.total()
-    finally:
-        for h in handles:
-            h.remove()
-        for module in replaced:
-            del module.forward
-    return int(total) + sum(extra)
-
-
 def measure(name: str) -> Dict[str, Any]:
     """Figures a card prints, measured at the default input size (batch 1) on the meta device."""
     from .flops import count
@@ -114,10 +76,9 @@ def measure(name: str) -> Dict[str, Any]:
     size = tuple(cfg.input_size)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        res = count(name)
+        res = count(name, activations=True)
         model = _meta_model(name)
         x = torch.empty(1, *size, device='meta')
-        acts = _activations(model, x)
         with torch.no_grad():
             feats = _meta_model(name, features_only=True)(x)
             pre_logits = _meta_model(name, num_classes=0)(x)
@@ -126,7 +87,7 @@ def measure(name: str) -> Dict[str, Any]:
         fingerprint=fingerprint(name),
         params=res.params,
         macs=res.macs,
-        activations=acts,
+        activations=res.activations,
         input_size=list(size),
         feature_shapes=[list(f.shape) for f in feats],
         embedding_shape=list(pre_logits.shape),

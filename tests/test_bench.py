@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from _reduced import reduced_model
 
 import backbones
 from backbones.bench import (
@@ -88,6 +89,20 @@ def test_moat_official_op_sequence():
     assert all(not m.fused_attn for m in official.modules() if isinstance(m, Attention))
     rows = run_group(contenders, ref, [torch.randn(1, 3, 64, 64)], BenchConfig(memory=False, flops=False, **FAST))
     assert rows[0].max_abs_diff <= 1e-5 * max(1., rows[0].ref_max_abs), rows[0]
+
+
+def test_parcnetv2_official_op_is_the_stock_conv():
+    """ParCNetV2's reference runs every oversized conv as the official code does (PyTorch's convs on NCHW maps): the
+    same logits as the zoo's channels-last convs (inference) and Toeplitz matmuls (under autograd)."""
+    from backbones.layers.oversize_conv import OversizeConv2d
+    model = reduced_model('parcnetv2_xt')
+    official = copy.deepcopy(model)
+    assert OFFICIAL_OPS['parcnetv2'][1](official) == sum(isinstance(m, OversizeConv2d) for m in model.modules()) > 0
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = official(x)
+        assert (model(x) - ref).abs().max() <= 1e-5 * max(1., ref.abs().max())
+    assert (model(x.requires_grad_()) - ref).abs().max() <= 1e-5 * max(1., ref.abs().max())
 
 
 def test_any_timm_reference_and_errors():

@@ -147,4 +147,4 @@ def test_activation_count_on_meta():
     """timm / fvcore convention: output elements of convs and linears (not of norms, activations, pools)."""
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(8, 5)).to('meta').eval()
-    assert cards._activations(model, torch.empty(1, 3, 10, 10, device='meta')) == 8 * 10 * 10 + 5
+    assert backbones.count(model, input_size=(3, 10, 10), activations=True).activations == 8 * 10 * 10 + 5

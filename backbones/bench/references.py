@@ -50,6 +50,11 @@ def _use_official_moat(model: nn.Module) -> int:
     return n
 
 
+def _use_official_oversize_conv(model: nn.Module) -> int:
+    from ..layers.oversize_conv import OversizeConv2d
+    return _swap_forward(model, OversizeConv2d, OversizeConv2d.forward_nchw)
+
+
 # family -> (label, function switching a model's layers to the official formulation in place; returns how many)
 OFFICIAL_OPS: Dict[str, Tuple[str, Callable[[nn.Module], int]]] = {
     'involution': ('official unfold involution (d-li14/involution, naive PyTorch op)', _use_official_involution),
@@ -59,6 +64,8 @@ OFFICIAL_OPS: Dict[str, Tuple[str, Callable[[nn.Module], int]]] = {
     # convolutions as written, attention as explicit products (q k^T + relative-position bias, softmax, times v)
     'moat': ('official op sequence (deeplab2 MOAT blocks op by op: separate BatchNorms, NCHW convs, explicit '
              'attention)', _use_official_moat),
+    # XuRuihan/ParCNetV2@b9d8524 models/parcnetv2.py OversizeConv2d: conv_h then conv_w on the NCHW map
+    'parcnetv2': ('official NCHW oversized convs (XuRuihan/ParCNetV2 OversizeConv2d)', _use_official_oversize_conv),
 }
 
 
