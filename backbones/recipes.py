@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from ._registry import get_family, get_variant_info, list_models
+from ._registry import get_family, get_variant_info, list_families, list_models
 
 __all__ = ['CONFIGS', 'COMMON_REFS', 'Recipe', 'Recipes', 'RecipeError', 'write_configs', 'check_configs']
 
@@ -221,6 +221,9 @@ class Recipes:
     def render_registered(self, families: Sequence[str] = ()) -> Dict[str, str]:
         """``{'<family>/<model>.yaml': text}`` for every registered zoo model (of ``families``): a recipe file may
         hold models not registered (yet), which get no config."""
+        unknown = sorted(set(families) - set(list_families()))
+        if unknown:
+            raise KeyError(f"unknown zoo family {unknown[0]!r}; known families: {', '.join(list_families())}")
         out = {}
         for model in list_models():
             family = get_variant_info(model).family

@@ -96,8 +96,9 @@ def test_format_extends_inherited_sources_and_vars(tmp_path):
     assert m3.notes == ['family note', 'derived note (paper §1)']
     assert r.recipe('m2').notes == ['family note', 'm2 only']  # the nearest note wins
     text = r.render('m3')
-    assert text.startswith('# m3: ImageNet-1k training recipe of Squeeze-and-Excitation Networks (Hu et al., arXiv '
-                           '1709.01507): the caveat, in timm train.py args.yaml keys.\n')
+    senet = backbones.get_family('senet')  # the header names the paper as the registry does
+    assert text.startswith(f'# m3: ImageNet-1k training recipe of {senet.paper} (Hu et al., arXiv {senet.arxiv}): '
+                           'the caveat, in timm train.py args.yaml keys.\n')
     assert text.endswith('# NOTE: family note\n# NOTE: derived note (paper §1)\nmodel: m3  # the zoo variant this '
                          'recipe trains (file name)\nepochs: 20  # paper §1 table: twenty\nlr: null  # unset so that '
                          'lr_base below applies\ndrop_path: 0.3  # ASSUMED: paper §1 table: 0.3 for huge\n'

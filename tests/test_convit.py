@@ -146,7 +146,7 @@ def test_official_checkpoint_converts(tmp_path):
     the bare state dict, see the key test above) -> tools/convert.py's save_for_hf folder -> ``local-dir:``."""
     from backbones.convert import convert_checkpoint
     oracle = random_model(TINY, **SHALLOW)
-    ckpt = tmp_path / 'convit_tiny.pth'
+    ckpt = tmp_path / f'{TINY}.pth'
     torch.save({'model': oracle.state_dict(), 'epoch': 299}, ckpt)
     out = convert_checkpoint('convit_ti', ckpt, tmp_path / 'out', model_kwargs=SHALLOW)
     model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()

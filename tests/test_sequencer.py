@@ -121,7 +121,7 @@ def test_convert_official_checkpoint(tmp_path):
     """tools/convert.py's library path: an official-layout file -> save_for_hf folder -> local-dir: same logits."""
     from backbones.convert import convert_checkpoint
     oracle = random_model(SMALL, layers=TINY_DEPTHS, **TINY_WIDTHS)
-    ckpt = tmp_path / 'sequencer2d_s.pth'
+    ckpt = tmp_path / f'{SMALL}.pth'
     torch.save({'model': _official_state_dict(oracle.state_dict(), TINY_DEPTHS)}, ckpt)
     out = convert_checkpoint(
         'sequencer2d_small', ckpt, tmp_path / 'out', model_kwargs=dict(depths=TINY_DEPTHS, **TINY_WIDTHS))
