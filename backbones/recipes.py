@@ -39,7 +39,7 @@ import yaml
 
 from ._registry import get_family, get_variant_info, list_families, list_models
 
-__all__ = ['CONFIGS', 'COMMON_REFS', 'Recipe', 'Recipes', 'RecipeError', 'write_configs', 'check_configs']
+__all__ = ['CONFIGS', 'SUFFIX', 'COMMON_REFS', 'Recipe', 'Recipes', 'RecipeError', 'write_configs', 'check_configs']
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
 SUFFIX = '.recipe.yaml'
