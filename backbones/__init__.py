@@ -12,8 +12,9 @@ __all__ = [
 ]
 
 
-def count(model_or_name, input_size=None, per_module: bool = False, batch_size: int = 1, table_depth: int = 3):
+def count(model_or_name, input_size=None, per_module: bool = False, batch_size: int = 1, table_depth: int = 3,
+          activations: bool = False):
     """Params and GMACs (one multiply-add = one, the papers' "FLOPs"); see :func:`backbones.flops.count`."""
     from .flops import count as _count  # imported on use: fvcore is only needed for counting
-    return _count(
-        model_or_name, input_size=input_size, per_module=per_module, batch_size=batch_size, table_depth=table_depth)
+    return _count(model_or_name, input_size=input_size, per_module=per_module, batch_size=batch_size,
+                  table_depth=table_depth, activations=activations)

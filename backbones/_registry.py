@@ -10,8 +10,10 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+import textwrap
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model
@@ -31,15 +33,50 @@ class NameClashError(RuntimeError):
 
 @dataclass(frozen=True)
 class Family:
-    """Metadata of one model family (one paper)."""
+    """Metadata of one model family (one paper): what cards, configs, tables, benchmarks and tests say about it.
+
+    ``bibtex`` is the one place the paper's title and authors are written (:attr:`paper`, :attr:`authors` read it);
+    it may be indented like the code around it.
+    """
     name: str
-    paper: str
+    bibtex: str
     arxiv: str
     repo: str
     license: str
     module: str  # python module holding the family, e.g. 'backbones.models.senet'
     oracle: str = ''  # what parity is verified against
     weights: str = ''  # where the released weights come from
+    reconstruction: str = ''  # only for a network the paper does not give: what is official, what is ours and why
+
+    def __post_init__(self):
+        object.__setattr__(self, 'bibtex', textwrap.dedent(self.bibtex).strip())
+        if not self.paper or not self.authors:
+            raise ValueError(f"family '{self.name}': bibtex needs a title={{...}} and an author={{...}} field")
+
+    @property
+    def paper(self) -> str:
+        """The paper's title."""
+        return _latex_text(_bib_field(self.bibtex, 'title'))
+
+    @property
+    def authors(self) -> Tuple[str, ...]:
+        """The paper's authors, in order, as 'First Last'."""
+        return tuple(' '.join(reversed(name)).strip() for name in self._author_names())
+
+    @property
+    def authors_short(self) -> str:
+        """'Hu et al.' / 'Tatsunami and Taki' / 'Hu': the authors as a citation in running text names them."""
+        last = [name[0] for name in self._author_names()]
+        return last[0] if len(last) == 1 else ' and '.join(last) if len(last) == 2 else f'{last[0]} et al.'
+
+    def _author_names(self) -> List[Tuple[str, str]]:
+        """(last, first) of each BibTeX author ('Last, First' or 'First Last')."""
+        names = []
+        for name in _bib_field(self.bibtex, 'author').split(' and '):
+            name = _latex_text(name)
+            last, _, first = name.partition(', ') if ', ' in name else tuple(reversed(name.rpartition(' ')))
+            names.append((last.strip(), first.strip()))
+        return [n for n in names if n[0]]
 
     @property
     def arxiv_url(self) -> str:
@@ -48,6 +85,27 @@ class Family:
     @property
     def repo_url(self) -> str:
         return f'https://github.com/{self.repo}'
+
+
+def _bib_field(bibtex: str, key: str) -> str:
+    """The braced value of field ``key`` of a BibTeX entry (nested braces kept, white space folded); '' if absent."""
+    m = re.search(rf'(?<![\w]){key}\s*=\s*{{', bibtex)
+    if m is None:
+        return ''
+    depth, end = 1, m.end()
+    while depth and end < len(bibtex):
+        depth += {'{': 1, '}': -1}.get(bibtex[end], 0)
+        end += 1
+    return ' '.join(bibtex[m.end():end - 1].split())
+
+
+_ACCENTS = {"'": '\u0301', '`': '\u0300', '"': '\u0308', '^': '\u0302', '~': '\u0303'}
+
+
+def _latex_text(text: str) -> str:
+    """BibTeX text as plain text: accents (``{\\'e}``) as characters, case-protecting braces dropped."""
+    text = re.sub(r'\\([\'`"^~])\{?(\w)\}?', lambda m: m.group(2) + _ACCENTS[m.group(1)], text)
+    return unicodedata.normalize('NFC', text.replace('{', '').replace('}', ''))
 
 
 @dataclass(frozen=True)
@@ -60,6 +118,8 @@ class VariantInfo:
     top1: Optional[float] = None  # official ImageNet-1k top-1
     gmacs_source: str = ''
     notes: str = ''
+    timm_twin: Optional[str] = None  # timm's entrypoint for the same network (what parity and benchmarks compare with)
+    timm_twin_kwargs: Dict[str, Any] = field(default_factory=dict, hash=False)  # what makes it the same network
 
 
 _FAMILIES: Dict[str, Family] = {}
@@ -80,13 +140,16 @@ def register_zoo_model(
         top1: Optional[float] = None,
         gmacs_source: str = '',
         notes: str = '',
+        timm_twin: Optional[str] = None,
+        timm_twin_kwargs: Optional[Dict[str, Any]] = None,
 ) -> Callable[[Callable], Callable]:
     """Register a zoo entrypoint with timm after checking that timm does not own its name.
 
     The decorated function's module must have registered its family with :func:`register_family` and define
     ``default_cfgs`` above the entrypoints (timm's ``register_model`` reads it). The registered entrypoint checks
     timm's generic arguments (``in_chans``, ``drop_path_rate``: :func:`~backbones.layers.check_model_kwargs`) before
-    anything is built, so every zoo model refuses them with one clear message.
+    anything is built, so every zoo model refuses them with one clear message. ``timm_twin`` names timm's
+    implementation of the same network, built with ``timm_twin_kwargs`` (the parity tests and benchmarks read it).
     """
     def _register(fn: Callable) -> Callable:
         name = fn.__name__
@@ -99,7 +162,8 @@ def register_zoo_model(
             raise RuntimeError(f'{fn.__module__} registers {name} before calling register_family()')
         _ours.add(name)
         _VARIANTS[name] = VariantInfo(
-            name=name, family=family, params=params, gmacs=gmacs, top1=top1, gmacs_source=gmacs_source, notes=notes)
+            name=name, family=family, params=params, gmacs=gmacs, top1=top1, gmacs_source=gmacs_source, notes=notes,
+            timm_twin=timm_twin, timm_twin_kwargs=dict(timm_twin_kwargs or {}))
 
         @functools.wraps(fn)
         def entrypoint(pretrained: bool = False, **kwargs):

@@ -6,14 +6,11 @@ Details, Usage (classification, ``features_only`` feature maps, image embeddings
 ``import backbones``), training recipe, citation.
 
 Measured figures (params, GMACs, activations, feature-map and embedding shapes) come from :func:`measure`, which builds
-the model on the meta device: GMACs from :func:`backbones.flops.count`; activations with fvcore's
-``ActivationCountAnalysis`` traced on meta the same way (timm's convention: output elements of conv / linear / matmul /
-einsum ops), plus the output of every layer with a flops module handle (the involution's aggregation, a conv-like
-op fvcore cannot see), whose cheap ``count_forward`` is also used here; shapes from real meta forwards. Measuring takes
-a few seconds per model, so the figures are cached in ``model_cards/measured.json`` with a fingerprint of each model
-(structure, parameter shapes, pretrained cfg, :data:`MEASURE_VERSION`): :func:`check_cards` recounts nothing whose
-fingerprint still matches (and flags those that do not). After a change to the counter, bump
-:data:`MEASURE_VERSION` or run ``tools/make_cards.py --recount``.
+the model on the meta device: params, GMACs and activations (timm's convention) from :func:`backbones.flops.count`;
+shapes from real meta forwards. Measuring takes a few seconds per model, so the figures are cached in
+``model_cards/measured.json`` with a fingerprint of each model (structure, parameter shapes, pretrained cfg,
+:data:`MEASURE_VERSION`): :func:`check_cards` recounts nothing whose fingerprint still matches (and flags those that do
+not). After a change to the counter, bump :data:`MEASURE_VERSION` or run ``tools/make_cards.py --recount``.
 """
 from __future__ import annotations
 
@@ -21,7 +18,6 @@ import hashlib
 import json
 import pathlib
 import re
-import types
 import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -31,126 +27,12 @@ from ._registry import get_family, get_variant_info, list_models
 from .docs import weights_source
 
 __all__ = [
-    'BIBTEX', 'RECONSTRUCTED', 'MEASURE_VERSION', 'render_card', 'measure', 'fingerprint', 'card_filename',
+    'MEASURE_VERSION', 'render_card', 'measure', 'fingerprint', 'card_filename',
     'load_measured', 'update_measured', 'render_all', 'write_cards', 'check_cards', 'front_matter',
 ]
 
 MEASURE_VERSION = 1  # bump when what measure() computes changes (cached figures are then recounted)
 MEASURED_FILE = 'measured.json'
-
-# one bibtex entry per family (key: Family.name)
-BIBTEX: Dict[str, str] = {
-    'biformer': """@inproceedings{zhu2023biformer,
-  title={BiFormer: Vision Transformer with Bi-Level Routing Attention},
-  author={Zhu, Lei and Wang, Xinjiang and Ke, Zhanghan and Zhang, Wayne and Lau, Rynson W.H.},
-  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year={2023}
-}""",
-    'convit': """@inproceedings{dascoli2021convit,
-  title={ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases},
-  author={d'Ascoli, St{\\'e}phane and Touvron, Hugo and Leavitt, Matthew and Morcos, Ari and Biroli, Giulio and
-          Sagun, Levent},
-  booktitle={Proceedings of the 38th International Conference on Machine Learning (ICML)},
-  year={2021}
-}""",
-    'crossvit': """@inproceedings{chen2021crossvit,
-  title={CrossViT: Cross-Attention Multi-Scale Vision Transformer for Image Classification},
-  author={Chen, Chun-Fu (Richard) and Fan, Quanfu and Panda, Rameswar},
-  booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
-  year={2021}
-}""",
-    'davit': """@inproceedings{ding2022davit,
-  title={DaViT: Dual Attention Vision Transformers},
-  author={Ding, Mingyu and Xiao, Bin and Codella, Noel and Luo, Ping and Wang, Jingdong and Yuan, Lu},
-  booktitle={Proceedings of the European Conference on Computer Vision (ECCV)},
-  year={2022}
-}""",
-    'involution': """@inproceedings{li2021involution,
-  title={Involution: Inverting the Inherence of Convolution for Visual Recognition},
-  author={Li, Duo and Hu, Jie and Wang, Changhu and Li, Xiangtai and She, Qi and Zhu, Lei and
-          Zhang, Tong and Chen, Qifeng},
-  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  pages={12321--12330},
-  year={2021}
-}""",
-    'maxvit': """@inproceedings{tu2022maxvit,
-  title={MaxViT: Multi-Axis Vision Transformer},
-  author={Tu, Zhengzhong and Talebi, Hossein and Zhang, Han and Yang, Feng and Milanfar, Peyman and Bovik, Alan and
-          Li, Yinxiao},
-  booktitle={European Conference on Computer Vision (ECCV)},
-  year={2022}
-}""",
-    'moat': """@inproceedings{yang2023moat,
-  title={MOAT: Alternating Mobile Convolution and Attention Brings Strong Vision Models},
-  author={Yang, Chenglin and Qiao, Siyuan and Yu, Qihang and Yuan, Xiaoding and Zhu, Yukun and Yuille, Alan and
-          Adam, Hartwig and Chen, Liang-Chieh},
-  booktitle={International Conference on Learning Representations (ICLR)},
-  year={2023}
-}""",
-    'parcnetv2': """@inproceedings{xu2023parcnetv2,
-  title={ParCNetV2: Oversized Kernel with Enhanced Attention},
-  author={Xu, Ruihan and Zhang, Haokui and Hu, Wenze and Zhang, Shiliang and Wang, Xiaoyu},
-  booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
-  year={2023}
-}""",
-    'rapidnet': """@inproceedings{munir2025rapidnet,
-  title={RapidNet: Multi-Level Dilated Convolution Based Mobile Backbone},
-  author={Munir, Mustafa and Rahman, Md Mostafijur and Marculescu, Radu},
-  booktitle={Proceedings of the IEEE/CVF Winter Conference on Applications of Computer Vision (WACV)},
-  pages={8291--8301},
-  year={2025}
-}""",
-    'res2net': """@article{gao2021res2net,
-  title={Res2Net: A New Multi-scale Backbone Architecture},
-  author={Gao, Shang-Hua and Cheng, Ming-Ming and Zhao, Kai and Zhang, Xin-Yu and Yang, Ming-Hsuan and Torr, Philip},
-  journal={IEEE Transactions on Pattern Analysis and Machine Intelligence},
-  volume={43},
-  number={2},
-  pages={652--662},
-  year={2021}
-}""",
-    'senet': """@inproceedings{hu2018squeeze,
-  title={Squeeze-and-Excitation Networks},
-  author={Hu, Jie and Shen, Li and Sun, Gang},
-  booktitle={Proceedings of the IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
-  pages={7132--7141},
-  year={2018}
-}""",
-    'sequencer': """@inproceedings{tatsunami2022sequencer,
-  title={Sequencer: Deep LSTM for Image Classification},
-  author={Tatsunami, Yuki and Taki, Masato},
-  booktitle={Advances in Neural Information Processing Systems (NeurIPS)},
-  year={2022}
-}""",
-    'sknet': """@inproceedings{li2019selective,
-  title={Selective Kernel Networks},
-  author={Li, Xiang and Wang, Wenhai and Hu, Xiaolin and Yang, Jian},
-  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  pages={510--519},
-  year={2019}
-}""",
-    'tic': """@article{zhang2023tic,
-  title={TiC: Exploring Vision Transformer in Convolution},
-  author={Zhang, Song and Wang, Qingzhong and Bian, Jiang and Xiong, Haoyi},
-  journal={arXiv preprint arXiv:2310.04134},
-  year={2023}
-}""",
-    'twins': """@inproceedings{chu2021twins,
-  title={Twins: Revisiting the Design of Spatial Attention in Vision Transformers},
-  author={Chu, Xiangxiang and Tian, Zhi and Wang, Yuqing and Zhang, Bo and Ren, Haibing and Wei, Xiaolin and
-          Xia, Huaxia and Shen, Chunhua},
-  booktitle={Advances in Neural Information Processing Systems (NeurIPS)},
-  year={2021}
-}""",
-}
-
-# families whose network was never published, rebuilt by us around the official pieces (key: Family.name): the card
-# says so instead of calling the model faithful, and calls the registered params our count, not an official one
-RECONSTRUCTED: Dict[str, str] = {
-    'tic': ('Only the MSA-Conv operator and its block are official (and reproduce the official code); the TiC network '
-            'is OUR reconstruction from the paper\'s abstract, sized beside Swin-T/S/B: the paper\'s architecture '
-            'tables could not be read, and no weights exist.'),
-}
 
 _DATASETS = {'in1k': ('imagenet-1k', 'ImageNet-1k'), 'in22k': ('imagenet-22k', 'ImageNet-22k'),
              'in21k': ('imagenet-21k', 'ImageNet-21k')}
@@ -187,40 +69,6 @@ def fingerprint(name: str) -> str:
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
 
 
-def _activations(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """fvcore ActivationCountAnalysis on the meta device, with the counter's meta-tracing fix and module handles."""
-    from fvcore.nn import ActivationCountAnalysis
-
-    from . import flops
-    extra: List[int] = []
-    handles, replaced = [], []
-    for module in model.modules():
-        entry, cls = flops._module_handle(module)
-        if entry is None:
-            continue
-
-        def hook(mod, inputs, output):
-            with flops._untraced():
-                extra.append(int(output.numel()))
-        handles.append(module.register_forward_hook(hook))
-        if entry.count_forward is not None and type(module).forward is cls.forward and 'forward' not in vars(module):
-            module.forward = types.MethodType(entry.count_forward, module)
-            replaced.append(module)
-    try:
-        analysis = ActivationCountAnalysis(model, x)
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
-        analysis.tracer_warnings('none')
-        with flops._meta_tracing(x.is_meta), torch.no_grad():
-            total = analysis.total()
-    finally:
-        for h in handles:
-            h.remove()
-        for module in replaced:
-            del module.forward
-    return int(total) + sum(extra)
-
-
 def measure(name: str) -> Dict[str, Any]:
     """Figures a card prints, measured at the default input size (batch 1) on the meta device."""
     from .flops import count
@@ -228,10 +76,9 @@ def measure(name: str) -> Dict[str, Any]:
     size = tuple(cfg.input_size)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        res = count(name)
+        res = count(name, activations=True)
         model = _meta_model(name)
         x = torch.empty(1, *size, device='meta')
-        acts = _activations(model, x)
         with torch.no_grad():
             feats = _meta_model(name, features_only=True)(x)
             pre_logits = _meta_model(name, num_classes=0)(x)
@@ -240,7 +87,7 @@ def measure(name: str) -> Dict[str, Any]:
         fingerprint=fingerprint(name),
         params=res.params,
         macs=res.macs,
-        activations=acts,
+        activations=res.activations,
         input_size=list(size),
         feature_shapes=[list(f.shape) for f in feats],
         embedding_shape=list(pre_logits.shape),
@@ -367,8 +214,6 @@ def render_card(model_name: str, **extra) -> str:
     cfg = _cfg(full)
     if measured is None:
         measured = measure(arch)
-    if family.name not in BIBTEX:
-        raise KeyError(f"no bibtex for family '{family.name}': add one to backbones.cards.BIBTEX")
     dataset = _dataset(cfg.tag or '')
     has_weights = bool(cfg.has_weights)
     no_weights_note = ''
@@ -391,7 +236,7 @@ def render_card(model_name: str, **extra) -> str:
     lines += ['pipeline_tag: image-classification', '---', '']
     lines += [f'# Model card for {full}', '']
     lines += [description.strip(), ''] if description else []
-    reconstructed = RECONSTRUCTED.get(family.name)
+    reconstructed = family.reconstruction  # the card says so instead of calling the model faithful
     if reconstructed:
         lines += [f'`{arch}` from Backbone Zoo (python package `backbones`): a timm-compatible backbone after '
                   f'"{family.paper}". {reconstructed}', '']
@@ -493,7 +338,7 @@ def render_card(model_name: str, **extra) -> str:
     lines += ['## Training Recipe', '',
               f'The training configuration for `tools/train.py` is [`{recipe}`](../{recipe}) in the Backbone Zoo '
               f'repository.', '']
-    lines += ['## Citation', '', '```bibtex', BIBTEX[family.name], '```', '']
+    lines += ['## Citation', '', '```bibtex', family.bibtex, '```', '']
     return '\n'.join(lines)
 
 

@@ -54,7 +54,7 @@ import torch.nn as nn
 
 with warnings.catch_warnings():  # fvcore's loss modules use torch.jit.script, deprecated in torch 2.x
     warnings.simplefilter('ignore', FutureWarning)
-    from fvcore.nn import FlopCountAnalysis, flop_count_table
+    from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis, flop_count_table
     from fvcore.nn.jit_handles import einsum_flop_jit, get_shape
 
 __all__ = [
@@ -283,6 +283,41 @@ def _untraced():
         torch._C._set_tracing_state(state)
 
 
+@contextlib.contextmanager
+def _module_handles(model: nn.Module, on_call: Callable[[nn.Module, _ModuleEntry, Tuple[Any, ...], Any], None]):
+    """While ``model`` is traced: ``on_call(module, entry, inputs, output)`` after every call of a module that has a
+    handle (sizes as ints, not traced values), and such modules run their handle's cheaper ``count_forward``."""
+    handles, replaced = [], []
+    for module in model.modules():
+        entry, cls = _module_handle(module)
+        if entry is None:
+            continue
+
+        def hook(mod, inputs, output, entry=entry):
+            with _untraced():
+                on_call(mod, entry, inputs, output)
+        handles.append(module.register_forward_hook(hook))
+        # the substitute stands in for the registered class's own forward only (not a subclass's override)
+        own_forward = type(module).forward is cls.forward and 'forward' not in vars(module)
+        if entry.count_forward is not None and own_forward:
+            module.forward = types.MethodType(entry.count_forward, module)
+            replaced.append(module)
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for module in replaced:
+            del module.forward
+
+
+def _quiet(analysis):
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    analysis.tracer_warnings('none')
+    return analysis
+
+
 class _ZooFlopCountAnalysis(FlopCountAnalysis):
     """fvcore's analysis plus :data:`OP_HANDLES`, and :data:`MODULE_HANDLES` folded into every statistic
     (``total``, ``by_operator``, ``by_module``, ``flop_count_table``) as operator ``label``."""
@@ -290,42 +325,32 @@ class _ZooFlopCountAnalysis(FlopCountAnalysis):
     def __init__(self, model: nn.Module, inputs: Any):
         super().__init__(model, inputs)
         self.set_op_handle(**OP_HANDLES)
-        self.unsupported_ops_warnings(False)
-        self.uncalled_modules_warnings(False)
-        self.tracer_warnings('none')
+        _quiet(self)
 
     def _analyze(self):
         if self._stats is not None:
             return self._stats
         extras: List[Tuple[str, str, int]] = []
-        handles, replaced = [], []
-        for module in self._model.modules():
-            entry, cls = _module_handle(module)
-            if entry is None:
-                continue
-            name = self._aliases[module]
 
-            def hook(mod, inputs, output, name=name, entry=entry):
-                with _untraced():
-                    extras.append((name, entry.label, int(entry.macs(mod, inputs, output))))
-            handles.append(module.register_forward_hook(hook))
-            # the substitute stands in for the registered class's own forward only (not a subclass's override)
-            own_forward = type(module).forward is cls.forward and 'forward' not in vars(module)
-            if entry.count_forward is not None and own_forward:
-                module.forward = types.MethodType(entry.count_forward, module)
-                replaced.append(module)
-        try:
-            with _meta_tracing(_is_meta(self._inputs)):
-                stats = super()._analyze()
-        finally:
-            for h in handles:
-                h.remove()
-            for module in replaced:
-                del module.forward
+        def on_call(module, entry, inputs, output):
+            extras.append((self._aliases[module], entry.label, int(entry.macs(module, inputs, output))))
+        with _module_handles(self._model, on_call), _meta_tracing(_is_meta(self._inputs)):
+            stats = super()._analyze()
         for name, label, macs in extras:
             for owner in self._get_all_ancestors(name):
                 stats.counts[owner][label] += macs
         return stats
+
+
+def _activations(model: nn.Module, inputs: Any) -> int:
+    """Activations as timm reports them: fvcore's ``ActivationCountAnalysis`` (output elements of conv / linear /
+    matmul / einsum ops), plus the output of every call of a module with a handle (a conv-like op fvcore cannot see,
+    such as the involution's aggregation)."""
+    extra: List[int] = []
+    analysis = _quiet(ActivationCountAnalysis(model, inputs))
+    with _module_handles(model, lambda module, entry, inputs, output: extra.append(int(output.numel()))), \
+            _meta_tracing(_is_meta(inputs)):
+        return int(analysis.total()) + sum(extra)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -378,7 +403,7 @@ def _meta_tracing_works() -> bool:
     """Whether this torch traces a meta convolution into a counted ``aten::_convolution`` (probed once)."""
     try:
         probe = nn.Conv2d(2, 4, 3, device='meta').eval()
-        _, by_op, _, _, _ = _analyze(probe, torch.empty(1, 2, 5, 5, device='meta'), False, 0)
+        by_op = _analyze(probe, torch.empty(1, 2, 5, 5, device='meta'), False, 0)[1]
         return by_op == {'conv': 4 * 2 * 3 * 3 * 3 * 3}
     except Exception:
         return False
@@ -401,6 +426,7 @@ class FlopCount:
     skipped_ops: Dict[str, int] = field(default_factory=dict)  # aten ops seen but not counted, with call counts
     per_module: Optional[Dict[str, int]] = None  # module name ('' = whole model) -> MACs, module handles included
     table: Optional[str] = None  # fvcore flop_count_table of the same numbers
+    activations: Optional[int] = None  # with count(activations=True): timm's activation count (see _activations)
     seconds: float = 0.0
 
     @property
@@ -475,17 +501,18 @@ def _param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _analyze(model: nn.Module, inputs: torch.Tensor, per_module: bool, table_depth: int):
+def _analyze(model: nn.Module, inputs: torch.Tensor, per_module: bool, table_depth: int, activations: bool = False):
     analysis = _ZooFlopCountAnalysis(model, inputs)
     with torch.no_grad():
         total = analysis.total()
+        acts = _activations(model, inputs) if activations else None
     by_op = {k: int(v) for k, v in analysis.by_operator().items()}
     skipped = dict(analysis.unsupported_ops())
     per_mod = table = None
     if per_module:
         per_mod = {k: int(v) for k, v in analysis.by_module().items()}
         table = flop_count_table(analysis, max_depth=table_depth).replace('#flops', '#MACs ', 1)
-    return int(total), by_op, skipped, per_mod, table
+    return int(total), by_op, skipped, per_mod, table, acts
 
 
 def count(
@@ -494,6 +521,7 @@ def count(
         per_module: bool = False,
         batch_size: int = 1,
         table_depth: int = 3,
+        activations: bool = False,
 ) -> FlopCount:
     """Parameters and MACs of a model, paper convention (one multiply-add = one "FLOP"), eval mode, no grad.
 
@@ -503,6 +531,8 @@ def count(
         input_size: ``(C, H, W)``, ``(H, W)`` or a side; default: the model's ``pretrained_cfg['input_size']``.
         per_module: also return ``per_module`` (module name -> MACs) and ``table`` (printable, ``table_depth``).
         batch_size: images per forward; ``macs`` is for the whole batch.
+        activations: also count ``activations`` as timm's benchmarks report them (output elements of the conv /
+            linear / matmul / einsum ops, fvcore's ``ActivationCountAnalysis``, and of the module-handle layers).
 
     Returns:
         :class:`FlopCount` (``params``, ``macs``, ``gmacs``, ``by_operator``, ``skipped_ops``, ...).
@@ -533,7 +563,7 @@ def count(
             if _meta_tracing_works():
                 try:
                     result = _analyze(model, torch.empty(batch_size, *size, device='meta', dtype=dtype),
-                                      per_module, table_depth)
+                                      per_module, table_depth, activations)
                 except Exception as e:  # any op without a usable meta path
                     warnings.warn(f'{name}: tracing on the meta device failed ({type(e).__name__}: {e}); '
                                   f'counting on the CPU instead', stacklevel=2)
@@ -544,17 +574,18 @@ def count(
                 model = _build(model_or_name, 'cpu') if built else _materialize(copy.deepcopy(model), 'cpu')
                 model.eval()
                 device = torch.device('cpu')
-                result = _analyze(model, torch.randn(batch_size, *size, dtype=dtype), per_module, table_depth)
+                result = _analyze(model, torch.randn(batch_size, *size, dtype=dtype), per_module, table_depth,
+                                  activations)
         else:
             g = torch.Generator().manual_seed(0)
             x = torch.randn(batch_size, *size, generator=g, dtype=dtype).to(device)
-            result = _analyze(model, x, per_module, table_depth)
+            result = _analyze(model, x, per_module, table_depth, activations)
     finally:
         original.train(was_training)
-    macs, by_op, skipped, per_mod, table = result
+    macs, by_op, skipped, per_mod, table, acts = result
     return FlopCount(
         name=name, params=params, macs=macs, input_size=size, batch_size=batch_size, device=device.type,
-        by_operator=by_op, skipped_ops=skipped, per_module=per_mod, table=table,
+        by_operator=by_op, skipped_ops=skipped, per_module=per_mod, table=table, activations=acts,
         seconds=time.perf_counter() - t0)
 
 

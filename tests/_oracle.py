@@ -1,9 +1,12 @@
-"""Helpers for parity tests: non-trivial random weights, as the shared fixtures draw them."""
+"""Helpers for parity tests: non-trivial random weights, as the shared fixtures draw them, and the timm twins."""
+from typing import Dict
+
 import torch
 
+from backbones import get_variant_info, list_models
 from backbones.bench import random_timm_model, redraw_
 
-__all__ = ['redraw_', 'random_model', 'load_converted', 'assert_same_layout']
+__all__ = ['redraw_', 'random_model', 'load_converted', 'assert_same_layout', 'timm_twins', 'timm_twin']
 
 
 def random_model(name: str, **kwargs) -> torch.nn.Module:
@@ -39,3 +42,17 @@ def flop_counter_macs(model: torch.nn.Module, *args) -> int:
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
         model(*args)
     return fc.get_total_flops() // 2
+
+
+def timm_twins(family: str) -> Dict[str, str]:
+    """Zoo model -> its timm twin (the timm entrypoint of the same network, as the variant registers it), for each
+    variant of ``family`` that has one."""
+    return {n: v.timm_twin for n in list_models(family=family) for v in [get_variant_info(n)] if v.timm_twin}
+
+
+def timm_twin(name: str) -> str:
+    """The timm twin zoo model ``name`` registers."""
+    twin = get_variant_info(name).timm_twin
+    if not twin:
+        raise KeyError(f'{name} registers no timm twin')
+    return twin

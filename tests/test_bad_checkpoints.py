@@ -274,6 +274,7 @@ def test_every_tool_error_is_one_line(tmp_path, capsys, ckpt, tiny_data):
         (_tool('push_to_hub'), ['rednet26', '--repo-id', 'org/x', '--checkpoint', str(tmp_path / 'missing.pth')],
          'checkpoint file not found'),
         (_tool('make_cards'), ['--dir'], 'argument --dir: expected one argument'),
+        (_tool('make_configs'), ['sennet'], "unknown zoo family 'sennet'; known families: biformer"),
         (_tool('validate'), ['--checkpoint', str(tmp_path / 'text.safetensors'), '--model', 'rednet26',
                              '--data-dir', str(tiny_data)], 'is not a safetensors checkpoint'),
         (_tool('validate'), ['--model', 'rednet26', '-b', '0'], '-b/--batch-size 0: expected a whole number >= 1'),

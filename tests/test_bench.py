@@ -6,9 +6,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 import torch.nn as nn
+from _reduced import reduced_model
 
 import backbones
 from backbones.bench import (
@@ -16,7 +16,6 @@ from backbones.bench import (
     README_SUITE,
     SPEED_END,
     SPEED_START,
-    TIMM_TWINS,
     BenchConfig,
     Contender,
     benchmark,
@@ -29,6 +28,7 @@ from backbones.bench import (
     rows_from_dicts,
     rows_markdown,
     run_group,
+    timm_twin,
 )
 from backbones.layers import ConvNormAct
 
@@ -71,7 +71,7 @@ def test_twin_same_weights_and_official_op():
     cfg = BenchConfig(img_size=64, flops=False, memory=False, **FAST)
     rows = benchmark(['se_resnet50', 'rednet26'], cfg, optimized=False)
     assert [r.label for r in rows] == [
-        'se_resnet50', 'timm legacy_seresnet50', 'rednet26', OFFICIAL_OPS['involution'][0]]
+        'se_resnet50', f'timm {timm_twin("se_resnet50")[0]}', 'rednet26', OFFICIAL_OPS['involution'][0]]
     for r in rows:
         if not r.is_reference:  # same weights through checkpoint_filter_fn: the same logits
             assert r.max_abs_diff <= 1e-5 * max(1., r.ref_max_abs), r
@@ -91,6 +91,20 @@ def test_moat_official_op_sequence():
     assert rows[0].max_abs_diff <= 1e-5 * max(1., rows[0].ref_max_abs), rows[0]
 
 
+def test_parcnetv2_official_op_is_the_stock_conv():
+    """ParCNetV2's reference runs every oversized conv as the official code does (PyTorch's convs on NCHW maps): the
+    same logits as the zoo's channels-last convs (inference) and Toeplitz matmuls (under autograd)."""
+    from backbones.layers.oversize_conv import OversizeConv2d
+    model = reduced_model('parcnetv2_xt')
+    official = copy.deepcopy(model)
+    assert OFFICIAL_OPS['parcnetv2'][1](official) == sum(isinstance(m, OversizeConv2d) for m in model.modules()) > 0
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = official(x)
+        assert (model(x) - ref).abs().max() <= 1e-5 * max(1., ref.abs().max())
+    assert (model(x.requires_grad_()) - ref).abs().max() <= 1e-5 * max(1., ref.abs().max())
+
+
 def test_any_timm_reference_and_errors():
     contenders, ref = build_contenders('rapidnet_ti', 'resnet18', optimized=False)
     assert ref == 1 and contenders[1].label == 'timm resnet18' and not contenders[1].same_weights
@@ -108,7 +122,7 @@ def test_any_timm_reference_and_errors():
 def test_twin_buffers_are_built():
     """Computed buffers outside the state dict (MaxViT-TF's one-hot relative-position lookups) are rebuilt after
     ``to_empty``, not left as uninitialised memory."""
-    twin = random_timm_model('maxvit_tiny_tf_224')
+    twin = random_timm_model(timm_twin('maxvit_tiny')[0])
     lookups = [b for n, b in twin.named_buffers() if n.endswith('_lookup')]
     assert lookups and all(set(b.unique().tolist()) <= {0., 1.} for b in lookups)
 
@@ -134,8 +148,10 @@ def test_merge_rows_and_json():
 
 
 def test_twin_registry():
-    zoo, entrypoints = set(backbones.list_models()), set(timm.list_models())
-    assert set(TIMM_TWINS) <= zoo and {t for t, _ in TIMM_TWINS.values()} <= entrypoints
+    """The benchmark's timm twin is the one the variant registers, with its kwargs; a model without one has none."""
+    info = backbones.get_variant_info('davit_l')
+    assert timm_twin('davit_l') == (info.timm_twin, info.timm_twin_kwargs) and info.timm_twin_kwargs
+    assert timm_twin('rapidnet_ti') is None
 
 
 def test_readme_markers():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from _oracle import random_model
+from _oracle import random_model, timm_twin
 from safetensors.torch import load_file, save_file
 
 import backbones
@@ -72,20 +72,20 @@ def test_rednet_official_checkpoint(tmp_path, rednet_fixture, container, suffix)
     _only(tmp_path, ckpt.name, 'out')
 
 
-# zoo name -> (timm oracle, container the weights ship in). Depths (2, 1, 1, 1) keep it fast and check that
-# config.json's model_args rebuild a non-default architecture; the full-depth mappings are in test_<family>.py.
+# zoo name -> container the weights ship in (the oracle: its timm twin). Depths (2, 1, 1, 1) keep it fast and check
+# that config.json's model_args rebuild a non-default architecture; the full-depth mappings are in test_<family>.py.
 DEPTHS = (2, 1, 1, 1)
 TIMM_FAMILIES = {
-    'se_resnet50': ('legacy_seresnet50', 'state_dict', '.pth'),
-    'sknet50': ('skresnext50_32x4d', 'model', '.pth'),
-    'res2net50': ('res2net50_26w_4s', 'safetensors', '.safetensors'),
+    'se_resnet50': ('state_dict', '.pth'),
+    'sknet50': ('model', '.pth'),
+    'res2net50': ('safetensors', '.safetensors'),
 }
 
 
 @pytest.mark.parametrize('name', sorted(TIMM_FAMILIES))
 def test_timm_family_checkpoint(tmp_path, name):
     """timm / official-layout weights (fan-in re-drawn) -> folder -> local-dir: gives the oracle's logits."""
-    oracle_name, container, suffix = TIMM_FAMILIES[name]
+    oracle_name, (container, suffix) = timm_twin(name), TIMM_FAMILIES[name]
     oracle = random_model(oracle_name, layers=list(DEPTHS))
     ckpt = tmp_path / f'{oracle_name}{suffix}'
     _save(oracle.state_dict(), ckpt, container)

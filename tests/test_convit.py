@@ -10,7 +10,7 @@ timm's own buffer on square grids). Everything else is timm's code.
 import pytest
 import timm
 import torch
-from _oracle import assert_same_layout, load_converted, random_model, redraw_
+from _oracle import assert_same_layout, load_converted, random_model, redraw_, timm_twins
 from timm.layers import resample_abs_pos_embed
 from timm.models.convit import GPSA as TimmGPSA
 from timm.models.convit import ConVit
@@ -19,7 +19,8 @@ import backbones
 from backbones._checkpoint import CheckpointMismatchError
 from backbones.models.convit import GPSA, checkpoint_filter_fn
 
-ORACLES = {'convit_ti': 'convit_tiny', 'convit_s': 'convit_small', 'convit_b': 'convit_base'}
+ORACLES = timm_twins('convit')
+TINY = ORACLES['convit_ti']
 PLUS_HEADS = {'convit_ti_plus': 4, 'convit_s_plus': 9, 'convit_b_plus': 16}  # 64 channels per head
 ATOL = 1e-5
 
@@ -60,13 +61,13 @@ SHALLOW = dict(depth=3, local_up_to_layer=2)  # 2 GPSA blocks, the class token, 
 @pytest.fixture(scope='module')
 def tiny():
     """(timm convit_tiny with random non-trivial weights, convit_ti holding them through checkpoint_filter_fn)."""
-    oracle = random_model('convit_tiny')
+    oracle = random_model(TINY)
     return oracle, load_converted('convit_ti', oracle.state_dict(), checkpoint_filter_fn)
 
 
 @pytest.fixture(scope='module')
 def shallow():
-    oracle = random_model('convit_tiny', **SHALLOW)
+    oracle = random_model(TINY, **SHALLOW)
     return oracle, load_converted('convit_ti', oracle.state_dict(), checkpoint_filter_fn, **SHALLOW)
 
 
@@ -77,7 +78,7 @@ def test_parity_full_depth(tiny, size):
     """convit_ti at 224 and on a non-square 10x18 grid (GPSA offsets of that grid, the table resampled to it)."""
     oracle, model = tiny
     if size != (224, 224):
-        oracle = _timm_at('convit_tiny', oracle.state_dict(), size)
+        oracle = _timm_at(TINY, oracle.state_dict(), size)
     assert _max_diff(oracle, model, size, batch=1) <= ATOL
 
 
@@ -88,7 +89,7 @@ def test_parity_full_depth(tiny, size):
 ])
 def test_parity_other_sizes(shallow, size):
     oracle, model = shallow
-    assert _max_diff(_timm_at('convit_tiny', oracle.state_dict(), size, **SHALLOW), model, size) <= ATOL
+    assert _max_diff(_timm_at(TINY, oracle.state_dict(), size, **SHALLOW), model, size) <= ATOL
 
 
 def test_reference_offsets_equal_timms():
@@ -110,7 +111,7 @@ def test_timm_checkpoint_loads_through_timm_and_resizes(tmp_path):
     """timm's hub weights (= the official layout) load through timm's pretrained path; into a 96 x 128 model the
     14x14 table is resampled once, giving what the 224 model computes at 96 x 128 on the fly."""
     from safetensors.torch import save_file
-    oracle = random_model('convit_tiny', **SHALLOW)
+    oracle = random_model(TINY, **SHALLOW)
     path = tmp_path / 'model.safetensors'
     save_file({k: v.contiguous() for k, v in oracle.state_dict().items()}, str(path))
     kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **SHALLOW)
@@ -144,8 +145,8 @@ def test_official_checkpoint_converts(tmp_path):
     """An official-layout ``.pth`` (here a DeiT-style ``{'model': ...}`` training checkpoint; the released files are
     the bare state dict, see the key test above) -> tools/convert.py's save_for_hf folder -> ``local-dir:``."""
     from backbones.convert import convert_checkpoint
-    oracle = random_model('convit_tiny', **SHALLOW)
-    ckpt = tmp_path / 'convit_tiny.pth'
+    oracle = random_model(TINY, **SHALLOW)
+    ckpt = tmp_path / f'{TINY}.pth'
     torch.save({'model': oracle.state_dict(), 'epoch': 299}, ckpt)
     out = convert_checkpoint('convit_ti', ckpt, tmp_path / 'out', model_kwargs=SHALLOW)
     model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()

@@ -17,7 +17,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from _oracle import assert_same_layout, load_converted, random_model, redraw_
+from _oracle import assert_same_layout, load_converted, random_model, redraw_, timm_twins
 from timm.layers import resample_abs_pos_embed
 
 import backbones
@@ -25,13 +25,8 @@ from backbones._checkpoint import CheckpointMismatchError
 from backbones.layers import CrossAttention, InplaceGELU
 from backbones.models.crossvit import checkpoint_filter_fn
 
-ORACLES = {
-    'crossvit_tiny': 'crossvit_tiny_240', 'crossvit_small': 'crossvit_small_240', 'crossvit_base': 'crossvit_base_240',
-    'crossvit_9': 'crossvit_9_240', 'crossvit_15': 'crossvit_15_240', 'crossvit_18': 'crossvit_18_240',
-    'crossvit_9_dagger': 'crossvit_9_dagger_240', 'crossvit_15_dagger': 'crossvit_15_dagger_240',
-    'crossvit_18_dagger': 'crossvit_18_dagger_240', 'crossvit_15_dagger_384': 'crossvit_15_dagger_408',
-    'crossvit_18_dagger_384': 'crossvit_18_dagger_408',
-}
+ORACLES = timm_twins('crossvit')
+TINY = ORACLES['crossvit_tiny']
 ATOL = 1e-5
 SHALLOW = dict(depth=((1, 1),) * 3)  # three multi-scale blocks of one ViT block per branch: every code path
 TIMM_SHALLOW = dict(depth=[[1, 1, 0]] * 3)  # the same in timm's notation (last entry: one fusion layer)
@@ -68,13 +63,13 @@ def _max_diff(a, b, size, batch=2):
 @pytest.fixture(scope='module')
 def tiny():
     """(timm crossvit_tiny_240 with random non-trivial weights, crossvit_tiny holding them through our filter)."""
-    oracle = random_model('crossvit_tiny_240')
+    oracle = random_model(TINY)
     return oracle, load_converted('crossvit_tiny', oracle.state_dict(), checkpoint_filter_fn)
 
 
 @pytest.fixture(scope='module')
 def shallow():
-    oracle = random_model('crossvit_tiny_240', **TIMM_SHALLOW)
+    oracle = random_model(TINY, **TIMM_SHALLOW)
     return oracle, load_converted('crossvit_tiny', oracle.state_dict(), checkpoint_filter_fn, **SHALLOW)
 
 
@@ -142,7 +137,7 @@ def test_timm_checkpoint_loads_through_timm_and_resizes(tmp_path):
     """timm's hub layout loads through timm's pretrained path; into a model built for 120 x 180 both tables are
     resampled once, giving what the 240 model computes at 120 x 180 on the fly."""
     from safetensors.torch import save_file
-    oracle = random_model('crossvit_tiny_240', **TIMM_SHALLOW)
+    oracle = random_model(TINY, **TIMM_SHALLOW)
     path = tmp_path / 'model.safetensors'
     save_file({k: v.contiguous() for k, v in oracle.state_dict().items()}, str(path))
     kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **SHALLOW)
@@ -178,7 +173,7 @@ def test_official_checkpoint_converts(tmp_path):
     """An official-layout ``.pth`` (the released files are bare state dicts; a training checkpoint wraps it in
     ``{'model': ...}``) -> tools/convert.py's save_for_hf folder -> ``local-dir:``."""
     from backbones.convert import convert_checkpoint
-    oracle = random_model('crossvit_tiny_240', **TIMM_SHALLOW)
+    oracle = random_model(TINY, **TIMM_SHALLOW)
     ckpt = tmp_path / 'crossvit_tiny_224.pth'
     torch.save({'model': _official(oracle.state_dict()), 'epoch': 299}, ckpt)
     out = convert_checkpoint('crossvit_tiny', ckpt, tmp_path / 'out', model_kwargs=SHALLOW)
@@ -196,7 +191,7 @@ def test_own_layout_passes_through():
 def test_wrong_checkpoint_is_refused():
     model = timm.create_model('crossvit_tiny', device='meta')
     with pytest.raises(CheckpointMismatchError, match='shape mismatches'):
-        checkpoint_filter_fn(timm.create_model('crossvit_9_240', device='meta').state_dict(), model)
+        checkpoint_filter_fn(timm.create_model(ORACLES['crossvit_9'], device='meta').state_dict(), model)
     partial = {k: v for k, v in model.state_dict().items() if 'fusion.1' not in k}
     with pytest.raises(CheckpointMismatchError, match=r'missing keys .*fusion\.1'):
         checkpoint_filter_fn(partial, model)
@@ -206,7 +201,7 @@ def test_structure_and_schedule_match_timm():
     """Blocks per branch, LayerNorm eps 1e-6 everywhere, qkv biases, and the stochastic-depth rate of every
     block and fusion layer equal timm's (the official schedule)."""
     ours = timm.create_model('crossvit_18_dagger', drop_path_rate=0.3, device='meta')
-    theirs = timm.create_model('crossvit_18_dagger_240', drop_path_rate=0.3, device='meta')
+    theirs = timm.create_model(ORACLES['crossvit_18_dagger'], drop_path_rate=0.3, device='meta')
     assert [len(b) for b in ours.blocks[0].blocks] == [len(b) for b in theirs.blocks[0].blocks] == [1, 6]
     assert all(m.eps == 1e-6 for m in ours.modules() if isinstance(m, nn.LayerNorm))
     rates = lambda model: {n.replace('drop_path1', 'drop_path'): m.drop_prob for n, m in model.named_modules()

@@ -5,7 +5,7 @@ import re
 import pytest
 import timm
 import torch
-from _oracle import assert_same_layout, flop_counter_macs, load_converted, random_model
+from _oracle import assert_same_layout, flop_counter_macs, load_converted, random_model, timm_twin
 from timm.models.davit import checkpoint_filter_fn as timm_filter_fn
 
 import backbones
@@ -15,13 +15,8 @@ from backbones.layers.channel_attention import ChannelAttention
 from backbones.models.davit import checkpoint_filter_fn
 
 ORACLES = {  # ours -> (timm entrypoint, kwargs making it the same network)
-    'davit_t': ('davit_tiny', {}),
-    'davit_s': ('davit_small', {}),
-    'davit_b': ('davit_base', {}),
-    'davit_l': ('davit_large', dict(window_size=12)),
-    'davit_h': ('davit_huge', {}),
-    'davit_g': ('davit_giant', {}),
-}
+    n: (timm_twin(n), backbones.get_variant_info(n).timm_twin_kwargs) for n in backbones.list_models(family='davit')}
+TINY = timm_twin('davit_t')
 # reduced widths (heads of 8 channels) given to both timm and ours: cheap full-depth forwards
 NARROW = dict(embed_dims=(16, 32, 64, 128), num_heads=(2, 4, 8, 16))
 ATOL = 1e-5
@@ -74,7 +69,7 @@ def test_parity_window12_reduced_width(size):
 def test_timm_checkpoint_file_loads_through_timm(tmp_path):
     """timm's hub weights (timm layout, e.g. timm/davit_tiny.msft_in1k) load through timm's own pretrained path."""
     from safetensors.torch import save_file
-    oracle = random_model('davit_tiny', **NARROW)
+    oracle = random_model(TINY, **NARROW)
     path = tmp_path / 'model.safetensors'
     save_file({k: v.contiguous() for k, v in oracle.state_dict().items()}, str(path))
     model = timm.create_model('davit_t', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **NARROW)
@@ -110,7 +105,7 @@ def _official_state_dict(timm_sd):
 
 def test_official_layout_parity():
     """An official checkpoint ({'state_dict': ...}, official key names) converts to the same logits."""
-    oracle = random_model('davit_tiny', **NARROW)
+    oracle = random_model(TINY, **NARROW)
     official = _official_state_dict(oracle.state_dict())
     assert 'main_blocks.2.1.0.cpe.1.proj.weight' in official and 'norms.weight' in official
     model = load_converted('davit_t', {'state_dict': official}, checkpoint_filter_fn, **NARROW)
@@ -150,7 +145,7 @@ def test_wrong_checkpoint_is_refused():
     deeper = timm.create_model('davit_s', device='meta').state_dict()
     with pytest.raises(CheckpointMismatchError, match=r'unexpected keys .*stages\.2\.blocks\.3'):
         checkpoint_filter_fn(deeper, model)
-    wider = _official_state_dict(timm.create_model('davit_base', device='meta').state_dict())
+    wider = _official_state_dict(timm.create_model(timm_twin('davit_b'), device='meta').state_dict())
     with pytest.raises(CheckpointMismatchError, match='shape mismatches'):
         checkpoint_filter_fn(wider, model)
     partial = {k: v for k, v in model.state_dict().items() if '.cpe2.' not in k}
@@ -226,7 +221,7 @@ def test_davit_l_is_the_official_384_config():
 
 
 def test_pretrained_cfgs_point_at_timm_weights():
-    for ours, theirs in [('davit_t', 'davit_tiny'), ('davit_s', 'davit_small'), ('davit_b', 'davit_base')]:
+    for ours, theirs in [(n, timm_twin(n)) for n in ('davit_t', 'davit_s', 'davit_b')]:
         cfg = timm.models.get_pretrained_cfg(ours).to_dict()
         ref = timm.models.get_pretrained_cfg(theirs).to_dict()
         assert cfg['hf_hub_id'] == f'timm/{theirs}.msft_in1k'

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from _oracle import assert_same_layout, redraw_
+from _oracle import assert_same_layout, redraw_, timm_twins
 from timm.layers import RelPosBiasTf
 from timm.models import get_pretrained_cfg
 from timm.models._manipulate import reinit_non_persistent_buffers
@@ -19,10 +19,7 @@ import backbones
 from backbones._checkpoint import CheckpointMismatchError
 from backbones.models.maxvit import PartitionAttention, checkpoint_filter_fn
 
-SIZES = ('tiny', 'small', 'base', 'large', 'xlarge')
-ORACLES = {  # ours -> timm's entrypoint for the same network
-    f'maxvit_{s}{suffix}': f'maxvit_{s}_tf_{res}'
-    for s in SIZES for suffix, res in (('', 224), ('_384', 384), ('_512', 512))}
+ORACLES = timm_twins('maxvit')  # ours -> timm's entrypoint for the same network
 # reduced widths / depths (a stride-1 block in stage 1) given to both timm and ours: every code path, cheaply
 REDUCED = dict(depths=(1, 2, 1, 1), widths=(32, 64, 96, 128), stem_widths=(8, 16))
 ATOL = 1e-5
@@ -71,7 +68,7 @@ def _compare(oracle, model, size, batch=1):
 
 def test_parity_tiny_224():
     """The full MaxViT-T at 224 (the only full-size forward in this file)."""
-    oracle = _materialize(timm.create_model('maxvit_tiny_tf_224', device='meta'))
+    oracle = _materialize(timm.create_model(ORACLES['maxvit_tiny'], device='meta'))
     assert _compare(oracle, _ours(oracle), (224, 224)) <= ATOL
 
 

@@ -4,7 +4,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from _oracle import load_converted, random_model, redraw_
+from _oracle import load_converted, random_model, redraw_, timm_twins
 
 from backbones import list_models
 from backbones._checkpoint import CheckpointMismatchError
@@ -13,18 +13,7 @@ from backbones.bench import calibrate_bn_
 from backbones.layers import Res2Split
 from backbones.models.res2net import checkpoint_filter_fn
 
-# zoo name -> timm entrypoint (same architecture; timm's layout is the official one)
-TIMM_NAMES = {
-    'res2net50': 'res2net50_26w_4s',
-    'res2net50_w48s2': 'res2net50_48w_2s',
-    'res2net50_w14s8': 'res2net50_14w_8s',
-    'res2net50_w26s6': 'res2net50_26w_6s',
-    'res2net50_w26s8': 'res2net50_26w_8s',
-    'res2net101': 'res2net101_26w_4s',
-    'res2next50_4s': 'res2next50',
-    'res2net50_v1b': 'res2net50d',
-    'res2net101_v1b': 'res2net101d',
-}
+TIMM_NAMES = timm_twins('res2net')  # zoo name -> timm entrypoint (same architecture; timm's layout is the official one)
 OFFICIAL_PARAMS = {
     'res2net50': 25_699_120,
     'res2net50_w48s2': 25_287_304,
@@ -90,8 +79,8 @@ def test_own_layout_passes_through():
 @pytest.mark.parametrize('name,source', [
     ('res2net50', lambda: timm.create_model('resnet50', device='meta').state_dict()),  # same key style, no split
     ('res2net50', lambda: timm.create_model('se_resnet50', device='meta').state_dict()),  # zoo SENet
-    ('res2net50', lambda: timm.create_model('res2net50_48w_2s', device='meta').state_dict()),  # other variant
-    ('res2net50_v1b', lambda: timm.create_model('res2net50_26w_4s', device='meta').state_dict()),  # v1 into v1b
+    ('res2net50', lambda: timm.create_model(TIMM_NAMES['res2net50_w48s2'], device='meta').state_dict()),  # 48w-2s
+    ('res2net50_v1b', lambda: timm.create_model(TIMM_NAMES['res2net50'], device='meta').state_dict()),  # v1 into v1b
 ])
 def test_wrong_checkpoint_raises(name, source):
     model = timm.create_model(name, device='meta')

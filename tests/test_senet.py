@@ -2,20 +2,13 @@
 import pytest
 import timm
 import torch
-from _oracle import load_converted, random_model
+from _oracle import load_converted, random_model, timm_twins
 
 import backbones
 from backbones._checkpoint import CheckpointMismatchError
 from backbones.models.senet import checkpoint_filter_fn
 
-ORACLES = {
-    'se_resnet50': 'legacy_seresnet50',
-    'se_resnet101': 'legacy_seresnet101',
-    'se_resnet152': 'legacy_seresnet152',
-    'se_resnext50_32x4d': 'legacy_seresnext50_32x4d',
-    'se_resnext101_32x4d': 'legacy_seresnext101_32x4d',
-    'senet_154': 'legacy_senet154',
-}
+ORACLES = timm_twins('senet')  # timm's legacy_* models: the official Caffe topology
 
 DEEP = {'se_resnet101', 'se_resnet152', 'se_resnext101_32x4d', 'senet_154'}
 # 224 and a non-square size for every variant; the deep nets' 224 run (same mapping, 4-20 GMACs) is `-m slow`.

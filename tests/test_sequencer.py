@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-from _oracle import assert_same_layout, load_converted, random_model
+from _oracle import assert_same_layout, load_converted, random_model, timm_twins
 from timm.models.sequencer import checkpoint_filter_fn as timm_filter_fn
 
 import backbones
@@ -15,8 +15,8 @@ from backbones._checkpoint import CheckpointMismatchError
 from backbones.flops import count
 from backbones.models.sequencer import BiLSTM, checkpoint_filter_fn
 
-ORACLES = {'sequencer2d_small': 'sequencer2d_s', 'sequencer2d_medium': 'sequencer2d_m',
-           'sequencer2d_large': 'sequencer2d_l'}
+ORACLES = timm_twins('sequencer')
+SMALL = ORACLES['sequencer2d_small']
 DEPTHS = {'sequencer2d_small': (4, 3, 8, 3), 'sequencer2d_medium': (4, 3, 14, 3), 'sequencer2d_large': (8, 8, 16, 4)}
 # reduced widths and depths given to both timm (``layers``) and ours (``depths``): cheap full-path forwards
 TINY_WIDTHS = dict(embed_dims=(32, 64, 64, 64), hidden_sizes=(8, 16, 16, 16))
@@ -33,7 +33,7 @@ def _max_diff(oracle, model, size, batch=1):
 
 
 def _tiny_pair():
-    oracle = random_model('sequencer2d_s', layers=TINY_DEPTHS, **TINY_WIDTHS)
+    oracle = random_model(SMALL, layers=TINY_DEPTHS, **TINY_WIDTHS)
     model = load_converted(
         'sequencer2d_small', oracle.state_dict(), checkpoint_filter_fn, depths=TINY_DEPTHS, **TINY_WIDTHS)
     return oracle, model
@@ -47,7 +47,7 @@ def _tiny(**kwargs):
 
 @pytest.fixture(scope='module')
 def small_pair():
-    oracle = random_model('sequencer2d_s')
+    oracle = random_model(SMALL)
     return oracle, load_converted('sequencer2d_small', oracle.state_dict(), checkpoint_filter_fn)
 
 
@@ -63,7 +63,7 @@ def test_parity_sequencer2d_small(small_pair, size):
 def test_timm_checkpoint_file_loads_through_timm(tmp_path):
     """timm's hub weights (timm layout, e.g. timm/sequencer2d_s.in1k) load through timm's own pretrained path."""
     from safetensors.torch import save_file
-    oracle = random_model('sequencer2d_s', layers=TINY_DEPTHS, **TINY_WIDTHS)
+    oracle = random_model(SMALL, layers=TINY_DEPTHS, **TINY_WIDTHS)
     path = tmp_path / 'model.safetensors'
     save_file({k: v.contiguous() for k, v in oracle.state_dict().items()}, str(path))
     model = timm.create_model(
@@ -96,7 +96,7 @@ def _official_state_dict(timm_sd, depths):
 @pytest.mark.parametrize('container', ['flat', 'model'])
 def test_official_layout_parity(container):
     """An official checkpoint (official key names; flat or inside ``{'model': ...}``) gives the same logits."""
-    oracle = random_model('sequencer2d_s', layers=TINY_DEPTHS, **TINY_WIDTHS)
+    oracle = random_model(SMALL, layers=TINY_DEPTHS, **TINY_WIDTHS)
     official = _official_state_dict(oracle.state_dict(), TINY_DEPTHS)
     assert 'blocks.0.1.down.weight' in official and 'blocks.1.2.down.weight' in official
     assert 'head.weight' in official
@@ -120,8 +120,8 @@ def test_every_official_key_maps(name):
 def test_convert_official_checkpoint(tmp_path):
     """tools/convert.py's library path: an official-layout file -> save_for_hf folder -> local-dir: same logits."""
     from backbones.convert import convert_checkpoint
-    oracle = random_model('sequencer2d_s', layers=TINY_DEPTHS, **TINY_WIDTHS)
-    ckpt = tmp_path / 'sequencer2d_s.pth'
+    oracle = random_model(SMALL, layers=TINY_DEPTHS, **TINY_WIDTHS)
+    ckpt = tmp_path / f'{SMALL}.pth'
     torch.save({'model': _official_state_dict(oracle.state_dict(), TINY_DEPTHS)}, ckpt)
     out = convert_checkpoint(
         'sequencer2d_small', ckpt, tmp_path / 'out', model_kwargs=dict(depths=TINY_DEPTHS, **TINY_WIDTHS))
@@ -171,7 +171,7 @@ def test_lstm_macs_counted():
     assert res.by_operator['lstm'] == expected
     meta = count(timm.create_model('sequencer2d_small', depths=TINY_DEPTHS, **TINY_WIDTHS, device='meta'), size)
     assert meta.device == 'meta' and meta.by_operator == res.by_operator
-    oracle = count(timm.create_model('sequencer2d_s', layers=TINY_DEPTHS, **TINY_WIDTHS).eval(), size)
+    oracle = count(timm.create_model(SMALL, layers=TINY_DEPTHS, **TINY_WIDTHS).eval(), size)
     pooled = dict(res.by_operator, adaptive_avg_pool2d=0)  # timm pools with x.mean(), which fvcore skips
     assert oracle.by_operator == {k: v for k, v in pooled.items() if v}
 

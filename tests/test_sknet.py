@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-from _oracle import load_converted, random_model
+from _oracle import load_converted, random_model, timm_twin
 
 from backbones._checkpoint import CheckpointMismatchError
 from backbones.models.sknet import SKNet, checkpoint_filter_fn
@@ -19,7 +19,7 @@ def _params(name, **kwargs):
 @pytest.fixture(scope='module')
 def oracle():
     """timm's SKNet-50 twin with non-trivial random weights."""
-    return random_model('skresnext50_32x4d')
+    return random_model(timm_twin('sknet50'))
 
 
 def _ours_from(oracle, **kwargs):
@@ -56,7 +56,7 @@ def test_own_layout_passes_through(oracle):
 
 
 def test_param_counts():
-    assert _params('sknet50') == 27_479_784 == _params('skresnext50_32x4d')
+    assert _params('sknet50') == 27_479_784 == _params(timm_twin('sknet50'))
     assert _params('sknet101') == 48_686_760
 
 

@@ -3,21 +3,14 @@ the architecture's details that parity cannot see (LayerNorm eps), and the share
 import pytest
 import timm
 import torch
-from _oracle import assert_same_layout, load_converted, random_model
+from _oracle import assert_same_layout, load_converted, random_model, timm_twins
 
 import backbones
 from backbones._checkpoint import CheckpointMismatchError
 from backbones.layers.subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
 from backbones.models.twins import checkpoint_filter_fn
 
-ORACLES = {
-    'twins_pcpvt_s': 'twins_pcpvt_small',
-    'twins_pcpvt_b': 'twins_pcpvt_base',
-    'twins_pcpvt_l': 'twins_pcpvt_large',
-    'twins_svt_s': 'twins_svt_small',
-    'twins_svt_b': 'twins_svt_base',
-    'twins_svt_l': 'twins_svt_large',
-}
+ORACLES = timm_twins('twins')
 # Reduced configs that timm's Twins and ours both take (same keyword names): every structural feature of the full
 # nets (sub-sampling 8-4-2-1, PEG after block 0, SVT's LSA/GSA alternation, 7x7 windows), a fraction of the work.
 REDUCED = {
@@ -63,7 +56,7 @@ def test_official_checkpoint_through_timm_loader(tmp_path):
     """An official-layout checkpoint ({'model': ...}, as the official training code saves it), loaded the way a user
     does (pretrained=True with a file) -> the oracle's logits."""
     kwargs = REDUCED['twins_svt_s']
-    oracle = random_model('twins_svt_small', **kwargs)
+    oracle = random_model(ORACLES['twins_svt_s'], **kwargs)
     path = tmp_path / 'alt_gvt_small.pth'
     torch.save({'model': oracle.state_dict(), 'epoch': 299}, path)
     model = timm.create_model('twins_svt_s', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
@@ -108,10 +101,10 @@ def test_own_layout_passes_through():
 
 def test_wrong_checkpoint_is_refused():
     model = timm.create_model('twins_svt_s', device='meta')
-    pcpvt = timm.create_model('twins_pcpvt_small', device='meta').state_dict()  # GSA everywhere: no LSA qkv
+    pcpvt = timm.create_model(ORACLES['twins_pcpvt_s'], device='meta').state_dict()  # GSA everywhere: no LSA qkv
     with pytest.raises(CheckpointMismatchError, match=r'missing keys .*attn\.qkv'):
         checkpoint_filter_fn(pcpvt, model)
-    base = timm.create_model('twins_svt_base', device='meta').state_dict()
+    base = timm.create_model(ORACLES['twins_svt_b'], device='meta').state_dict()
     with pytest.raises(CheckpointMismatchError, match='unexpected keys'):
         checkpoint_filter_fn(base, model)
 

@@ -1,73 +1,55 @@
 #!/usr/bin/env python
-"""Speed of ParCNetV2's oversized depth-wise convolutions: the formulations of ``backbones.layers.OversizeConv2d``
-against PyTorch's stock convolution, per layer and for a whole model, on CPU.
+"""ParCNetV2's oversized depth-wise convolutions (backbones.layers.OversizeConv2d): its formulations against the
+official code's (PyTorch's stock convolution on NCHW maps), layer by layer at a model's shapes and for whole models,
+interleaved in one process on the same inputs (library: backbones.bench).
 
-    python tools/bench_parc.py                               # parcnetv2_xt at 224, batch 8, one thread
-    python tools/bench_parc.py --model parcnetv2_tiny --batch 1 --threads 2 --rounds 9
-    python tools/bench_parc.py --img-size 512 --no-model     # layers only, segmentation-sized maps
+Formulations of one ``(K, 1)`` then ``(1, K)`` depth-wise conv (zero padding ``K // 2``), per stage of ``--model``:
 
-Formulations of one ``(K, 1)`` then ``(1, K)`` depth-wise conv (zero padding ``K // 2``):
-
-- ``stock``: ``F.conv2d`` on an NCHW-contiguous map (``nn.Conv2d`` on a plain NCHW tensor);
+- ``stock``: ``F.conv2d`` on an NCHW-contiguous map, the official code's (the reference);
 - ``conv_cl``: ``F.conv2d`` on a channels-last map (what the layer runs under inference);
 - ``toeplitz``: two batched matmuls with per-channel Toeplitz matrices (what it runs when autograd records it).
 
-Timings interleave the candidates inside each round (the machine may be shared) and report the median over rounds;
-``x stock`` is stock time / candidate time. Each candidate's max |difference| from ``stock`` is printed too.
-``run_layers`` / ``run_model`` return the rows, for a general benchmark to call.
+Inference and a training step (forward + backward to the input and both kernels); speed-up > 1 means faster than
+``stock``, and the parity column is each one's largest difference from it. Usage::
+
+    python tools/bench_parc.py                                    # parcnetv2_xt at 224, batch 8, one thread
+    python tools/bench_parc.py --model parcnetv2_tiny --batch 1 --threads 2 --rounds 9
+    python tools/bench_parc.py --img-size 512 --models            # layers only, segmentation-sized maps
+
+Whole models alone: ``python tools/benchmark.py --models parcnetv2_xt --ref official --mode both``.
 """
 import argparse
-import statistics
 import sys
-import time
-from typing import Callable, Dict, List, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import backbones  # noqa: F401  (registers the zoo)
-from backbones.layers.oversize_conv import OversizeConv2d, oversize_conv_matmul
-from backbones.models.parcnetv2 import feature_sizes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import backbones  # noqa: E402, F401  (registers the zoo)
+from backbones.bench import BenchConfig, Contender, benchmark, rows_markdown, run_group  # noqa: E402
+from backbones.layers.oversize_conv import oversize_conv_matmul  # noqa: E402
+from backbones.models.parcnetv2 import feature_sizes  # noqa: E402
 
 
-def _separable(x: torch.Tensor, w_h: torch.Tensor, w_w: torch.Tensor) -> torch.Tensor:
-    c = x.shape[1]
-    y = F.conv2d(x, w_h, padding=(w_h.shape[2] // 2, 0), groups=c)
-    return F.conv2d(y, w_w, padding=(0, w_w.shape[3] // 2), groups=c)
+class Separable(torch.nn.Module):
+    """One formulation of the separable depth-wise conv, taking ``(x, w_h [C, 1, K, 1], w_w [C, 1, 1, K])``."""
+
+    def __init__(self, formulation: str):
+        super().__init__()
+        self.formulation = formulation
+
+    def forward(self, x, w_h, w_w):
+        if self.formulation == 'toeplitz':
+            return oversize_conv_matmul(x, w_h.flatten(1), w_w.flatten(1))
+        fmt = torch.channels_last if self.formulation == 'conv_cl' else torch.contiguous_format
+        y = F.conv2d(x.contiguous(memory_format=fmt), w_h, padding=(w_h.shape[2] // 2, 0), groups=x.shape[1])
+        return F.conv2d(y, w_w, padding=(0, w_w.shape[3] // 2), groups=x.shape[1])
 
 
-def _stock(x: torch.Tensor, w_h: torch.Tensor, w_w: torch.Tensor) -> torch.Tensor:
-    return _separable(x.contiguous(), w_h, w_w)
-
-
-def _conv_cl(x: torch.Tensor, w_h: torch.Tensor, w_w: torch.Tensor) -> torch.Tensor:
-    return _separable(x.contiguous(memory_format=torch.channels_last), w_h, w_w)
-
-
-def _toeplitz(x: torch.Tensor, w_h: torch.Tensor, w_w: torch.Tensor) -> torch.Tensor:
-    return oversize_conv_matmul(x, w_h.flatten(1), w_w.flatten(1))
-
-
-FORMULATIONS: Dict[str, Callable] = {'stock': _stock, 'conv_cl': _conv_cl, 'toeplitz': _toeplitz}
-
-
-def interleaved(fns: Dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 1) -> Dict[str, float]:
-    """Median seconds per call of each function, the functions interleaved within each round."""
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    for r in range(warmup + rounds):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            if r >= warmup:
-                times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def run_layers(
-        model: str = 'parcnetv2_xt', img_size: int = 224, batch: int = 8, rounds: int = 7,
-        train: Sequence[bool] = (False, True)) -> List[Dict]:
-    """One row per (stage, mode): the stage's oversized conv on its map at ``img_size`` (inference: no grad;
-    train: forward + backward to the input and both kernels)."""
+def layer_rows(model: str, img_size: int, cfg: BenchConfig):
+    """One group per stage: the stage's oversized conv on its map at ``img_size``, ``stock`` as the reference."""
     import timm
     net = timm.create_model(model, img_size=img_size, device='meta')
     rows = []
@@ -75,95 +57,34 @@ def run_layers(
         conv = stage.blocks[0].token_mixer.dwconv1
         c, (kh, kw) = conv.dim, conv.kernel_size
         g = torch.Generator().manual_seed(i)
-        x = torch.randn(batch, c, h, w, generator=g)
-        w_h = torch.randn(c, 1, kh, 1, generator=g) / kh ** 0.5
-        w_w = torch.randn(c, 1, 1, kw, generator=g) / kw ** 0.5
-        for mode_train in train:
-            if mode_train:
-                args = [t.clone().requires_grad_() for t in (x, w_h, w_w)]
-
-                def step(fn, args=args):
-                    fn(*args).square().sum().backward()
-            else:
-                args = [x, w_h, w_w]
-
-                def step(fn, args=args):
-                    with torch.no_grad():
-                        fn(*args)
-            with torch.no_grad():
-                ref = _stock(x, w_h, w_w)
-                err = {k: (fn(x, w_h, w_w) - ref).abs().max().item() for k, fn in FORMULATIONS.items()}
-            t = interleaved({k: (lambda fn=fn: step(fn)) for k, fn in FORMULATIONS.items()}, rounds)
-            rows.append(dict(stage=i, batch=batch, chans=c, map=f'{h}x{w}', kernel=f'{kh}x{kw}',
-                             mode='train' if mode_train else 'infer', ms={k: v * 1e3 for k, v in t.items()},
-                             speedup={k: t['stock'] / v for k, v in t.items()}, max_abs_diff=err))
+        inputs = [torch.randn(cfg.batch, c, h, w, generator=g), torch.randn(c, 1, kh, 1, generator=g) / kh ** 0.5,
+                  torch.randn(c, 1, 1, kw, generator=g) / kw ** 0.5]
+        group = f'stage {i}: C={c} map={h}x{w} kernel={kh}x{kw}'
+        contenders = [Contender(f'{group}: {f}', Separable(f), 'official op' if f == 'stock' else 'module')
+                      for f in ('stock', 'conv_cl', 'toeplitz')]
+        rows += run_group(contenders, 0, inputs, cfg, group=group)
     return rows
-
-
-def run_model(model: str = 'parcnetv2_xt', img_size: int = 224, batch: int = 8, rounds: int = 5) -> List[Dict]:
-    """Whole-model inference (eval, no grad) and a training step (forward + backward), with the layer as it is
-    (``ours``: conv under inference, Toeplitz under autograd), with channels-last convs always (``conv_cl``), and
-    with the stock NCHW convolution (``stock``)."""
-    import timm
-    net = timm.create_model(model)
-    x = torch.randn(batch, 3, img_size, img_size)
-    original = OversizeConv2d.forward
-    variants = {
-        'ours': original,
-        'conv_cl': lambda self, x: _conv_cl(x, self.conv_h.weight, self.conv_w.weight),
-        'stock': lambda self, x: _stock(x, self.conv_h.weight, self.conv_w.weight),
-    }
-
-    def call(forward, train):
-        OversizeConv2d.forward = forward
-        if train:
-            net.train()
-            net(x).sum().backward()
-        else:
-            net.eval()
-            with torch.no_grad():
-                net(x)
-    rows = []
-    try:
-        for train in (False, True):
-            t = interleaved({k: (lambda f=f, tr=train: call(f, tr)) for k, f in variants.items()}, rounds)
-            rows.append(dict(model=model, batch=batch, img_size=img_size, mode='train' if train else 'infer',
-                             ms={k: v * 1e3 for k, v in t.items()}, speedup={k: t['stock'] / v for k, v in t.items()}))
-    finally:
-        OversizeConv2d.forward = original
-    return rows
-
-
-def _fmt(rows: List[Dict], key_cols: Sequence[str]) -> str:
-    names = list(FORMULATIONS) if 'kernel' in key_cols else ['ours', 'conv_cl', 'stock']
-    lines = []
-    for r in rows:
-        head = ' '.join(f'{k}={r[k]}' for k in key_cols)
-        cells = '  '.join(f'{n} {r["ms"][n]:8.2f} ms (x{r["speedup"][n]:5.2f})' for n in names)
-        err = '' if 'max_abs_diff' not in r else '  max|diff| ' + ' '.join(
-            f'{n}={r["max_abs_diff"][n]:.1e}' for n in names if n != 'stock')
-        lines.append(f'{head:55s} {cells}{err}')
-    return '\n'.join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--model', default='parcnetv2_xt')
+    ap.add_argument('--model', default='parcnetv2_xt', help='the model whose stages give the layer shapes')
+    ap.add_argument('--models', nargs='*', default=None, help='whole models to time as well (default: --model)')
     ap.add_argument('--img-size', type=int, default=224)
     ap.add_argument('--batch', type=int, default=8)
     ap.add_argument('--rounds', type=int, default=7, help='timed rounds (median reported)')
     ap.add_argument('--threads', type=int, default=1)
-    ap.add_argument('--no-model', action='store_true', help='layers only')
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    print(f'torch {torch.__version__}, {args.threads} thread(s); x = stock time / time (higher is faster)')
-    print(_fmt(run_layers(args.model, args.img_size, args.batch, args.rounds),
-               ['stage', 'mode', 'map', 'kernel', 'chans']))
-    if not args.no_model:
-        print(_fmt(run_model(args.model, args.img_size, args.batch, max(3, args.rounds // 2)),
-                   ['model', 'mode', 'batch']))
+    models = [args.model] if args.models is None else args.models
+    for mode in ('infer', 'train'):
+        cfg = BenchConfig(mode=mode, batch=args.batch, threads=args.threads, rounds=args.rounds, flops=False)
+        print(rows_markdown(layer_rows(args.model, args.img_size, cfg)))
+        if models:
+            cfg = BenchConfig(mode=mode, batch=args.batch, img_size=args.img_size, threads=args.threads,
+                              rounds=max(3, args.rounds // 2))
+            print(rows_markdown(benchmark(models, cfg, reference='official', optimized=False)))
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    raise SystemExit(main())

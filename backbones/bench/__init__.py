@@ -15,7 +15,6 @@ import torch
 from .references import (
     OFFICIAL_OPS,
     RECORDED_OFFICIAL,
-    TIMM_TWINS,
     Contender,
     RecordedRatio,
     build_contenders,
@@ -23,6 +22,7 @@ from .references import (
     random_timm_model,
     recorded_official_note,
     redraw_,
+    timm_twin,
     zoo_model_from,
 )
 from .report import (
@@ -41,7 +41,7 @@ from .runner import BenchConfig, Row, peak_memory_mb, run_group
 
 __all__ = [
     'benchmark', 'model_input', 'README_SUITE', 'BenchConfig', 'Row', 'Contender', 'run_group', 'peak_memory_mb',
-    'build_contenders', 'calibrate_bn_', 'TIMM_TWINS', 'OFFICIAL_OPS', 'RECORDED_OFFICIAL', 'RecordedRatio', 'redraw_',
+    'build_contenders', 'calibrate_bn_', 'timm_twin', 'OFFICIAL_OPS', 'RECORDED_OFFICIAL', 'RecordedRatio', 'redraw_',
     'random_timm_model', 'zoo_model_from', 'recorded_official_note', 'rows_markdown', 'machine_summary',
     'render_readme_speed', 'readme_speed_block', 'check_readme_speed', 'official_notes',
     'rows_from_dicts', 'merge_rows', 'SPEED_START', 'SPEED_END',

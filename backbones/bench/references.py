@@ -1,8 +1,8 @@
 """What a zoo model is measured against, on the same weights wherever the comparison allows it.
 
-* **timm twin** (:data:`TIMM_TWINS`): timm's implementation of the same network. The twin gets random non-trivial
-  weights (:func:`redraw_`), and the zoo model gets exactly those weights through its family's
-  ``checkpoint_filter_fn``, so the two must give the same logits (the parity column).
+* **timm twin** (:func:`timm_twin`: the ``timm_twin`` each variant registers): timm's implementation of the same
+  network. The twin gets random non-trivial weights (:func:`redraw_`), and the zoo model gets exactly those weights
+  through its family's ``checkpoint_filter_fn``, so the two must give the same logits (the parity column).
 * **official operator** (:data:`OFFICIAL_OPS`): the zoo model with its layers switched to the official code's
   formulation of the operator (the naive unfold-based involution of RedNet, the im2col form of TiC's MSA-Conv): the
   same weights and numbers, the official arithmetic.
@@ -21,54 +21,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from .._registry import get_family, get_variant_info, list_models
+
 __all__ = [
-    'Contender', 'TIMM_TWINS', 'OFFICIAL_OPS', 'RECORDED_OFFICIAL', 'RecordedRatio', 'redraw_', 'calibrate_bn_',
+    'Contender', 'timm_twin', 'OFFICIAL_OPS', 'RECORDED_OFFICIAL', 'RecordedRatio', 'redraw_', 'calibrate_bn_',
     'random_timm_model', 'zoo_model_from', 'build_contenders',
 ]
-
-# zoo name -> (timm entrypoint, kwargs making it the same network)
-TIMM_TWINS: Dict[str, Tuple[str, dict]] = {
-    # SENet: timm's legacy_* models are the official Caffe topology
-    'se_resnet50': ('legacy_seresnet50', {}),
-    'se_resnet101': ('legacy_seresnet101', {}),
-    'se_resnet152': ('legacy_seresnet152', {}),
-    'se_resnext50_32x4d': ('legacy_seresnext50_32x4d', {}),
-    'se_resnext101_32x4d': ('legacy_seresnext101_32x4d', {}),
-    'senet_154': ('legacy_senet154', {}),
-    'sknet50': ('skresnext50_32x4d', {}),
-    'res2net50': ('res2net50_26w_4s', {}),
-    'res2net50_w48s2': ('res2net50_48w_2s', {}),
-    'res2net50_w14s8': ('res2net50_14w_8s', {}),
-    'res2net50_w26s6': ('res2net50_26w_6s', {}),
-    'res2net50_w26s8': ('res2net50_26w_8s', {}),
-    'res2net101': ('res2net101_26w_4s', {}),
-    'res2next50_4s': ('res2next50', {}),
-    'res2net50_v1b': ('res2net50d', {}),
-    'res2net101_v1b': ('res2net101d', {}),
-    'davit_t': ('davit_tiny', {}),
-    'davit_s': ('davit_small', {}),
-    'davit_b': ('davit_base', {}),
-    'davit_l': ('davit_large', dict(window_size=12)),
-    'davit_h': ('davit_huge', {}),
-    'davit_g': ('davit_giant', {}),
-    **{f'maxvit_{s}{suffix}': (f'maxvit_{s}_tf_{res}', {})
-       for s in ('tiny', 'small', 'base', 'large', 'xlarge')
-       for suffix, res in (('', 224), ('_384', 384), ('_512', 512))},
-    'twins_pcpvt_s': ('twins_pcpvt_small', {}),
-    'twins_pcpvt_b': ('twins_pcpvt_base', {}),
-    'twins_pcpvt_l': ('twins_pcpvt_large', {}),
-    'twins_svt_s': ('twins_svt_small', {}),
-    'twins_svt_b': ('twins_svt_base', {}),
-    'twins_svt_l': ('twins_svt_large', {}),
-    'sequencer2d_small': ('sequencer2d_s', {}),
-    'sequencer2d_medium': ('sequencer2d_m', {}),
-    'sequencer2d_large': ('sequencer2d_l', {}),
-    'convit_ti': ('convit_tiny', {}),
-    'crossvit_tiny': ('crossvit_tiny_240', {}),
-    'convit_s': ('convit_small', {}),
-    'convit_b': ('convit_base', {}),
-}
-
 
 def _use_official_involution(model: nn.Module) -> int:
     from ..layers.involution import Involution
@@ -92,6 +50,11 @@ def _use_official_moat(model: nn.Module) -> int:
     return n
 
 
+def _use_official_oversize_conv(model: nn.Module) -> int:
+    from ..layers.oversize_conv import OversizeConv2d
+    return _swap_forward(model, OversizeConv2d, OversizeConv2d.forward_nchw)
+
+
 # family -> (label, function switching a model's layers to the official formulation in place; returns how many)
 OFFICIAL_OPS: Dict[str, Tuple[str, Callable[[nn.Module], int]]] = {
     'involution': ('official unfold involution (d-li14/involution, naive PyTorch op)', _use_official_involution),
@@ -101,6 +64,8 @@ OFFICIAL_OPS: Dict[str, Tuple[str, Callable[[nn.Module], int]]] = {
     # convolutions as written, attention as explicit products (q k^T + relative-position bias, softmax, times v)
     'moat': ('official op sequence (deeplab2 MOAT blocks op by op: separate BatchNorms, NCHW convs, explicit '
              'attention)', _use_official_moat),
+    # XuRuihan/ParCNetV2@b9d8524 models/parcnetv2.py OversizeConv2d: conv_h then conv_w on the NCHW map
+    'parcnetv2': ('official NCHW oversized convs (XuRuihan/ParCNetV2 OversizeConv2d)', _use_official_oversize_conv),
 }
 
 
@@ -179,6 +144,12 @@ def calibrate_bn_(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
+def timm_twin(name: str) -> Optional[Tuple[str, dict]]:
+    """(timm entrypoint, kwargs making it the same network) of zoo model ``name``, or None when timm has no twin."""
+    info = get_variant_info(name)
+    return (info.timm_twin, dict(info.timm_twin_kwargs)) if info.timm_twin else None
+
+
 def random_timm_model(name: str, seed: int = 1, **kwargs) -> nn.Module:
     """``timm.create_model(name)`` built on meta (no init), then given :func:`redraw_` weights; eval mode, CPU.
 
@@ -196,7 +167,6 @@ def zoo_model_from(name: str, source: nn.Module, **kwargs) -> nn.Module:
     """Zoo model ``name`` holding ``source``'s weights, converted by the family's ``checkpoint_filter_fn``."""
     import timm
 
-    from .._registry import get_family, get_variant_info
     module = importlib.import_module(get_family(get_variant_info(name).family).module)
     model = timm.create_model(name, device='meta', **kwargs)
     model.load_state_dict(module.checkpoint_filter_fn(source.state_dict(), model), assign=True)
@@ -242,19 +212,19 @@ def build_contenders(
     """
     import timm
 
-    from .._registry import get_variant_info
     from ..optimize import optimize_for_inference
     family = get_variant_info(name).family
+    twin = timm_twin(name)
     if reference == 'auto':
-        reference = 'twin' if name in TIMM_TWINS else 'official' if family in OFFICIAL_OPS else 'none'
-    if reference == 'twin' and name not in TIMM_TWINS:
-        raise ValueError(f'{name} has no timm twin (models with one: {", ".join(sorted(TIMM_TWINS))})')
+        reference = 'twin' if twin else 'official' if family in OFFICIAL_OPS else 'none'
+    if reference == 'twin' and not twin:
+        raise ValueError(f'{name} has no timm twin (models with one: {", ".join(filter(timm_twin, list_models()))})')
     if reference == 'official' and family not in OFFICIAL_OPS:
         raise ValueError(f'no official-operator reference for family {family!r} (families: {sorted(OFFICIAL_OPS)})')
 
     contenders: List[Contender] = []
     if reference == 'twin':
-        twin_name, twin_kwargs = TIMM_TWINS[name]
+        twin_name, twin_kwargs = twin
         twin = random_timm_model(twin_name, seed, **twin_kwargs)
         zoo = zoo_model_from(name, twin)
     else:

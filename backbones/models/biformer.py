@@ -64,7 +64,13 @@ __all__ = ['BiFormer']
 
 FAMILY = register_family(Family(
     name='biformer',
-    paper='BiFormer: Vision Transformer with Bi-Level Routing Attention',
+    bibtex="""
+@inproceedings{zhu2023biformer,
+  title={BiFormer: Vision Transformer with Bi-Level Routing Attention},
+  author={Zhu, Lei and Wang, Xinjiang and Ke, Zhanghan and Zhang, Wayne and Lau, Rynson W.H.},
+  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year={2023}
+}""",
     arxiv='2303.08810',
     repo='rayleizhu/BiFormer',
     license='mit',

@@ -65,7 +65,14 @@ __all__ = ['ConViT', 'GPSA']
 
 FAMILY = register_family(Family(
     name='convit',
-    paper='ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases',
+    bibtex="""
+@inproceedings{dascoli2021convit,
+  title={ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases},
+  author={d'Ascoli, St{\\'e}phane and Touvron, Hugo and Leavitt, Matthew and Morcos, Ari and Biroli, Giulio and
+          Sagun, Levent},
+  booktitle={Proceedings of the 38th International Conference on Machine Learning (ICML)},
+  year={2021}
+}""",
     arxiv='2103.10697',
     repo='facebookresearch/convit',
     license='apache-2.0',
@@ -341,21 +348,22 @@ _TIMM_TOP1 = "top-1: timm's measurement of the official weights (results-imagene
 _PLUS = 'no released weights; widths from the paper Table 1 (64 channels per head, recalled), params by construction'
 
 
-@register_zoo_model(params=5_710_512, top1=73.116, **_counts(1.257, 1.0, 1.080, 'top-1: official README eval output'))
+@register_zoo_model(params=5_710_512, top1=73.116, **_counts(1.257, 1.0, 1.080, 'top-1: official README eval output'),
+                    timm_twin='convit_tiny')
 def convit_ti(pretrained=False, **kwargs) -> ConViT:
     """ConViT-Ti (official ``convit_tiny``)."""
     model_args = dict(embed_dim=192, num_heads=4)
     return _create_convit('convit_ti', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=27_777_322, top1=81.41, **_counts(5.757, 5.4, 5.358, _TIMM_TOP1))
+@register_zoo_model(params=27_777_322, top1=81.41, **_counts(5.757, 5.4, 5.358, _TIMM_TOP1), timm_twin='convit_small')
 def convit_s(pretrained=False, **kwargs) -> ConViT:
     """ConViT-S (official ``convit_small``)."""
     model_args = dict(embed_dim=432, num_heads=9)
     return _create_convit('convit_s', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=86_540_040, top1=82.30, **_counts(17.524, 17.0, 16.815, _TIMM_TOP1))
+@register_zoo_model(params=86_540_040, top1=82.30, **_counts(17.524, 17.0, 16.815, _TIMM_TOP1), timm_twin='convit_base')
 def convit_b(pretrained=False, **kwargs) -> ConViT:
     """ConViT-B (official ``convit_base``)."""
     model_args = dict(embed_dim=768, num_heads=16)

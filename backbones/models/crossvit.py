@@ -72,7 +72,13 @@ __all__ = ['CrossViT', 'MultiScaleBlock']
 
 FAMILY = register_family(Family(
     name='crossvit',
-    paper='CrossViT: Cross-Attention Multi-Scale Vision Transformer for Image Classification',
+    bibtex="""
+@inproceedings{chen2021crossvit,
+  title={CrossViT: Cross-Attention Multi-Scale Vision Transformer for Image Classification},
+  author={Chen, Chun-Fu (Richard) and Fan, Quanfu and Panda, Rameswar},
+  booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
+  year={2021}
+}""",
     arxiv='2103.14899',
     repo='IBM/CrossViT',
     license='apache-2.0',
@@ -364,11 +370,11 @@ default_cfgs = generate_default_cfgs({
 
 
 def _counts(timm_name: str, fvcore: float, top1: float) -> dict:
-    """Registry figures: the README has no table and the paper's table was not re-read here, so GMACs are fvcore's
-    count (attention matmuls included, the bicubic resize counted as zero) of timm's twin, and top-1 is timm's
-    measurement of the official weights."""
+    """Registry figures of the variant whose timm twin is ``timm_name``: the README has no table and the paper's
+    table was not re-read here, so GMACs are fvcore's count (attention matmuls included, the bicubic resize counted as
+    zero) of the twin, and top-1 is timm's measurement of the official weights."""
     return dict(
-        gmacs=fvcore, top1=top1,
+        timm_twin=timm_name, gmacs=fvcore, top1=top1,
         gmacs_source=f"fvcore count, attention matmuls included, of timm's {timm_name} (the same network): {fvcore}",
         notes=f"top-1: timm's measurement of the official weights (results-imagenet.csv, {timm_name}.in1k)",
     )

@@ -53,7 +53,13 @@ __all__ = ['DaViT']
 
 FAMILY = register_family(Family(
     name='davit',
-    paper='DaViT: Dual Attention Vision Transformers',
+    bibtex="""
+@inproceedings{ding2022davit,
+  title={DaViT: Dual Attention Vision Transformers},
+  author={Ding, Mingyu and Xiao, Bin and Codella, Noel and Luo, Ping and Wang, Jingdong and Yuan, Lu},
+  booktitle={Proceedings of the European Conference on Computer Vision (ECCV)},
+  year={2022}
+}""",
     arxiv='2204.03645',
     repo='dingmyu/davit',
     license='apache-2.0',
@@ -319,21 +325,24 @@ default_cfgs = generate_default_cfgs({
 _SRC = 'official davit.py factory comment (fvcore, attention included)'
 
 
-@register_zoo_model(params=28_360_168, gmacs=4.540, top1=82.8, gmacs_source=f'{_SRC}: 4,540,244,736')
+@register_zoo_model(params=28_360_168, gmacs=4.540, top1=82.8, gmacs_source=f'{_SRC}: 4,540,244,736',
+                    timm_twin='davit_tiny')
 def davit_t(pretrained=False, **kwargs) -> DaViT:
     """DaViT-Tiny."""
     model_args = dict(depths=(1, 1, 3, 1), embed_dims=(96, 192, 384, 768), num_heads=(3, 6, 12, 24))
     return _create_davit('davit_t', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=49_745_896, gmacs=8.800, top1=84.2, gmacs_source=f'{_SRC}: 8,800,488,192')
+@register_zoo_model(params=49_745_896, gmacs=8.800, top1=84.2, gmacs_source=f'{_SRC}: 8,800,488,192',
+                    timm_twin='davit_small')
 def davit_s(pretrained=False, **kwargs) -> DaViT:
     """DaViT-Small."""
     model_args = dict(depths=(1, 1, 9, 1), embed_dims=(96, 192, 384, 768), num_heads=(3, 6, 12, 24))
     return _create_davit('davit_s', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=87_954_408, gmacs=15.510, top1=84.6, gmacs_source=f'{_SRC}: 15,510,430,720')
+@register_zoo_model(params=87_954_408, gmacs=15.510, top1=84.6, gmacs_source=f'{_SRC}: 15,510,430,720',
+                    timm_twin='davit_base')
 def davit_b(pretrained=False, **kwargs) -> DaViT:
     """DaViT-Base."""
     model_args = dict(depths=(1, 1, 9, 1), embed_dims=(128, 256, 512, 1024), num_heads=(4, 8, 16, 32))
@@ -342,7 +351,8 @@ def davit_b(pretrained=False, **kwargs) -> DaViT:
 
 @register_zoo_model(
     params=196_811_752, gmacs=102.967, gmacs_source=f'{_SRC} (DaViT_large_window12_384): 102,966,676,992',
-    notes='ImageNet-22k pre-trained at 384 with window 12 (official config); no public weights')
+    notes='ImageNet-22k pre-trained at 384 with window 12 (official config); no public weights',
+    timm_twin='davit_large', timm_twin_kwargs=dict(window_size=12))
 def davit_l(pretrained=False, **kwargs) -> DaViT:
     """DaViT-Large, window 12 at 384."""
     model_args = dict(
@@ -353,7 +363,8 @@ def davit_l(pretrained=False, **kwargs) -> DaViT:
 @register_zoo_model(
     params=348_922_856,
     notes="timm's davit_huge config (untrained; the paper's DaViT-H row could not be checked): params are timm's "
-          "count, no official GMACs")
+          "count, no official GMACs",
+    timm_twin='davit_huge')
 def davit_h(pretrained=False, **kwargs) -> DaViT:
     """DaViT-Huge (timm's config)."""
     model_args = dict(depths=(1, 1, 9, 1), embed_dims=(256, 512, 1024, 2048), num_heads=(8, 16, 32, 64))
@@ -363,7 +374,8 @@ def davit_h(pretrained=False, **kwargs) -> DaViT:
 @register_zoo_model(
     params=1_406_470_120,
     notes="timm's davit_giant config (untrained; the paper's DaViT-G row could not be checked): params are timm's "
-          "count, no official GMACs")
+          "count, no official GMACs",
+    timm_twin='davit_giant')
 def davit_g(pretrained=False, **kwargs) -> DaViT:
     """DaViT-Giant (timm's config)."""
     model_args = dict(depths=(1, 1, 12, 3), embed_dims=(384, 768, 1536, 3072), num_heads=(12, 24, 48, 96))

@@ -68,7 +68,14 @@ __all__ = ['MaxViT']
 
 FAMILY = register_family(Family(
     name='maxvit',
-    paper='MaxViT: Multi-Axis Vision Transformer',
+    bibtex="""
+@inproceedings{tu2022maxvit,
+  title={MaxViT: Multi-Axis Vision Transformer},
+  author={Tu, Zhengzhong and Talebi, Hossein and Zhang, Han and Yang, Feng and Milanfar, Peyman and Bovik, Alan and
+          Li, Yinxiao},
+  booktitle={European Conference on Computer Vision (ECCV)},
+  year={2022}
+}""",
     arxiv='2204.01697',
     repo='google-research/maxvit',
     license='apache-2.0',
@@ -499,84 +506,92 @@ _NOTE_384 = 'window 12; 23x23 relative tables (the official 13x13 ones resized)'
 _NOTE_512 = 'window 16; 31x31 relative tables (the official 13x13 ones resized)'
 
 
-@register_zoo_model(params=30_916_528, gmacs=5.6, top1=83.62, gmacs_source=_README)
+@register_zoo_model(params=30_916_528, gmacs=5.6, top1=83.62, gmacs_source=_README, timm_twin='maxvit_tiny_tf_224')
 def maxvit_tiny(pretrained=False, **kwargs) -> MaxViT:
     """MaxViT-T, 224."""
     model_args = dict(_T, window_size=7)
     return _create_maxvit('maxvit_tiny', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=30_977_008, gmacs=17.7, top1=85.24, gmacs_source=_README, notes=_NOTE_384)
+@register_zoo_model(params=30_977_008, gmacs=17.7, top1=85.24, gmacs_source=_README, notes=_NOTE_384,
+                    timm_twin='maxvit_tiny_tf_384')
 def maxvit_tiny_384(pretrained=False, **kwargs) -> MaxViT:
     """MaxViT-T, 384."""
     model_args = dict(_T, window_size=12)
     return _create_maxvit('maxvit_tiny_384', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=31_049_584, gmacs=33.7, top1=85.72, gmacs_source=_README, notes=_NOTE_512)
+@register_zoo_model(params=31_049_584, gmacs=33.7, top1=85.72, gmacs_source=_README, notes=_NOTE_512,
+                    timm_twin='maxvit_tiny_tf_512')
 def maxvit_tiny_512(pretrained=False, **kwargs) -> MaxViT:
     """MaxViT-T, 512."""
     model_args = dict(_T, window_size=16)
     return _create_maxvit('maxvit_tiny_512', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=68_927_956, gmacs=11.7, top1=84.45, gmacs_source=_README)
+@register_zoo_model(params=68_927_956, gmacs=11.7, top1=84.45, gmacs_source=_README, timm_twin='maxvit_small_tf_224')
 def maxvit_small(pretrained=False, **kwargs) -> MaxViT:
     """MaxViT-S, 224."""
     model_args = dict(_S, window_size=7)
     return _create_maxvit('maxvit_small', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=69_018_676, gmacs=36.1, top1=85.74, gmacs_source=_README, notes=_NOTE_384)
+@register_zoo_model(params=69_018_676, gmacs=36.1, top1=85.74, gmacs_source=_README, notes=_NOTE_384,
+                    timm_twin='maxvit_small_tf_384')
 def maxvit_small_384(pretrained=False, **kwargs) -> MaxViT:
     """MaxViT-S, 384."""
     model_args = dict(_S, window_size=12)
     return _create_maxvit('maxvit_small_384', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=69_127_540, gmacs=67.6, top1=86.19, gmacs_source=_README, notes=_NOTE_512)
+@register_zoo_model(params=69_127_540, gmacs=67.6, top1=86.19, gmacs_source=_README, notes=_NOTE_512,
+                    timm_twin='maxvit_small_tf_512')
 def maxvit_small_512(pretrained=False, **kwargs) -> MaxViT:
     """MaxViT-S, 512."""
     model_args = dict(_S, window_size=16)
     return _create_maxvit('maxvit_small_512', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=119_467_708, gmacs=24.2, top1=84.95, gmacs_source=_README)
+@register_zoo_model(params=119_467_708, gmacs=24.2, top1=84.95, gmacs_source=_README, timm_twin='maxvit_base_tf_224')
 def maxvit_base(pretrained=False, **kwargs) -> MaxViT:
     """MaxViT-B, 224."""
     model_args = dict(_B, window_size=7)
     return _create_maxvit('maxvit_base', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=119_653_468, gmacs=74.2, top1=86.34, gmacs_source=_README, notes=_NOTE_384)
+@register_zoo_model(params=119_653_468, gmacs=74.2, top1=86.34, gmacs_source=_README, notes=_NOTE_384,
+                    timm_twin='maxvit_base_tf_384')
 def maxvit_base_384(pretrained=False, **kwargs) -> MaxViT:
     """MaxViT-B, 384."""
     model_args = dict(_B, window_size=12)
     return _create_maxvit('maxvit_base_384', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=119_876_380, gmacs=138.5, top1=86.66, gmacs_source=_README, notes=_NOTE_512)
+@register_zoo_model(params=119_876_380, gmacs=138.5, top1=86.66, gmacs_source=_README, notes=_NOTE_512,
+                    timm_twin='maxvit_base_tf_512')
 def maxvit_base_512(pretrained=False, **kwargs) -> MaxViT:
     """MaxViT-B, 512."""
     model_args = dict(_B, window_size=16)
     return _create_maxvit('maxvit_base_512', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=211_785_560, gmacs=43.9, top1=85.17, gmacs_source=_README)
+@register_zoo_model(params=211_785_560, gmacs=43.9, top1=85.17, gmacs_source=_README, timm_twin='maxvit_large_tf_224')
 def maxvit_large(pretrained=False, **kwargs) -> MaxViT:
     """MaxViT-L, 224."""
     model_args = dict(_L, window_size=7)
     return _create_maxvit('maxvit_large', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=212_033_240, gmacs=133.1, top1=86.40, gmacs_source=_README, notes=_NOTE_384)
+@register_zoo_model(params=212_033_240, gmacs=133.1, top1=86.40, gmacs_source=_README, notes=_NOTE_384,
+                    timm_twin='maxvit_large_tf_384')
 def maxvit_large_384(pretrained=False, **kwargs) -> MaxViT:
     """MaxViT-L, 384."""
     model_args = dict(_L, window_size=12)
     return _create_maxvit('maxvit_large_384', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=212_330_456, gmacs=245.4, top1=86.70, gmacs_source=_README, notes=_NOTE_512)
+@register_zoo_model(params=212_330_456, gmacs=245.4, top1=86.70, gmacs_source=_README, notes=_NOTE_512,
+                    timm_twin='maxvit_large_tf_512')
 def maxvit_large_512(pretrained=False, **kwargs) -> MaxViT:
     """MaxViT-L, 512."""
     model_args = dict(_L, window_size=16)
@@ -585,21 +600,24 @@ def maxvit_large_512(pretrained=False, **kwargs) -> MaxViT:
 
 @register_zoo_model(
     params=506_987_643, gmacs=97.8, gmacs_source=_README,
-    notes='only IN-21k weights exist, so the default head has 21843 classes (474,951,952 params with 1000)')
+    notes='only IN-21k weights exist, so the default head has 21843 classes (474,951,952 params with 1000)',
+    timm_twin='maxvit_xlarge_tf_224')
 def maxvit_xlarge(pretrained=False, **kwargs) -> MaxViT:
     """MaxViT-XL, 224 (ImageNet-21k pretraining)."""
     model_args = dict(_XL, window_size=7)
     return _create_maxvit('maxvit_xlarge', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=475_323_472, gmacs=293.7, gmacs_source=_README, notes=_NOTE_384)
+@register_zoo_model(params=475_323_472, gmacs=293.7, gmacs_source=_README, notes=_NOTE_384,
+                    timm_twin='maxvit_xlarge_tf_384')
 def maxvit_xlarge_384(pretrained=False, **kwargs) -> MaxViT:
     """MaxViT-XL, 384."""
     model_args = dict(_XL, window_size=12)
     return _create_maxvit('maxvit_xlarge_384', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=475_769_296, gmacs=535.2, gmacs_source=_README, notes=_NOTE_512)
+@register_zoo_model(params=475_769_296, gmacs=535.2, gmacs_source=_README, notes=_NOTE_512,
+                    timm_twin='maxvit_xlarge_tf_512')
 def maxvit_xlarge_512(pretrained=False, **kwargs) -> MaxViT:
     """MaxViT-XL, 512."""
     model_args = dict(_XL, window_size=16)

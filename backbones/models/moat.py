@@ -64,7 +64,14 @@ __all__ = ['MOAT', 'MoatBlock', 'MoatStem', 'checkpoint_filter_fn', 'convert_tf_
 
 FAMILY = register_family(Family(
     name='moat',
-    paper='MOAT: Alternating Mobile Convolution and Attention Brings Strong Vision Models',
+    bibtex="""
+@inproceedings{yang2023moat,
+  title={MOAT: Alternating Mobile Convolution and Attention Brings Strong Vision Models},
+  author={Yang, Chenglin and Qiao, Siyuan and Yu, Qihang and Yuan, Xiaoding and Zhu, Yukun and Yuille, Alan and
+          Adam, Hartwig and Chen, Liang-Chieh},
+  booktitle={International Conference on Learning Representations (ICLR)},
+  year={2023}
+}""",
     arxiv='2210.01820',
     repo='google-research/deeplab2',
     license='apache-2.0',

@@ -63,7 +63,13 @@ __all__ = ['ParCNetV2']
 
 FAMILY = register_family(Family(
     name='parcnetv2',
-    paper='ParCNetV2: Oversized Kernel with Enhanced Attention',
+    bibtex="""
+@inproceedings{xu2023parcnetv2,
+  title={ParCNetV2: Oversized Kernel with Enhanced Attention},
+  author={Xu, Ruihan and Zhang, Haokui and Hu, Wenze and Zhang, Shiliang and Wang, Xiaoyu},
+  booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
+  year={2023}
+}""",
     arxiv='2211.07157',
     repo='XuRuihan/ParCNetV2',
     license='unknown',

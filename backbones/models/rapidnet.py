@@ -72,7 +72,14 @@ __all__ = ['RapidNet']
 
 FAMILY = register_family(Family(
     name='rapidnet',
-    paper='RapidNet: Multi-Level Dilated Convolution Based Mobile Backbone',
+    bibtex="""
+@inproceedings{munir2025rapidnet,
+  title={RapidNet: Multi-Level Dilated Convolution Based Mobile Backbone},
+  author={Munir, Mustafa and Rahman, Md Mostafijur and Marculescu, Radu},
+  booktitle={Proceedings of the IEEE/CVF Winter Conference on Applications of Computer Vision (WACV)},
+  pages={8291--8301},
+  year={2025}
+}""",
     arxiv='2412.10995',
     repo='mmunir127/RapidNet-Official',
     license='unknown',

@@ -38,7 +38,15 @@ __all__ = ['RedNet']
 
 FAMILY = register_family(Family(
     name='involution',
-    paper='Involution: Inverting the Inherence of Convolution for Visual Recognition',
+    bibtex="""
+@inproceedings{li2021involution,
+  title={Involution: Inverting the Inherence of Convolution for Visual Recognition},
+  author={Li, Duo and Hu, Jie and Wang, Changhu and Li, Xiangtai and She, Qi and Zhu, Lei and
+          Zhang, Tong and Chen, Qifeng},
+  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages={12321--12330},
+  year={2021}
+}""",
     arxiv='2103.06255',
     repo='d-li14/involution',
     license='mit',

@@ -23,7 +23,16 @@ __all__ = ['Res2Net']
 
 FAMILY = register_family(Family(
     name='res2net',
-    paper='Res2Net: A New Multi-scale Backbone Architecture',
+    bibtex="""
+@article{gao2021res2net,
+  title={Res2Net: A New Multi-scale Backbone Architecture},
+  author={Gao, Shang-Hua and Cheng, Ming-Ming and Zhao, Kai and Zhang, Xin-Yu and Yang, Ming-Hsuan and Torr, Philip},
+  journal={IEEE Transactions on Pattern Analysis and Machine Intelligence},
+  volume={43},
+  number={2},
+  pages={652--662},
+  year={2021}
+}""",
     arxiv='1904.01169',
     repo='Res2Net/Res2Net-PretrainedModels',
     license='cc-by-nc-sa-4.0',
@@ -155,63 +164,63 @@ _README = 'official README "MACCs"'
 
 
 @register_zoo_model(params=25_699_120, gmacs=4.2, top1=77.99, gmacs_source=_README,
-                    notes='fvcore counts 4.28 GMACs; the README writes 4.2')
+                    notes='fvcore counts 4.28 GMACs; the README writes 4.2', timm_twin='res2net50_26w_4s')
 def res2net50(pretrained=False, **kwargs) -> Res2Net:
     """Res2Net-50 (26w-4s)."""
     model_args = dict(depths=(3, 4, 6, 3), base_width=26, scale=4)
     return _create_res2net('res2net50', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=25_287_304, gmacs=4.2, top1=77.32, gmacs_source=_README)
+@register_zoo_model(params=25_287_304, gmacs=4.2, top1=77.32, gmacs_source=_README, timm_twin='res2net50_48w_2s')
 def res2net50_w48s2(pretrained=False, **kwargs) -> Res2Net:
     """Res2Net-50-48w-2s."""
     model_args = dict(depths=(3, 4, 6, 3), base_width=48, scale=2)
     return _create_res2net('res2net50_w48s2', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=25_059_816, gmacs=4.2, top1=78.14, gmacs_source=_README)
+@register_zoo_model(params=25_059_816, gmacs=4.2, top1=78.14, gmacs_source=_README, timm_twin='res2net50_14w_8s')
 def res2net50_w14s8(pretrained=False, **kwargs) -> Res2Net:
     """Res2Net-50-14w-8s."""
     model_args = dict(depths=(3, 4, 6, 3), base_width=14, scale=8)
     return _create_res2net('res2net50_w14s8', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=37_051_448, gmacs=6.3, top1=78.58, gmacs_source=_README)
+@register_zoo_model(params=37_051_448, gmacs=6.3, top1=78.58, gmacs_source=_README, timm_twin='res2net50_26w_6s')
 def res2net50_w26s6(pretrained=False, **kwargs) -> Res2Net:
     """Res2Net-50-26w-6s."""
     model_args = dict(depths=(3, 4, 6, 3), base_width=26, scale=6)
     return _create_res2net('res2net50_w26s6', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=48_403_776, gmacs=8.3, top1=79.20, gmacs_source=_README)
+@register_zoo_model(params=48_403_776, gmacs=8.3, top1=79.20, gmacs_source=_README, timm_twin='res2net50_26w_8s')
 def res2net50_w26s8(pretrained=False, **kwargs) -> Res2Net:
     """Res2Net-50-26w-8s."""
     model_args = dict(depths=(3, 4, 6, 3), base_width=26, scale=8)
     return _create_res2net('res2net50_w26s8', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=45_206_688, gmacs=8.1, top1=79.19, gmacs_source=_README)
+@register_zoo_model(params=45_206_688, gmacs=8.1, top1=79.19, gmacs_source=_README, timm_twin='res2net101_26w_4s')
 def res2net101(pretrained=False, **kwargs) -> Res2Net:
     """Res2Net-101 (26w-4s)."""
     model_args = dict(depths=(3, 4, 23, 3), base_width=26, scale=4)
     return _create_res2net('res2net101', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=24_671_464, gmacs=4.2, top1=78.24, gmacs_source=_README)
+@register_zoo_model(params=24_671_464, gmacs=4.2, top1=78.24, gmacs_source=_README, timm_twin='res2next50')
 def res2next50_4s(pretrained=False, **kwargs) -> Res2Net:
     """Res2NeXt-50: base width 4, cardinality 8, scale 4."""
     model_args = dict(depths=(3, 4, 6, 3), base_width=4, scale=4, cardinality=8)
     return _create_res2net('res2next50_4s', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=25_718_352, gmacs=4.5, top1=80.27, gmacs_source=_README)
+@register_zoo_model(params=25_718_352, gmacs=4.5, top1=80.27, gmacs_source=_README, timm_twin='res2net50d')
 def res2net50_v1b(pretrained=False, **kwargs) -> Res2Net:
     """Res2Net-v1b-50 (26w-4s): deep stem and average-pool shortcuts."""
     model_args = dict(depths=(3, 4, 6, 3), base_width=26, scale=4, deep_stem=True, avg_down=True)
     return _create_res2net('res2net50_v1b', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=45_225_920, gmacs=8.3, top1=81.23, gmacs_source=_README)
+@register_zoo_model(params=45_225_920, gmacs=8.3, top1=81.23, gmacs_source=_README, timm_twin='res2net101d')
 def res2net101_v1b(pretrained=False, **kwargs) -> Res2Net:
     """Res2Net-v1b-101 (26w-4s): deep stem and average-pool shortcuts."""
     model_args = dict(depths=(3, 4, 23, 3), base_width=26, scale=4, deep_stem=True, avg_down=True)

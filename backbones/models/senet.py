@@ -22,7 +22,14 @@ __all__ = ['SENet']
 
 FAMILY = register_family(Family(
     name='senet',
-    paper='Squeeze-and-Excitation Networks',
+    bibtex="""
+@inproceedings{hu2018squeeze,
+  title={Squeeze-and-Excitation Networks},
+  author={Hu, Jie and Shen, Li and Sun, Gang},
+  booktitle={Proceedings of the IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages={7132--7141},
+  year={2018}
+}""",
     arxiv='1709.01507',
     repo='hujie-frank/SENet',
     license='apache-2.0',
@@ -139,42 +146,48 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-@register_zoo_model(params=28_088_024, gmacs=3.88, top1=77.63, gmacs_source='official prototxt (fvcore)')
+@register_zoo_model(params=28_088_024, gmacs=3.88, top1=77.63, gmacs_source='official prototxt (fvcore)',
+                    timm_twin='legacy_seresnet50')
 def se_resnet50(pretrained=False, **kwargs) -> SENet:
     """SE-ResNet-50."""
     model_args = dict(depths=(3, 4, 6, 3), stride_in_1x1=True)
     return _create_senet('se_resnet50', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=49_326_872, gmacs=7.61, top1=78.25, gmacs_source='official prototxt (fvcore)')
+@register_zoo_model(params=49_326_872, gmacs=7.61, top1=78.25, gmacs_source='official prototxt (fvcore)',
+                    timm_twin='legacy_seresnet101')
 def se_resnet101(pretrained=False, **kwargs) -> SENet:
     """SE-ResNet-101."""
     model_args = dict(depths=(3, 4, 23, 3), stride_in_1x1=True)
     return _create_senet('se_resnet101', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=66_821_848, gmacs=11.33, top1=78.66, gmacs_source='official prototxt (fvcore)')
+@register_zoo_model(params=66_821_848, gmacs=11.33, top1=78.66, gmacs_source='official prototxt (fvcore)',
+                    timm_twin='legacy_seresnet152')
 def se_resnet152(pretrained=False, **kwargs) -> SENet:
     """SE-ResNet-152."""
     model_args = dict(depths=(3, 8, 36, 3), stride_in_1x1=True)
     return _create_senet('se_resnet152', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=27_559_896, gmacs=4.25, top1=79.03, gmacs_source='SKNet paper Table 2 ("SENet-50")')
+@register_zoo_model(params=27_559_896, gmacs=4.25, top1=79.03, gmacs_source='SKNet paper Table 2 ("SENet-50")',
+                    timm_twin='legacy_seresnext50_32x4d')
 def se_resnext50_32x4d(pretrained=False, **kwargs) -> SENet:
     """SE-ResNeXt-50 (32x4d)."""
     model_args = dict(depths=(3, 4, 6, 3), groups=32, base_width=4)
     return _create_senet('se_resnext50_32x4d', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=48_955_416, gmacs=8.00, top1=80.19, gmacs_source='SKNet paper Table 2 ("SENet-101")')
+@register_zoo_model(params=48_955_416, gmacs=8.00, top1=80.19, gmacs_source='SKNet paper Table 2 ("SENet-101")',
+                    timm_twin='legacy_seresnext101_32x4d')
 def se_resnext101_32x4d(pretrained=False, **kwargs) -> SENet:
     """SE-ResNeXt-101 (32x4d)."""
     model_args = dict(depths=(3, 4, 23, 3), groups=32, base_width=4)
     return _create_senet('se_resnext101_32x4d', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=115_088_984, gmacs=20.77, top1=81.32, gmacs_source='official prototxt (fvcore)')
+@register_zoo_model(params=115_088_984, gmacs=20.77, top1=81.32, gmacs_source='official prototxt (fvcore)',
+                    timm_twin='legacy_senet154')
 def senet_154(pretrained=False, **kwargs) -> SENet:
     """SENet-154: SE-ResNeXt-152 (64x4d) with a deep stem, 3x3 projection shortcuts and dropout 0.2."""
     model_args = dict(

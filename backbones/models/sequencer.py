@@ -62,7 +62,13 @@ __all__ = ['Sequencer2d', 'BiLSTM2d', 'BiLSTM']
 
 FAMILY = register_family(Family(
     name='sequencer',
-    paper='Sequencer: Deep LSTM for Image Classification',
+    bibtex="""
+@inproceedings{tatsunami2022sequencer,
+  title={Sequencer: Deep LSTM for Image Classification},
+  author={Tatsunami, Yuki and Taki, Masato},
+  booktitle={Advances in Neural Information Processing Systems (NeurIPS)},
+  year={2022}
+}""",
     arxiv='2205.01972',
     repo='okojoalg/sequencer',
     license='apache-2.0',
@@ -352,21 +358,21 @@ def _counts(readme: float) -> dict:
     )
 
 
-@register_zoo_model(params=27_651_688, top1=82.3, **_counts(8.4))
+@register_zoo_model(params=27_651_688, top1=82.3, **_counts(8.4), timm_twin='sequencer2d_s')
 def sequencer2d_small(pretrained=False, **kwargs) -> Sequencer2d:
     """Sequencer2D-S."""
     model_args = dict(depths=(4, 3, 8, 3), **_COMMON)
     return _create_sequencer('sequencer2d_small', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=38_307_688, top1=82.8, **_counts(11.1))
+@register_zoo_model(params=38_307_688, top1=82.8, **_counts(11.1), timm_twin='sequencer2d_m')
 def sequencer2d_medium(pretrained=False, **kwargs) -> Sequencer2d:
     """Sequencer2D-M."""
     model_args = dict(depths=(4, 3, 14, 3), **_COMMON)
     return _create_sequencer('sequencer2d_medium', pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(params=54_298_216, top1=83.4, **_counts(16.6))
+@register_zoo_model(params=54_298_216, top1=83.4, **_counts(16.6), timm_twin='sequencer2d_l')
 def sequencer2d_large(pretrained=False, **kwargs) -> Sequencer2d:
     """Sequencer2D-L."""
     model_args = dict(depths=(8, 8, 16, 4), **_COMMON)

@@ -32,7 +32,14 @@ __all__ = ['SKNet']
 
 FAMILY = register_family(Family(
     name='sknet',
-    paper='Selective Kernel Networks',
+    bibtex="""
+@inproceedings{li2019selective,
+  title={Selective Kernel Networks},
+  author={Li, Xiang and Wang, Wenhai and Hu, Xiaolin and Yang, Jian},
+  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages={510--519},
+  year={2019}
+}""",
     arxiv='1903.06586',
     repo='implus/SKNet',
     license='apache-2.0',
@@ -136,7 +143,8 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-@register_zoo_model(params=27_479_784, gmacs=4.47, top1=79.21, gmacs_source='SKNet paper Table 2')
+@register_zoo_model(params=27_479_784, gmacs=4.47, top1=79.21, gmacs_source='SKNet paper Table 2',
+                    timm_twin='skresnext50_32x4d')
 def sknet50(pretrained=False, **kwargs) -> SKNet:
     """SKNet-50 (ResNeXt-50 32x4d with SK units)."""
     model_args = dict(depths=(3, 4, 6, 3), fuse_dims=(32, 32, 32, 64))

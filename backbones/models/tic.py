@@ -63,7 +63,16 @@ __all__ = ['TiC']
 
 FAMILY = register_family(Family(
     name='tic',
-    paper='TiC: Exploring Vision Transformer in Convolution',
+    bibtex="""
+@article{zhang2023tic,
+  title={TiC: Exploring Vision Transformer in Convolution},
+  author={Zhang, Song and Wang, Qingzhong and Bian, Jiang and Xiong, Haoyi},
+  journal={arXiv preprint arXiv:2310.04134},
+  year={2023}
+}""",
+    reconstruction=("Only the MSA-Conv operator and its block are official (and reproduce the official code); the "
+                    "TiC network is OUR reconstruction from the paper's abstract, sized beside Swin-T/S/B: the paper's "
+                    "architecture tables could not be read, and no weights exist."),
     arxiv='2310.04134',
     repo='zs670980918/MSA-Conv',
     license='apache-2.0',

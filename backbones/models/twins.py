@@ -50,7 +50,14 @@ __all__ = ['Twins']
 
 FAMILY = register_family(Family(
     name='twins',
-    paper='Twins: Revisiting the Design of Spatial Attention in Vision Transformers',
+    bibtex="""
+@inproceedings{chu2021twins,
+  title={Twins: Revisiting the Design of Spatial Attention in Vision Transformers},
+  author={Chu, Xiangxiang and Tian, Zhi and Wang, Yuqing and Zhang, Bo and Ren, Haibing and Wei, Xiaolin and
+          Xia, Huaxia and Shen, Chunhua},
+  booktitle={Advances in Neural Information Processing Systems (NeurIPS)},
+  year={2021}
+}""",
     arxiv='2104.13840',
     repo='Meituan-AutoML/Twins',
     license='apache-2.0',
@@ -288,11 +295,12 @@ _SVT = dict(mlp_ratios=(4, 4, 4, 4), sr_ratios=(8, 4, 2, 1), window_sizes=(7, 7,
 
 
 def _counts(timm_name: str, gmacs: float, readme: float, readme_like: float) -> Dict:
-    """Registry figures for GMACs. ``gmacs``: fvcore 0.1.5's count of timm 1.0.31's ``timm_name`` at 224 (the same
-    network and layout) WITH the attention matmuls, the zoo's convention; ``readme``: the official README figure,
-    which matches the count without them (``readme_like``) and is more than 2 % below ``gmacs``."""
+    """Registry figures of the variant whose timm twin (the same network and layout) is ``timm_name``. ``gmacs``:
+    fvcore 0.1.5's count of timm 1.0.31's twin at 224 WITH the attention matmuls, the zoo's convention; ``readme``:
+    the official README figure, which matches the count without them (``readme_like``) and is more than 2 % below
+    ``gmacs``."""
     return dict(
-        gmacs=gmacs,
+        timm_twin=timm_name, gmacs=gmacs,
         gmacs_source=f'fvcore count with attention matmuls of timm 1.0.31 {timm_name}; '
                      f'official README: {readme}',
         notes=f'official README {readme} GFLOPs (MACs) = the count without the q.k^T and attn.v matmuls '
