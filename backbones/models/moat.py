@@ -27,14 +27,13 @@ What differs from the official code:
 * The position bias is computed from the table parameter at every forward, as in TF1 graph mode (where the released
   checkpoints were trained); the official TF2/Keras model freezes it at build time (see specs, pitfall 5).
 
-Weights: the official ImageNet checkpoints are TF1 checkpoints packed as ``.tar.gz`` (URLs in each cfg's ``notes``);
-they cannot be read without TensorFlow. Read one with TensorFlow into a ``{variable name: array}`` dict::
-
-    r = tf.train.load_checkpoint('moat0_imagenet_1k_224_w_position_embedding/model.ckpt')  # TF side
-    sd = {n: r.get_tensor(n) for n in r.get_variable_to_shape_map()}
-    torch_sd = checkpoint_filter_fn(sd, timm.create_model('moat_0'))  # converts TF layouts, checks every key
-
-``checkpoint_filter_fn`` also accepts that dict saved as safetensors / torch file (``pretrained_cfg_overlay``).
+Weights: the official ImageNet checkpoints are TF1 checkpoints packed as ``.tar.gz`` (each cfg's ``url``).
+``timm.create_model('moat_0', pretrained=True)`` downloads one, reads it without TensorFlow
+(:mod:`backbones.formats.tf_bundle`), maps the TF variables onto this model (:mod:`backbones.formats.moat_tf`, every
+key and shape checked, BN moving statistics included) and caches the result as safetensors (:mod:`backbones.weights`).
+A copy already on disk -- the archive, its unpacked folder or the ``.index`` -- loads the same way through
+``pretrained_cfg_overlay=dict(file=...)`` or ``tools/convert.py --checkpoint``; ``checkpoint_filter_fn`` also takes
+the variables as a ``{TF name: array}`` dict (e.g. from ``tf.train.load_checkpoint``).
 """
 from functools import partial
 from typing import List, Mapping, Optional, Sequence, Tuple, Union
@@ -364,16 +363,19 @@ _OPT2 = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # (x - 127.5) / 127.5 o
 
 
 def _cfg(ckpt: str, size: int, pe: bool = True, **kwargs):
+    """The official TF1 checkpoint archive (google-research/deeplab2 g3doc/projects/
+    moat_imagenet_pretrained_checkpoints.md) as the download: ``custom_load`` (not a PyTorch file), read without
+    TensorFlow and converted on first load by :mod:`backbones.weights`."""
     tarball = f'{_CKPT}/{ckpt}_{"w" if pe else "wo"}_position_embedding.tar.gz'
     notes = (
-        f'official TF1 checkpoint (needs TensorFlow to read; convert the variables with checkpoint_filter_fn): '
-        f'{tarball}',
+        'weights: the official TF1 checkpoint (google-research/deeplab2 model zoo), read without TensorFlow and '
+        'converted on first load (backbones.formats)',
         'crop_pct / interpolation are not stated by the official README: '
         + ('crop_pct 1.0 (full image, as for fine-tuned high-resolution models)' if size > 256 else
            'crop_pct 0.875 (the usual ImageNet centre crop)') + ' and bicubic are assumptions',
     )
     return zoo_cfg(
-        FAMILY, first_conv='stem.conv0', classifier='head.fc', notes=notes,
+        FAMILY, url=tarball, custom_load=True, first_conv='stem.conv0', classifier='head.fc', notes=notes,
         input_size=(3, size, size), pool_size=(size // 32, size // 32), interpolation='bicubic',
         crop_pct=1.0 if size > 256 else 0.875, **kwargs)
 
