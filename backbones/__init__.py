@@ -6,9 +6,11 @@ from . import models  # noqa: F401  (registers the zoo with timm)
 from ._registry import get_family, get_variant_info, list_families, list_models
 from .optimize import optimize_for_inference
 from .version import __version__
+from .weights import list_pretrained
 
 __all__ = [
-    'list_models', 'list_families', 'get_family', 'get_variant_info', 'count', 'optimize_for_inference', '__version__',
+    'list_models', 'list_families', 'get_family', 'get_variant_info', 'list_pretrained', 'count',
+    'optimize_for_inference', '__version__',
 ]
 
 

@@ -15,8 +15,9 @@ after the filter, so ``timm.create_model(..., pretrained=True)`` keeps working f
 
 Callers that rebuild or re-head the model themselves (``tools/convert.py``, :mod:`backbones.hub`, fine-tuning) run
 the filter inside :func:`caller_adapts`. Tensors that are not finite (NaN / Inf) and entries that are not tensors
-are refused. :func:`read_checkpoint_file` reads a file by its content (safetensors, or ``torch.load
-(weights_only=True)``), never unpickling code, and tells a truncated file from one that is not a checkpoint at all.
+are refused. :func:`read_checkpoint_file` reads a file by its content (safetensors, ``torch.load(weights_only=True)``,
+or another framework's format through :mod:`backbones.formats`: a TensorFlow checkpoint or its ``.tar.gz``, a
+PaddlePaddle ``.pdparams``), never unpickling code, and tells a truncated file from one that is not a checkpoint.
 """
 import argparse
 import contextlib
@@ -110,14 +111,21 @@ def check_safetensors(path: Union[str, Path]) -> None:
             f'(an interrupted download or copy? delete it and fetch it again)')
 
 
-def read_checkpoint_file(path: Union[str, Path]) -> Any:
-    """Read a checkpoint without ever unpickling code: safetensors, or ``torch.load(weights_only=True)``.
+def read_checkpoint_file(path: Union[str, Path], workdir: Union[str, Path, None] = None) -> Any:
+    """Read a checkpoint without ever unpickling code: safetensors, ``torch.load(weights_only=True)``, or a format
+    of another framework (:mod:`backbones.formats`: a TensorFlow checkpoint -- its folder, prefix or ``.index`` --,
+    its ``.tar.gz`` / ``.tar`` release archive, unpacked into a temporary folder in ``workdir``, or a PaddlePaddle
+    ``.pdparams``), returned as ``{name: tensor}`` in that framework's names and layouts.
 
     The format is told by the content, not the file name. Only ``argparse.Namespace`` is allowed beyond tensors and
     plain containers (timm's ``CheckpointSaver`` stores its arguments as one). Raises ``FileNotFoundError`` or
     :class:`UnreadableCheckpointError` (empty, truncated, not a checkpoint, or needing code to unpickle).
     """
+    from . import formats
     path = Path(path)
+    foreign = formats.foreign_kind(path)
+    if foreign is not None:
+        return formats.to_torch(formats.read_foreign(path, foreign, workdir=workdir))
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint file not found: {path}')
     with path.open('rb') as f:

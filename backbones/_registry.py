@@ -148,8 +148,10 @@ def register_zoo_model(
     The decorated function's module must have registered its family with :func:`register_family` and define
     ``default_cfgs`` above the entrypoints (timm's ``register_model`` reads it). The registered entrypoint checks
     timm's generic arguments (``in_chans``, ``drop_path_rate``: :func:`~backbones.layers.check_model_kwargs`) before
-    anything is built, so every zoo model refuses them with one clear message. ``timm_twin`` names timm's
-    implementation of the same network, built with ``timm_twin_kwargs`` (the parity tests and benchmarks read it).
+    anything is built, so every zoo model refuses them with one clear message; ``pretrained=True`` goes through
+    :func:`backbones.weights.create_pretrained` (weights in other frameworks' formats, the no-weights answer).
+    ``timm_twin`` names timm's implementation of the same network, built with ``timm_twin_kwargs`` (the parity tests
+    and benchmarks read it).
     """
     def _register(fn: Callable) -> Callable:
         name = fn.__name__
@@ -168,6 +170,9 @@ def register_zoo_model(
         @functools.wraps(fn)
         def entrypoint(pretrained: bool = False, **kwargs):
             check_model_kwargs(name, kwargs)
+            if pretrained:  # foreign-format downloads and the no-weights answer (imported on use: it imports us)
+                from .weights import create_pretrained
+                return create_pretrained(fn, name, kwargs)
             return fn(pretrained=pretrained, **kwargs)
         return register_model(entrypoint)
     return _register

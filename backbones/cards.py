@@ -24,7 +24,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from ._registry import get_family, get_variant_info, list_models
-from .docs import weights_source
+from .docs import weights_link
+from .weights import AUTOMATIC, MANUAL, weights_info
 
 __all__ = [
     'MEASURE_VERSION', 'render_card', 'measure', 'fingerprint', 'card_filename',
@@ -151,19 +152,23 @@ def _notes(name: str) -> List[str]:
 
 
 def _manual_weights(name: str) -> bool:
-    """No download location in the cfg, but the notes link official weights to fetch by hand."""
-    return not _cfg(name).has_weights and any(re.search(r'https?://', n) for n in _notes(name))
+    """No automatic download, but official weights a person can fetch by hand."""
+    return weights_info(name).status == MANUAL
 
 
 def _weights_line(name: str) -> str:
-    src = weights_source(name)
-    notes = _notes(name)
-    if src == 'none released' and notes:
-        text = '; '.join(notes)
-        text = re.sub(r'(https?://\S+)', r'[link](\1)', text)
-        return f'none hosted; {text}'
-    family = get_family(name.split('.')[0])
-    return f'{src} — {family.weights}' if src != 'none released' and family.weights else src
+    """Where the weights come from, in what format and licence (and, for a re-host, the accuracy it reports)."""
+    info = weights_info(name)
+    link = re.sub(r'(https?://\S+)', r'[link](\1)', info.source) if info.status == MANUAL else weights_link(info)
+    if info.status == AUTOMATIC:
+        family = get_family(name.split('.')[0])
+        line = f'{link} ({info.format}, licence {info.license})' + (f' — {family.weights}' if family.weights else '')
+        if info.top1 is not None:
+            line += f'; {info.publisher} reports ImageNet-1k top-1 {info.top1:.2f} for it ({info.top1_source})'
+        return line
+    if info.status == MANUAL:
+        return f'manual download only ({info.format}, licence {info.license}): {info.note}; official {link}'
+    return f'none: {info.note}'
 
 
 def _size(s: Sequence[int]) -> str:

@@ -2,9 +2,10 @@
 
 :func:`convert_checkpoint` reads a released checkpoint in the container it ships in (``{'model': ...}``,
 ``{'state_dict': ...}``, ``{'state_dict_ema': ...}``, mmcls ``{'meta': ..., 'state_dict': ...}``, a bare state
-dict, or a ``.safetensors`` file), maps it onto the zoo layout with the family's ``checkpoint_filter_fn``, loads it
-STRICTLY into the zoo model and writes the folder that ``timm.create_model('local-dir:<dir>', pretrained=True)``
-(or ``hf-hub:`` after a push) loads.
+dict, or a ``.safetensors`` file; or another framework's file read by :mod:`backbones.formats`: a TensorFlow
+checkpoint -- a ``.tar.gz`` release archive, its folder, its ``.index`` -- or a PaddlePaddle ``.pdparams``), maps
+it onto the zoo layout with the family's ``checkpoint_filter_fn``, loads it STRICTLY into the zoo model and writes the
+folder that ``timm.create_model('local-dir:<dir>', pretrained=True)`` (or ``hf-hub:`` after a push) loads.
 
 Safety: pickles are only ever read with ``torch.load(weights_only=True)``, so a file that needs code to unpickle is
 refused, never run. The head size and input channels are the checkpoint's: nothing is dropped or adapted. The folder
@@ -34,6 +35,8 @@ from ._checkpoint import (
     unwrap_state_dict,
 )
 from ._files import remove_stale_temps, temp_name
+from .formats import foreign_kind
+from .formats.tf_bundle import find_checkpoint
 
 __all__ = ['convert_checkpoint', 'load_checkpoint_file', 'ConversionError', 'CheckpointMismatchError']
 
@@ -248,7 +251,8 @@ def convert_checkpoint(
         model_name: zoo model name, optionally with a pretrained tag (``'sknet50.ra_in1k'``) whose preprocessing
             config goes into ``config.json``.
         checkpoint_path: ``.pth`` / ``.pt`` / ``.bin`` (read with ``torch.load(weights_only=True)``) or
-            ``.safetensors``; any of the usual containers.
+            ``.safetensors``, in any of the usual containers; or a TensorFlow checkpoint (its ``.tar.gz`` / ``.tar``
+            archive, folder, prefix or ``.index``) or a PaddlePaddle ``.pdparams`` (:mod:`backbones.formats`).
         out_dir: the folder to write (``config.json`` + ``model.safetensors``).
         model_kwargs: extra ``create_model`` kwargs (recorded in ``config.json``'s ``model_args`` so ``local-dir:``
             and ``hf-hub:`` rebuild the same architecture).
@@ -272,7 +276,7 @@ def convert_checkpoint(
     arch = _check_model_name(model_name)
     path = Path(checkpoint_path)
     out_dir = Path(out_dir)
-    if not path.is_file():
+    if not path.is_file() and foreign_kind(path) is None:
         raise FileNotFoundError(f'checkpoint file not found: {path}')
     _check_out_dir(out_dir, path, overwrite)
     checkpoint = load_checkpoint_file(path)
@@ -286,7 +290,12 @@ def convert_checkpoint(
     model, kwargs = _convert(model_name, arch, checkpoint, path, model_kwargs, num_classes)
 
     from .version import __version__
-    model_config = dict(converted_from=dict(file=path.name, sha256=_sha256(path), backbones_version=__version__))
+    if path.is_file():
+        digest = _sha256(path)
+    else:  # a TensorFlow checkpoint's folder or prefix: its index (which holds every tensor's checksum)
+        prefix = find_checkpoint(path)
+        digest = _sha256(prefix.with_name(prefix.name + '.index'))
+    model_config = dict(converted_from=dict(file=path.name, sha256=digest, backbones_version=__version__))
     _write_atomically(model, out_dir, overwrite, model_config)
     _logger.info('wrote %s (%s, num_classes=%d)', out_dir, model_name, model.num_classes)
 

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import backbones
-from backbones.docs import zoo_table_markdown
+from backbones.docs import weights_table_markdown, zoo_table_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,15 +23,30 @@ def test_table_lists_every_model():
 
 
 def test_weights_column_names_the_source():
-    """Hosted weights link their hub id; official weights that must be fetched by hand link the official file."""
+    """Hosted weights link their hub id; weights converted on load link the file; official weights that must be
+    fetched by hand link the official file; none is said."""
     from timm.models import get_pretrained_cfg
     rows = {line.split('|')[1].strip(' `'): line.split('|')[5].strip()
             for line in zoo_table_markdown().splitlines() if line.startswith('| `')}
     assert rows['davit_t'] == '[`timm/davit_tiny.msft_in1k`](https://huggingface.co/timm/davit_tiny.msft_in1k)'
-    for name in ('rednet26', 'biformer_tiny', 'moat_0'):
-        assert rows[name].startswith('[official](https://') and 'manual download' in rows[name]
-        assert rows[name][len('[official]('):].split(')')[0] in ' '.join(get_pretrained_cfg(name).notes)
+    assert rows['moat_0'] == (f'[official]({get_pretrained_cfg("moat_0").url}) (TensorFlow 1 checkpoint in a .tar.gz, '
+                              f'converted on first load)')
+    assert rows['rednet26'].startswith('[PaddleClas](https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/'
+                                       'RedNet26_pretrained.pdparams) (PaddlePaddle .pdparams')
+    assert rows['biformer_tiny'].startswith('[official](https://') and 'manual download' in rows['biformer_tiny']
+    link = rows['biformer_tiny'][len('[official]('):].split(')')[0]
+    assert link in ' '.join(get_pretrained_cfg('biformer_tiny').notes)
     assert rows['davit_h'] == 'none released'
+
+
+def test_weights_table_lists_every_variant():
+    """README's weights table: one row per variant with its status, and the counts from the registry."""
+    from backbones.weights import weights_info
+    table = weights_table_markdown()
+    assert table.startswith('84 of 102 variants download their weights')
+    for name in backbones.list_models():
+        info = weights_info(name)
+        assert f'| `{info.model}` | {info.status} |' in table
 
 
 def test_ci_runs_readme_setup():

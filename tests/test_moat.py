@@ -330,6 +330,11 @@ def test_cfgs():
         assert cfg['input_size'] == (3, size, size) and cfg['pool_size'] == (size // 32, size // 32)
         big = name.startswith(('moat_2', 'moat_3', 'moat_4'))
         assert cfg['mean'] == ((0.5,) * 3 if big else timm.data.IMAGENET_DEFAULT_MEAN)
-        assert not cfg.get('url') and not cfg.get('hf_hub_id')  # TF1 tarballs: only named in the notes
+        # the official TF1 archive, converted on load (backbones.weights): a custom format for timm
         pe = 'wo_position_embedding' if name.endswith('_no_pe') else 'w_position_embedding'
-        assert any(pe + '.tar.gz' in note for note in cfg['notes'])
+        base = name.replace('_no_pe', '')
+        stem = {'moat_0': 'moat0_imagenet_1k_224', 'moat_1': 'moat1_imagenet_1k_224',
+                'moat_2': 'moat2_imagenet_22k_and_1k_384', 'moat_3': 'moat3_imagenet_22k_and_1k_512',
+                'moat_4': 'moat4_imagenet_22k_and_1k_512'}.get(base, f'tiny_moat{base[-1]}_imagenet_1k_256')
+        assert cfg['url'] == f'https://storage.googleapis.com/gresearch/tf-deeplab/checkpoint/{stem}_{pe}.tar.gz'
+        assert cfg['custom_load'] is True and not cfg.get('hf_hub_id')

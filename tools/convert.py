@@ -5,11 +5,15 @@
     python tools/convert.py --model sknet50 --checkpoint model_best.pth.tar --out out/sknet50 --overwrite
     python tools/convert.py --model res2net50 --checkpoint ft.safetensors --out out/ft --num-classes 37
     python tools/convert.py --model se_resnet50 --checkpoint se_resnet50.pth --out out/se50 --push org/se_resnet50
+    python tools/convert.py --model moat_0 --checkpoint moat0_imagenet_1k_224_w_position_embedding.tar.gz --out w/moat_0
+    python tools/convert.py --model rednet50 --checkpoint RedNet50_pretrained.pdparams --out weights/rednet50
 
 The checkpoint may be a bare state dict or any usual container ({'model': ...}, {'state_dict': ...},
 {'state_dict_ema': ...}, mmcls {'meta': ..., 'state_dict': ...}) in a .pth/.pt/.bin (read with
-torch.load(weights_only=True): a file that needs code to unpickle is refused) or a .safetensors file. The keys are
-mapped with the family's checkpoint_filter_fn and loaded strictly; the folder is written atomically. Load it with
+torch.load(weights_only=True): a file that needs code to unpickle is refused) or a .safetensors file; or, read
+without their frameworks, a TensorFlow checkpoint (a .tar.gz/.tar release archive, its folder, prefix or .index) or
+a PaddlePaddle .pdparams (a pickle of numpy arrays; any other pickled object is refused). The keys are mapped with
+the family's checkpoint_filter_fn and loaded strictly; the folder is written atomically. Load it with
 
     import backbones, timm
     model = timm.create_model('local-dir:out/se50', pretrained=True)
@@ -43,7 +47,9 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     ap = _cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--model', required=True, help='zoo model name, optionally with a tag (sknet50.ra_in1k)')
-    ap.add_argument('--checkpoint', required=True, help='official checkpoint: .pth / .pt / .bin / .safetensors')
+    ap.add_argument('--checkpoint', required=True,
+                    help='official checkpoint: .pth / .pt / .bin / .safetensors, a TensorFlow checkpoint (.tar.gz, '
+                         'folder or .index) or a PaddlePaddle .pdparams')
     ap.add_argument('--out', required=True, help='output folder (config.json + model.safetensors)')
     ap.add_argument('--num-classes', type=int, help="classifier size (default: the checkpoint's)")
     ap.add_argument('--model-kwargs', type=_json_object, default=None, metavar='JSON',

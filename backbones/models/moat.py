@@ -27,20 +27,17 @@ What differs from the official code:
 * The position bias is computed from the table parameter at every forward, as in TF1 graph mode (where the released
   checkpoints were trained); the official TF2/Keras model freezes it at build time (see specs, pitfall 5).
 
-Weights: the official ImageNet checkpoints are TF1 checkpoints packed as ``.tar.gz`` (URLs in each cfg's ``notes``);
-they cannot be read without TensorFlow. Read one with TensorFlow into a ``{variable name: array}`` dict::
-
-    r = tf.train.load_checkpoint('moat0_imagenet_1k_224_w_position_embedding/model.ckpt')  # TF side
-    sd = {n: r.get_tensor(n) for n in r.get_variable_to_shape_map()}
-    torch_sd = checkpoint_filter_fn(sd, timm.create_model('moat_0'))  # converts TF layouts, checks every key
-
-``checkpoint_filter_fn`` also accepts that dict saved as safetensors / torch file (``pretrained_cfg_overlay``).
+Weights: the official ImageNet checkpoints are TF1 checkpoints packed as ``.tar.gz`` (each cfg's ``url``).
+``timm.create_model('moat_0', pretrained=True)`` downloads one, reads it without TensorFlow
+(:mod:`backbones.formats.tf_bundle`), maps the TF variables onto this model (:mod:`backbones.formats.moat_tf`, every
+key and shape checked, BN moving statistics included) and caches the result as safetensors (:mod:`backbones.weights`).
+A copy already on disk -- the archive, its unpacked folder or the ``.index`` -- loads the same way through
+``pretrained_cfg_overlay=dict(file=...)`` or ``tools/convert.py --checkpoint``; ``checkpoint_filter_fn`` also takes
+the variables as a ``{TF name: array}`` dict (e.g. from ``tf.train.load_checkpoint``).
 """
-import re
 from functools import partial
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, register_notrace_function
@@ -50,6 +47,8 @@ from torch.fx.node import has_side_effect
 from .._checkpoint import CheckpointMismatchError, convert_state_dict, unwrap_state_dict
 from .._features import StageFeatureMixin, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
+from ..formats import to_torch
+from ..formats.moat_tf import convert_tf_state_dict, is_tf_layout
 from ..layers.attention import Attention
 from ..layers.conv import create_conv2d_same
 from ..layers.head import Head
@@ -77,7 +76,7 @@ FAMILY = register_family(Family(
     license='apache-2.0',
     module=__name__,
     oracle='official deeplab2 TensorFlow MOAT run in TF1 graph mode, fixtures in tests/fixtures/moat',
-    weights='official TF1 checkpoints (.tar.gz, need TensorFlow to read; converted by checkpoint_filter_fn)',
+    weights='official TF1 checkpoints (.tar.gz), read without TensorFlow and converted on first load',
 ))
 
 BN_EPS = 1e-3  # Keras BatchNormalization default, used by the official code
@@ -342,126 +341,7 @@ def _pair(v) -> Optional[Tuple[int, int]]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# official TensorFlow checkpoints -> ours
-
-_BN = {'gamma': 'weight', 'beta': 'bias', 'moving_mean': 'running_mean', 'moving_variance': 'running_var'}
-# block sub-name -> (our name inside the MBConv part, or None for the attention part)
-_TF_MBCONV = {
-    'shortcut_conv/kernel': 'shortcut.conv.weight', 'shortcut_conv/bias': 'shortcut.conv.bias',
-    'expand_conv/kernel': 'conv1.weight',
-    'depthwise_conv/depthwise_kernel': 'conv2.weight',
-    'se/reduce_conv2d/kernel': 'se.fc1.weight', 'se/reduce_conv2d/bias': 'se.fc1.bias',
-    'se/expand_conv2d/kernel': 'se.fc2.weight', 'se/expand_conv2d/bias': 'se.fc2.bias',
-    'shrink_conv/kernel': 'conv3.weight', 'shrink_conv/bias': 'conv3.bias',
-    **{f'{tf}/{k}': f'{ours}.{v}' for tf, ours in (('pre_norm', 'pre_norm'), ('expand_norm', 'norm1'),
-                                                   ('depthwise_norm', 'norm2')) for k, v in _BN.items()},
-}
-_TF_ATTN = {
-    'attention_norm/gamma': 'norm.weight', 'attention_norm/beta': 'norm.bias',
-    'attention/relative_position_embedding': 'rel_pos.relative_position_bias_table',
-    'attention/o/weight': 'attn.proj.weight', 'attention/o/bias': 'attn.proj.bias',
-}
-_EMA_SUFFIX = '/ExponentialMovingAverage'
-# TF training state that is not part of the model: dropped
-_TF_BOOKKEEPING = re.compile(
-    r'(^global_step$|^_CHECKPOINTABLE_OBJECT_GRAPH$|^optimizer/|/(Momentum|Adam|Adam_1|RMSProp|RMSProp_1|LARS)$)')
-
-
-def _tf_layout(name: str, v: torch.Tensor) -> torch.Tensor:
-    """TF layout -> PyTorch layout, by variable kind (TF1 variable names of google-research/deeplab2@64bc1c1's
-    model/pixel_encoder/moat.py)."""
-    if name.endswith('depthwise_kernel'):  # [kh, kw, C, 1] -> [C, 1, kh, kw]
-        return v.permute(2, 3, 0, 1)
-    if name.endswith('logits_head/kernel'):  # [1, 1, C, classes] -> Linear [classes, C]
-        return v[0, 0].t()
-    if name.endswith('kernel'):  # HWIO -> OIHW
-        return v.permute(3, 2, 0, 1)
-    if name.endswith('attention/o/weight'):  # [N, K, C] -> Linear [C, N*K]
-        return v.reshape(-1, v.shape[-1]).t()
-    return v
-
-
-def _is_tf_layout(sd: Mapping) -> bool:
-    return any('/' in k for k in sd)
-
-
-def convert_tf_state_dict(
-        state_dict: Mapping[str, Union[torch.Tensor, np.ndarray]],
-        model: nn.Module,
-        use_ema: bool = False,
-) -> Dict[str, torch.Tensor]:
-    """Official TF variable names and layouts -> our keys and layouts (no checking; see :func:`checkpoint_filter_fn`).
-
-    Accepts TF1 names (``moat/block_02_13/attention/q/weight``), the TF2/Keras stem names without the
-    ``moat/stem/`` scope (``conv_0/kernel``), Keras ``variable.name`` forms (``...:0``), and
-    ``<name>/ExponentialMovingAverage`` shadow copies: by default the plain variables are used, as the official
-    loader does, and a shadow copy only fills in a variable that is missing; ``use_ema=True`` prefers the shadow
-    copies. Optimizer slots and ``global_step`` are dropped. Keys that match no
-    rule are returned unchanged (so the strict check lists them).
-    """
-    plain, ema = {}, {}
-    for k, v in state_dict.items():
-        k = k[:-2] if k.endswith(':0') else k  # Keras variable.name form
-        if _TF_BOOKKEEPING.search(k):
-            continue
-        if k.endswith(_EMA_SUFFIX):
-            ema[k[:-len(_EMA_SUFFIX)]] = v
-        else:
-            plain[k] = v
-    merged = {**plain, **ema} if use_ema else {**ema, **plain}
-
-    ours = model.state_dict()
-    out: Dict[str, torch.Tensor] = {}
-    qkv: Dict[str, Dict[str, torch.Tensor]] = {}  # our block prefix -> {'q/weight': ..., ...}
-    for k, v in merged.items():
-        v = _numpy_to_torch(v)
-        name = k[len('moat/'):] if k.startswith('moat/') else k
-        new = None
-        m = re.fullmatch(r'(?:stem/)?(conv|norm)_(\d+)/(\w+)', name)
-        if m:
-            kind, i, leaf = m.groups()
-            new = f'stem.{kind}{i}.' + ({'kernel': 'weight', 'bias': 'bias'} if kind == 'conv' else _BN).get(leaf, leaf)
-        elif re.fullmatch(r'final_layer_norm/(gamma|beta)', name):
-            new = 'head.norm.' + _BN[name.split('/')[1]]
-        elif re.fullmatch(r'logits_head/(kernel|bias)', name):
-            new = 'head.fc.' + ('weight' if name.endswith('kernel') else 'bias')
-        else:
-            m = re.fullmatch(r'block_(\d+)_(\d+)/(.+)', name)
-            if m:
-                prefix = f'stages.{int(m[1])}.blocks.{int(m[2])}.'
-                sub = m[3]
-                moat = f'{prefix}mbconv.pre_norm.weight' in ours
-                qm = re.fullmatch(r'attention/([qkv])/(weight|bias)', sub)
-                if qm:  # [C, N, K] / [N, K] -> rows of the fused qkv Linear (head-major)
-                    t = v.reshape(v.shape[0], -1).t() if qm[2] == 'weight' else v.reshape(-1)
-                    qkv.setdefault(prefix, {})[f'{qm[1]}/{qm[2]}'] = t
-                    continue
-                if sub in _TF_MBCONV:
-                    new = prefix + ('mbconv.' if moat else '') + _TF_MBCONV[sub]
-                elif sub in _TF_ATTN:
-                    new = prefix + _TF_ATTN[sub]
-        if new is None:
-            out[k] = v  # unknown: left for the strict check to report
-        else:
-            out[new] = _tf_layout(name, v)
-    for prefix, parts in qkv.items():
-        for kind in ('weight', 'bias'):
-            got = [parts.get(f'{c}/{kind}') for c in 'qkv']
-            if all(t is not None for t in got):
-                out[f'{prefix}attn.qkv.{kind}'] = torch.cat(got, 0)
-            else:  # incomplete: report the TF names that are there
-                for c, t in zip('qkv', got):
-                    if t is not None:
-                        out[f'{prefix}attention/{c}/{kind} (no matching q/k/v)'] = t
-    return {k: v.contiguous() for k, v in out.items()}
-
-
-def _numpy_to_torch(obj):
-    """numpy arrays (what ``tf.train.load_checkpoint`` returns) -> tensors, inside (nested) mappings too."""
-    if isinstance(obj, Mapping):
-        return {k: _numpy_to_torch(v) for k, v in obj.items()}
-    return torch.from_numpy(np.array(obj)) if isinstance(obj, np.ndarray) else obj
-
+# weights
 
 def checkpoint_filter_fn(state_dict, model, use_ema: bool = False):
     """Accepts our layout (passed through) or the official TF layout (``{TF variable name: array}``, numpy arrays
@@ -470,8 +350,8 @@ def checkpoint_filter_fn(state_dict, model, use_ema: bool = False):
     included: the official loader skips them, we do not)."""
     if not isinstance(state_dict, Mapping):
         raise CheckpointMismatchError(f'expected a state dict (a mapping), got {type(state_dict).__name__}')
-    state_dict = unwrap_state_dict(_numpy_to_torch(state_dict))
-    if _is_tf_layout(state_dict):
+    state_dict = unwrap_state_dict(to_torch(state_dict))
+    if is_tf_layout(state_dict):
         state_dict = convert_tf_state_dict(state_dict, model, use_ema=use_ema)
     return convert_state_dict(state_dict, model, [], FAMILY.name, first_conv='stem.conv0')
 
@@ -490,16 +370,19 @@ _OPT2 = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # (x - 127.5) / 127.5 o
 
 
 def _cfg(ckpt: str, size: int, pe: bool = True, **kwargs):
+    """The official TF1 checkpoint archive (google-research/deeplab2 g3doc/projects/
+    moat_imagenet_pretrained_checkpoints.md) as the download: ``custom_load`` (not a PyTorch file), read without
+    TensorFlow and converted on first load by :mod:`backbones.weights`."""
     tarball = f'{_CKPT}/{ckpt}_{"w" if pe else "wo"}_position_embedding.tar.gz'
     notes = (
-        f'official TF1 checkpoint (needs TensorFlow to read; convert the variables with checkpoint_filter_fn): '
-        f'{tarball}',
+        'weights: the official TF1 checkpoint (google-research/deeplab2 model zoo), read without TensorFlow and '
+        'converted on first load (backbones.formats)',
         'crop_pct / interpolation are not stated by the official README: '
         + ('crop_pct 1.0 (full image, as for fine-tuned high-resolution models)' if size > 256 else
            'crop_pct 0.875 (the usual ImageNet centre crop)') + ' and bicubic are assumptions',
     )
     return zoo_cfg(
-        FAMILY, first_conv='stem.conv0', classifier='head.fc', notes=notes,
+        FAMILY, url=tarball, custom_load=True, first_conv='stem.conv0', classifier='head.fc', notes=notes,
         input_size=(3, size, size), pool_size=(size // 32, size // 32), interpolation='bicubic',
         crop_pct=1.0 if size > 256 else 0.875, **kwargs)
 

@@ -14,9 +14,14 @@ Input sizes: the official stride-2 involutions need even feature maps, so each s
 ``ceil(side / 4) % 8 == 0`` (sides ``32k-3 .. 32k``: every multiple of 32, also e.g. 221-224). Other sizes, which
 the official code cannot run, raise a ``ValueError`` naming the nearest valid ones.
 
-Weights: the official ImageNet-1k checkpoints are SharePoint links (in each ``pretrained_cfg['notes']``) that cannot
-be fetched as files, so the cfgs carry no download location. Download one by hand and load it directly; the mmcls
-layout (``{'meta', 'state_dict'}``, ``backbone.`` / ``head.fc.`` prefixes) is converted by ``checkpoint_filter_fn``::
+Weights: the official ImageNet-1k checkpoints are SharePoint links (in each ``pretrained_cfg['notes']``) that programs
+cannot fetch (d-li14/involution issues #54, #62). ``pretrained=True`` loads PaddleClas's re-host instead
+(``RedNet<depth>_pretrained.pdparams``, PaddlePaddle/PaddleClas ``ppcls/arch/backbone/model_zoo/rednet.py``; PaddleClas
+reports top-1 within 0.05 of the official README): downloaded once, read without PaddlePaddle
+(:mod:`backbones.formats.pdparams`), converted and cached as safetensors (:mod:`backbones.weights`).
+``checkpoint_filter_fn`` converts both the PaddleClas layout (no ``backbone.`` prefix, BN ``_mean`` / ``_variance``,
+``fc.weight`` stored ``[in, out]``) and the official mmcls one (``{'meta', 'state_dict'}``, ``backbone.`` /
+``head.fc.`` prefixes), so a hand-downloaded official file loads too::
 
     timm.create_model('rednet50', pretrained=True, pretrained_cfg_overlay=dict(file='rednet50-....pth'))
 """
@@ -29,8 +34,9 @@ from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch.fx.node import has_side_effect
 
-from .._checkpoint import convert_state_dict
+from .._checkpoint import CheckpointMismatchError, convert_state_dict, unwrap_state_dict
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
+from ..formats import to_torch
 from ..layers import Bottleneck, ConvNormAct, Involution, check_input, stem_pool
 from ._resnet import ResNetSkeleton
 
@@ -52,7 +58,8 @@ FAMILY = register_family(Family(
     license='mit',
     module=__name__,
     oracle='official mmcls RedNet with the naive (unfold) involution, fixtures in tests/fixtures/involution',
-    weights='official mmcls checkpoints (SharePoint, manual download; converted by checkpoint_filter_fn)',
+    weights='PaddleClas re-host of the ImageNet-1k weights (PaddlePaddle .pdparams, converted on first load); the '
+            'official mmcls checkpoints (SharePoint) load by hand',
 ))
 
 
@@ -209,8 +216,32 @@ _MMCLS_RULES = [
 ]
 
 
+# PaddleClas layout (PaddlePaddle/PaddleClas ppcls/arch/backbone/model_zoo/rednet.py, a paddle.vision ResNet with the
+# official module tree): mmcls's names without 'backbone.', 'fc.' for the classifier, BN statistics '_mean' /
+# '_variance'
+_PADDLE_RULES = [
+    (r'\._mean$', '.running_mean'),
+    (r'\._variance$', '.running_var'),
+    (r'^fc\.', 'head.fc.'),
+]
+
+
+def _from_paddle(sd):
+    """PaddleClas -> mmcls-like names; the classifier weight from paddle's ``[in, out]`` to ``[out, in]``."""
+    w = sd.get('fc.weight')
+    if w is not None and (not hasattr(w, 'ndim') or w.ndim != 2):
+        raise CheckpointMismatchError(f'PaddleClas checkpoint: fc.weight is not a 2-D Linear weight ({w!r:.60})')
+    return {k: (v.t() if k == 'fc.weight' else v) for k, v in sd.items()}
+
+
 def checkpoint_filter_fn(state_dict, model):
-    """Accepts our layout or the official mmcls one (``{'meta', 'state_dict'}``, ``backbone.`` / ``head.fc.``)."""
+    """Accepts our layout, the official mmcls one (``{'meta', 'state_dict'}``, ``backbone.`` / ``head.fc.``) or
+    PaddleClas's (``paddle.save``-d numpy arrays, BN ``_mean`` / ``_variance``, ``fc`` as ``[in, out]``)."""
+    state_dict = unwrap_state_dict(to_torch(state_dict))
+    if any(k.endswith(('._mean', '._variance')) for k in state_dict):
+        state_dict = _from_paddle(state_dict)
+        return convert_state_dict(state_dict, model, _PADDLE_RULES + _MMCLS_RULES, f'{FAMILY.name} (PaddleClas)',
+                                  first_conv='stem.conv1.conv')
     return convert_state_dict(state_dict, model, _MMCLS_RULES, FAMILY.name, first_conv='stem.conv1.conv')
 
 
@@ -223,20 +254,29 @@ def _create_rednet(variant, pretrained=False, **kwargs):
     )
 
 
-def _cfg(weights='', **kwargs):
-    notes = (f'official weights (manual download, mmcls layout; load with pretrained_cfg_overlay=dict(file=...)): '
-             f'{weights}',)
-    return zoo_cfg(FAMILY, first_conv='stem.conv1.conv', classifier='head.fc', notes=notes, **kwargs)
-
-
+_PADDLECLAS = 'https://paddle-imagenet-models-name.bj.bcebos.com/dygraph'
 _SP = 'https://hkustconnect-my.sharepoint.com/:u:/g/personal/dlibh_connect_ust_hk'
 
+
+def _cfg(depth: int, official: str, **kwargs):
+    """PaddleClas's re-host (a PaddlePaddle ``.pdparams``: ``custom_load``, converted on first load) as the download;
+    the official SharePoint file, which programs cannot fetch, in the notes."""
+    notes = (
+        f'weights: PaddleClas\'s re-host RedNet{depth}_pretrained.pdparams (PaddlePaddle/PaddleClas '
+        f'ppcls/arch/backbone/model_zoo/rednet.py), read without PaddlePaddle and converted on first load',
+        f'official weights (mmcls layout, manual download; load with pretrained_cfg_overlay=dict(file=...)): '
+        f'{_SP}/{official}',
+    )
+    return zoo_cfg(FAMILY, url=f'{_PADDLECLAS}/RedNet{depth}_pretrained.pdparams', custom_load=True,
+                   first_conv='stem.conv1.conv', classifier='head.fc', notes=notes, **kwargs)
+
+
 default_cfgs = generate_default_cfgs({
-    'rednet26.in1k': _cfg(f'{_SP}/EWmTnvB1cqtIi-OI4HfxGBgBKzO0w_qc3CnErHhNfBitlg?e=XPws5X'),
-    'rednet38.in1k': _cfg(f'{_SP}/ETZIquU7P3lDvru0OAPiTYIBAt-B__2LpP_NeB4sR0hJsg?e=b9Rbl0'),
-    'rednet50.in1k': _cfg(f'{_SP}/EZjRG3qUMu5IuR7YH4Giyc8B6koPvu6s8rOlIG8-BuFevg?e=f4ce5G'),
-    'rednet101.in1k': _cfg(f'{_SP}/EXAuVXdXz1xAg5eG-dkvwTUBkds2IOK1kglHtkMeGz5z_A?e=vHvh5y'),
-    'rednet152.in1k': _cfg(f'{_SP}/ERxcS4wXUCtPl4uUnPoT9vcByzhLA0eHgDE-fw_EESfP0w?e=x0dZWB'),
+    'rednet26.in1k': _cfg(26, 'EWmTnvB1cqtIi-OI4HfxGBgBKzO0w_qc3CnErHhNfBitlg?e=XPws5X'),
+    'rednet38.in1k': _cfg(38, 'ETZIquU7P3lDvru0OAPiTYIBAt-B__2LpP_NeB4sR0hJsg?e=b9Rbl0'),
+    'rednet50.in1k': _cfg(50, 'EZjRG3qUMu5IuR7YH4Giyc8B6koPvu6s8rOlIG8-BuFevg?e=f4ce5G'),
+    'rednet101.in1k': _cfg(101, 'EXAuVXdXz1xAg5eG-dkvwTUBkds2IOK1kglHtkMeGz5z_A?e=vHvh5y'),
+    'rednet152.in1k': _cfg(152, 'ERxcS4wXUCtPl4uUnPoT9vcByzhLA0eHgDE-fw_EESfP0w?e=x0dZWB'),
 })
 
 
