@@ -2,7 +2,8 @@
 depth, 64 px inputs): ``output_stride`` (dilated last stages), timm's feature levels (the twins' levels, count,
 widths and strides), ``img_size`` and transformers' ``TimmBackbone`` (``AutoBackbone``) with all hidden states.
 
-Oracles: timm's SKNet / Res2Net twins with the same weights and the same ``output_stride`` (their dilated features);
+Oracles: timm's SKNet / Res2Net twins with the same weights and the same ``output_stride`` (their dilated features)
+and timm's legacy SE-ResNeXt (its five levels);
 timm's twins' ``feature_info`` (built on the meta device); for networks made of convolutions and per-pixel layers
 only, the "atrous" identity itself: the dilated network's map, read every ``k``-th pixel, is the undilated network's
 map (``k`` = the stride given up); and the undilated model for every level above the dilated stages.
@@ -94,15 +95,18 @@ def test_output_stride(name):
     ('sknet50', 'skresnext50_32x4d', 16),
     ('res2next50_4s', 'res2next50', 8),
     ('res2net50_v1b', 'res2net50d', 16),  # the average-pool shortcut of a dilated stage, as timm pools
+    ('se_resnext50_32x4d', 'legacy_seresnext50_32x4d', None),  # (timm's legacy SENets do not dilate)
 ])
 def test_output_stride_equals_timm(name, twin, output_stride):
-    """timm's dilated twin, its weights converted by our checkpoint_filter_fn: the same five dilated maps."""
+    """timm's (dilated) twin, its weights converted by our checkpoint_filter_fn: the same five maps, the stem's
+    stride-2 map first."""
     from backbones.bench import calibrate_bn_
     depths = (1, 1, 1, 2)  # the last stage: a block after the one that trades its stride for dilation
-    oracle = random_model(twin, layers=list(depths), output_stride=output_stride)
+    dilation = dict(output_stride=output_stride) if output_stride else {}
+    oracle = random_model(twin, layers=list(depths), **dilation)
     calibrate_bn_(oracle, torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
     filter_fn = __import__(get_family(name).module, fromlist=['checkpoint_filter_fn']).checkpoint_filter_fn
-    model = load_converted(name, oracle.state_dict(), filter_fn, depths=depths, output_stride=output_stride)
+    model = load_converted(name, oracle.state_dict(), filter_fn, depths=depths, **dilation)
     x = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = oracle.forward_intermediates(x, intermediates_only=True)
