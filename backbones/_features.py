@@ -8,7 +8,11 @@ these attributes:
 - ``stages``: ``nn.Sequential`` of :class:`backbones.layers.Stage` (one feature tap after each);
 - ``norm``: final norm applied to the last stage's output (``nn.Identity`` when the net has none);
 - ``head``: :class:`backbones.layers.Head`;
-- ``feature_info``: one dict per stage (``num_chs``, ``reduction``, ``module='stages.<i>'``);
+- ``feature_info``: one dict per feature level (``num_chs``, ``reduction``, ``module``) from
+  :func:`stage_feature_info`: the stem's output first when ``stem_feature`` is set (level 0, ``module='stem'``),
+  then one per stage (``module='stages.<i>'``);
+- ``stem_feature``: whether the stem's output is a feature level (timm's convention where the stem ends at stride 2
+  before a downsampling first stage: ResNets' ``act1``, MaxViT's ``stem``);
 - ``in_chans``, ``input_divisor`` (input sides must be multiples of it; 1 = any size), ``_model_name`` (for error
   messages) and, when its strides / pooling cannot take every size down to 1x1, ``min_input_size``, which the
   default ``_check_input`` uses; a model with another size rule overrides ``_check_input`` (calling ``check_input``
@@ -16,26 +20,69 @@ these attributes:
 
 ``forward_features`` is ``norm(stages(stem(x)))`` and ``forward_head`` is ``head(x, pre_logits)``.
 
-Token (ViT-style) models use :class:`backbones._token.TokenFeatureMixin` instead.
+Token (ViT-style) models use :class:`backbones._token.TokenFeatureMixin` instead. Every zoo family's
+``features_only`` wrapper is :class:`FeatureGetter`.
 """
-from typing import Dict, Final, List, Optional, Tuple, Union
+from typing import Dict, Final, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
+from timm.models._features import FeatureGetterNet
 
 from .layers.helpers import check_feature_indices, check_input
 
-__all__ = ['StageFeatureMixin', 'stage_feature_info']
+__all__ = ['StageFeatureMixin', 'stage_feature_info', 'FeatureGetter', 'feature_cfg']
 
 
-def stage_feature_info(chs: List[int], reductions: List[int]) -> List[Dict]:
-    return [dict(num_chs=c, reduction=r, module=f'stages.{i}') for i, (c, r) in enumerate(zip(chs, reductions))]
+def stage_feature_info(
+        chs: Sequence[int],
+        reductions: Sequence[int],
+        stem: Optional[Tuple[int, int]] = None,
+) -> List[Dict]:
+    """One feature level per stage (``module='stages.<i>'``), after the stem's (``stem = (num_chs, reduction)``,
+    ``module='stem'``) when it is one."""
+    levels = [dict(num_chs=stem[0], reduction=stem[1], module='stem')] if stem is not None else []
+    for i, (c, r) in enumerate(zip(chs, reductions)):
+        levels.append(dict(num_chs=c, reduction=r, module=f'stages.{i}'))
+    return levels
+
+
+class FeatureGetter(FeatureGetterNet):
+    """timm's ``FeatureGetterNet`` (``features_only`` through ``forward_intermediates``) that also honours
+    ``return_layers``, the ``{module name: output name}`` attribute of timm's module-based wrappers
+    (``FeatureListNet``), which tools set to pick levels by name: transformers' ``TimmBackbone`` sets every level's
+    module there to return all hidden states (``output_hidden_states=True``), then restores its ``out_indices``.
+
+    Setting it selects, in depth order, the levels whose ``feature_info`` module is named (only those the wrapped
+    model still computes: ``features_only`` prunes the stages after the deepest ``out_indices``, as
+    ``FeatureListNet`` drops its modules). Module names must therefore be unique per level.
+    """
+    __jit_unused_properties__ = ['return_layers']
+
+    def __init__(self, model: nn.Module, out_indices=4, **kwargs):
+        super().__init__(model, out_indices, **kwargs)
+        self.num_levels = max(self.out_indices) + 1 if kwargs.get('prune', True) else len(self.feature_info.info)
+
+    @property
+    def return_layers(self) -> Dict[str, str]:
+        return {self.feature_info.info[i]['module']: str(i) for i in self.out_indices}
+
+    @return_layers.setter
+    def return_layers(self, layers: Mapping[str, str]):
+        modules = [info['module'] for info in self.feature_info.info[:self.num_levels]]
+        self.out_indices = [i for i, m in enumerate(modules) if m in layers]
+
+
+def feature_cfg(out_indices: Union[int, Tuple[int, ...]]) -> Dict:
+    """The ``feature_cfg`` every zoo family builds with: its default ``out_indices`` and :class:`FeatureGetter`."""
+    return dict(out_indices=out_indices, feature_cls=FeatureGetter)
 
 
 class StageFeatureMixin:
     """timm's model contract for ``stem -> stages -> norm -> head`` networks (see module docstring)."""
     min_input_size: Final[int] = 1  # smallest input side (Final: TorchScript reads this class-level default)
+    stem_feature: Final[bool] = False  # the stem's output is feature level 0 (see the module docstring)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
@@ -73,7 +120,8 @@ class StageFeatureMixin:
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Features after each stage (``indices``: None = all, n = last n, or a list), and the final features.
+        """Features of each level (``indices``: None = all, n = the last n, or a list; the stem's output is level 0
+        when ``stem_feature``, then one per stage), and the final features.
 
         ``norm=True`` applies the final norm to the last stage's tap; ``stop_early`` skips the stages after the
         last requested tap.
@@ -81,17 +129,20 @@ class StageFeatureMixin:
         assert output_fmt == 'NCHW', 'output_fmt must be NCHW for this model'
         self._check_input(x)
         intermediates = []
-        take_indices, max_index = check_feature_indices(len(self.stages), indices, self._model_name)
-        last_index = len(self.stages) - 1
+        first = 1 if self.stem_feature else 0  # level of stages[0]
+        take_indices, max_index = check_feature_indices(len(self.stages) + first, indices, self._model_name)
+        last_index = len(self.stages) + first - 1
         x = self.stem(x)
+        if first == 1 and 0 in take_indices:
+            intermediates.append(x)
         if torch.jit.is_scripting() or not stop_early:
             stages = self.stages
         else:
-            stages = self.stages[:max_index + 1]
+            stages = self.stages[:max_index + 1 - first]
         for i, stage in enumerate(stages):
             x = stage(x)
-            if i in take_indices:
-                intermediates.append(self.norm(x) if norm and i == last_index else x)
+            if i + first in take_indices:
+                intermediates.append(self.norm(x) if norm and i + first == last_index else x)
         if intermediates_only:
             return intermediates
         if max_index == last_index or not stop_early:
@@ -109,8 +160,7 @@ class StageFeatureMixin:
         ``prune_norm`` drops the final norm and ``prune_head`` the head (pool, norm, fc); cutting any stage drops
         both, since they are sized for the last stage.
         """
-        take_indices, max_index = check_feature_indices(len(self.stages), indices, self._model_name)
-        self.stages = self.stages[:max_index + 1]
+        take_indices, max_index = self._prune_stages(indices)
         prune_end = max_index < len(self.feature_info) - 1
         if prune_norm or prune_end:  # the final norm is sized for the last stage
             self.norm = nn.Identity()
@@ -120,6 +170,14 @@ class StageFeatureMixin:
         if prune_end:
             self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
         return take_indices
+
+    @torch.jit.ignore
+    def _prune_stages(self, indices: Union[int, List[int]]) -> Tuple[List[int], int]:
+        """Drop the stages after the deepest level in ``indices`` (checked); returns the levels and the deepest."""
+        first = 1 if self.stem_feature else 0
+        take_indices, max_index = check_feature_indices(len(self.stages) + first, indices, self._model_name)
+        self.stages = self.stages[:max_index + 1 - first]
+        return take_indices, max_index
 
     def _input_weight(self) -> Optional[torch.Tensor]:
         """The first parameter (the input layer's weight), whose dtype ``check_input`` expects of the input. Passed

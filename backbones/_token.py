@@ -58,11 +58,12 @@ def token_feature_info(depth: int, dim: int, reduction: int) -> List[Dict]:
 
 
 def branch_feature_info(num_blocks: int, dims: Sequence[int], reductions: Sequence[int]) -> List[Dict]:
-    """Features of a multi-branch model, branch-major: index ``b * num_blocks + i`` is branch ``b`` after block
-    ``i`` (module ``blocks.<i>``, which all branches share). List the branches by non-decreasing reduction (timm's
-    ``FeatureInfo`` requires it)."""
-    return [dict(num_chs=d, reduction=r, module=f'blocks.{i}') for d, r in zip(dims, reductions)
-            for i in range(num_blocks)]
+    """Features of a multi-branch model, branch-major: index ``b * num_blocks + i`` is branch ``b``'s patch tokens
+    after block ``i`` (module ``blocks.<i>.blocks.<b>``, the branch's part of that block, which computes them:
+    a name per level, as tools that pick levels by module name need). List the branches by non-decreasing
+    reduction (timm's ``FeatureInfo`` requires it)."""
+    return [dict(num_chs=d, reduction=r, module=f'blocks.{i}.blocks.{b}')
+            for b, (d, r) in enumerate(zip(dims, reductions)) for i in range(num_blocks)]
 
 
 def branch_take_indices(

@@ -63,9 +63,12 @@ def _meta_model(name: str, **kwargs):
 
 
 def fingerprint(name: str) -> str:
-    """Hash of what the measured figures depend on: module structure, parameter/buffer shapes, pretrained cfg."""
+    """Hash of what the measured figures depend on: module structure, parameter/buffer shapes, pretrained cfg and
+    the feature levels (``features_only``'s default ``out_indices`` included, which no module shows)."""
     model = _meta_model(name)
     parts = [f'v{MEASURE_VERSION}', repr(model), json.dumps(model.pretrained_cfg, sort_keys=True, default=str)]
+    parts += [json.dumps(model.feature_info, sort_keys=True, default=str),
+              repr(_meta_model(name, features_only=True).feature_info.out_indices)]
     parts += [f'{k}:{tuple(v.shape)}' for k, v in model.state_dict().items()]
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
 

@@ -76,7 +76,8 @@ def test_fixture_parity(fixture):
     assert logits.shape == t['logits'].shape
     assert (logits - t['logits']).abs().max().item() <= atol
     assert (stem - t['features.stem']).abs().max().item() <= atol
-    for i, f in enumerate(feats):
+    assert torch.equal(feats[0], stem)  # level 0: the stem's map (the official encoder's 'stage1')
+    for i, f in enumerate(feats[1:]):
         assert (f - t[f'features.stage{i + 2}']).abs().max().item() <= atol, f'stage {i}'
 
 
@@ -238,10 +239,10 @@ def test_any_input_size(tiny_moat, size):
         for f, info in zip(feats, tiny_moat.feature_info):
             assert f.shape[-2:] == (-(-h // info['reduction']), -(-w // info['reduction']))
         # the first block of each MOAT stage against the spec's definition, on its real input at this size
-        for stage in (2, 3):
+        for stage in (2, 3):  # (feature level stage + 1: level 0 is the stem's map)
             block = tiny_moat.stages[stage].blocks[0]
-            mid = block.mbconv(feats[stage - 1])
-            got = block(feats[stage - 1]) - mid
+            mid = block.mbconv(feats[stage])
+            got = block(feats[stage]) - mid
             assert (got - _attention_by_definition(block, mid)).abs().max().item() < 1e-4, (stage, size)
 
 
@@ -286,7 +287,7 @@ def test_window_config_traces_and_scripts():
     from timm.models._features_fx import create_feature_extractor
     model = _window_moat(global_attn_at_stage_end=True).eval()
     x = torch.randn(1, 3, 64, 96)
-    fx = create_feature_extractor(model, return_nodes={f'stages.{i}': str(i) for i in range(4)})
+    fx = create_feature_extractor(model, return_nodes=[info['module'] for info in model.feature_info])
     scripted = torch.jit.script(model)
     with torch.no_grad():
         expected = model.forward_intermediates(x, intermediates_only=True)

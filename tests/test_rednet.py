@@ -157,7 +157,7 @@ def test_fx_feature_extraction_matches_eager():
     from timm.models._features_fx import create_feature_extractor
     model = _small_rednet(10).eval()
     x = torch.randn(1, 3, 32, 64)
-    fx = create_feature_extractor(model, return_nodes={f'stages.{i}': str(i) for i in range(4)})
+    fx = create_feature_extractor(model, return_nodes=[info['module'] for info in model.feature_info])
     with torch.no_grad():
         got = list(fx(x).values())
         expected = model.forward_intermediates(x, intermediates_only=True)

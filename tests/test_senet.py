@@ -35,7 +35,7 @@ def test_stride_placement_is_caffe():
     assert x.stages[1].blocks[0].conv1.conv.stride == (1, 1) and x.stages[1].blocks[0].conv2.conv.stride == (2, 2)
     assert s.stages[1].blocks[0].downsample.conv.kernel_size == (3, 3)
     assert s.stages[0].blocks[0].downsample.conv.kernel_size == (1, 1)
-    assert r.stem.pool.ceil_mode and r.stem.pool.padding == 0
+    assert r.stages[0].downsample.ceil_mode and r.stages[0].downsample.padding == 0  # the Caffe stem pool
     assert s.head.drop.p == 0.2 and r.head.drop.p == 0.0
 
 

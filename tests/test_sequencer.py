@@ -249,7 +249,8 @@ def test_export_dynamic_batch():
 
 def test_input_sizes():
     """Multiples of 14 (stem stride 7, then the stride-2 conv), square or not, down to 14; anything else raises."""
-    model = timm.create_model('sequencer2d_small', features_only=True, depths=TINY_DEPTHS, **TINY_WIDTHS).eval()
+    model = timm.create_model('sequencer2d_small', features_only=True, out_indices=(0, 1, 2, 3), depths=TINY_DEPTHS,
+                              **TINY_WIDTHS).eval()
     with torch.no_grad():
         for h, w in [(14, 14), (42, 70)]:
             feats = model(torch.randn(1, 3, h, w))

@@ -187,7 +187,7 @@ def test_download_convert_cache_then_offline(server, moat, paddle, tmp_path, mon
     tuned = _moat(server, cache, kwargs, num_classes=3)
     assert tuned.head.fc.out_features == 3 and torch.equal(tuned.stem.conv0.weight, model.stem.conv0.weight)
     feats = _moat(server, cache, kwargs, features_only=True)
-    assert len(feats(x)) == 4
+    assert len(feats(x)) == len(model.feature_info) == 5  # MOAT's stem and its four stages
 
     # RedNet from its .pdparams, online again
     monkeypatch.undo()

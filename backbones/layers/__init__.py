@@ -3,11 +3,21 @@ from .activation import InplaceGELU
 from .attention import Attention, sdpa
 from .bottleneck import Bottleneck, MixerFn
 from .channel_attention import ChannelAttention
-from .conv import Conv2dSame, ConvNormAct, LayerType, PointwiseConv2d, create_conv2d_same, pad_same, same_padding
+from .conv import (
+    Conv2dSame,
+    ConvNormAct,
+    LayerType,
+    PaddedConv2d,
+    PointwiseConv2d,
+    create_conv2d_same,
+    pad_same,
+    same_padding,
+    strided_conv2d,
+)
 from .cross_attention import CrossAttention
 from .fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
 from .head import POOL_TYPES, Head, check_pool_type
-from .helpers import check_feature_indices, check_input, check_model_kwargs
+from .helpers import check_feature_indices, check_img_size, check_input, check_model_kwargs, refuse_img_size
 from .involution import Involution
 from .mbconv import MBConv, MBConvShortcut, avg_pool_same
 from .mlp import Mlp
@@ -21,8 +31,8 @@ from .routing_attention import BiLevelRoutingAttention, masked_routed_attention,
 from .se import SqueezeExcite
 from .shortcut import Shortcut
 from .sk import SelectiveKernel, SelectiveKernelAttn, sk_attn_chs
-from .stage import Stage, drop_path_schedule
-from .stem import ConvStem, stem_pool
+from .stage import Stage, StageStride, check_output_stride, drop_path_schedule, stage_strides
+from .stem import ConvStem, stem_pool, stem_pool_min_input
 from .subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
 from .tracing import contiguous_for_export, eager_channels_last, is_exporting, is_tracing
 from .transformer import TransformerBlock

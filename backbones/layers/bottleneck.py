@@ -21,8 +21,9 @@ from .tracing import is_tracing
 
 __all__ = ['Bottleneck', 'MixerFn']
 
-# mixer_fn(in_chs, out_chs, stride, first, device=, dtype=) -> module mapping [B, in, H, W] to [B, out, H/s, W/s],
-# normalized and activated. ``first`` is True in the first block of a stage.
+# mixer_fn(in_chs, out_chs, stride, first, dilation=, device=, dtype=) -> module mapping [B, in, H, W] to
+# [B, out, H/s, W/s], normalized and activated, its spatial layers dilated by ``dilation``. ``first`` is True in the
+# first block of a stage.
 MixerFn = Callable[..., nn.Module]
 
 
@@ -46,6 +47,9 @@ class Bottleneck(nn.Module):
         mixer_chs: width after ``conv2`` (default ``mid_chs``; SENet-154 doubles it).
         stride: block stride, carried by ``conv2`` unless ``stride_in_1x1`` (Caffe ResNet v1: by ``conv1``).
         first: first block of its stage (passed to the mixer).
+        dilation, first_dilation: the dilation of the block's stage and of its ``conv2`` (timm's names; they differ
+            in the first block of a stage that dilates instead of striding, see
+            :func:`backbones.layers.stage_strides`; ``first_dilation`` defaults to ``dilation``).
         attn_layer: channel attention applied after ``conv3`` (e.g. squeeze-excitation), or None.
         shortcut_kernel_size, avg_down: form of the projection shortcut (built when the shape changes).
         drop_path: stochastic-depth rate of the residual branch.
@@ -63,6 +67,8 @@ class Bottleneck(nn.Module):
             stride: int = 1,
             first: bool = False,
             stride_in_1x1: bool = False,
+            dilation: int = 1,
+            first_dilation: Optional[int] = None,
             attn_layer: Optional[LayerType] = None,
             shortcut_kernel_size: int = 1,
             avg_down: bool = False,
@@ -74,14 +80,16 @@ class Bottleneck(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         mixer_chs = mixer_chs or mid_chs
+        first_dilation = first_dilation or dilation
         self.conv1 = ConvNormAct(in_chs, mid_chs, 1, stride=stride if stride_in_1x1 else 1, act_layer=act_layer, **dd)
-        self.conv2 = mixer_fn(mid_chs, mixer_chs, 1 if stride_in_1x1 else stride, first, **dd)
+        self.conv2 = mixer_fn(mid_chs, mixer_chs, 1 if stride_in_1x1 else stride, first, dilation=first_dilation, **dd)
         self.conv3 = ConvNormAct(mixer_chs, out_chs, 1, act_layer=None, **dd)
         self.attn = attn_layer(out_chs, **dd) if attn_layer is not None else nn.Identity()
         self.gated = hasattr(self.attn, 'excitation')
         if stride != 1 or in_chs != out_chs:
             self.downsample = Shortcut(
-                in_chs, out_chs, stride, kernel_size=shortcut_kernel_size, avg_down=avg_down, **dd)
+                in_chs, out_chs, stride, kernel_size=shortcut_kernel_size, avg_down=avg_down, dilation=dilation,
+                first_dilation=first_dilation, **dd)
         else:
             self.downsample = nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

@@ -11,7 +11,7 @@ from .tracing import is_exporting, is_tracing
 
 __all__ = [
     'ConvNormAct', 'PointwiseConv2d', 'pointwise_matmul', 'same_padding', 'same_pads', 'pad_same', 'fill_border_',
-    'Conv2dSame', 'create_conv2d_same']
+    'Conv2dSame', 'create_conv2d_same', 'PaddedConv2d', 'strided_conv2d']
 
 LayerType = Union[Type[nn.Module], Callable[..., nn.Module]]
 
@@ -21,25 +21,27 @@ def same_padding(kernel_size: int, dilation: int = 1) -> int:
     return ((kernel_size - 1) // 2) * dilation
 
 
-def same_pads(x: torch.Tensor, kernel_size: int, stride: int) -> List[int]:
-    """TensorFlow "SAME" padding of an NCHW map in ``F.pad`` order: ``[left, right, top, bottom]``."""
+def same_pads(x: torch.Tensor, kernel_size: int, stride: int, dilation: int = 1) -> List[int]:
+    """TensorFlow "SAME" padding of an NCHW map in ``F.pad`` order: ``[left, right, top, bottom]`` (a dilated
+    window spans ``(kernel_size - 1) * dilation + 1`` pixels)."""
+    span = (kernel_size - 1) * dilation + 1
     pads: List[int] = []
     for n in (x.shape[-1], x.shape[-2]):  # F.pad order: the last dimension first
-        total = ((n + stride - 1) // stride - 1) * stride + kernel_size - n
-        if kernel_size < stride:  # (a window narrower than its stride can skip pixels: never negative padding)
+        total = ((n + stride - 1) // stride - 1) * stride + span - n
+        if span < stride:  # (a window narrower than its stride can skip pixels: never negative padding)
             total = max(total, 0)
         pads += [total // 2, total - total // 2]
     return pads
 
 
-def pad_same(x: torch.Tensor, kernel_size: int, stride: int, value: float = 0.) -> torch.Tensor:
-    """Pad an NCHW map as TensorFlow's "SAME" padding does for a ``kernel_size`` / ``stride`` window: ``ceil(n /
-    stride)`` outputs per side, the total padding split with the smaller half first (top / left).
+def pad_same(x: torch.Tensor, kernel_size: int, stride: int, value: float = 0., dilation: int = 1) -> torch.Tensor:
+    """Pad an NCHW map as TensorFlow's "SAME" padding does for a ``kernel_size`` / ``stride`` / ``dilation`` window:
+    ``ceil(n / stride)`` outputs per side, the total padding split with the smaller half first (top / left).
 
     The same numbers as ``timm.layers.pad_same``, in integer arithmetic: ``math.ceil`` of a float turns every later
     size of a ``torch.export`` trace into nested ceilings, which made exporting MaxViT / MOAT several times slower.
     """
-    pads = same_pads(x, kernel_size, stride)
+    pads = same_pads(x, kernel_size, stride, dilation)
     if torch.jit.is_scripting() or not isinstance(x, torch.Tensor) or is_tracing() or x.dim() != 4 \
             or min(pads) < 0 or x.requires_grad:  # (not a tensor: an FX proxy)
         return F.pad(x, pads, value=value)
@@ -75,7 +77,7 @@ def fill_border_(x: torch.Tensor, pads: List[int], value: float = 0.) -> torch.T
 
 class Conv2dSame(nn.Conv2d):
     """``nn.Conv2d`` (square kernel) with TensorFlow "SAME" padding computed from each input's size (asymmetric,
-    bottom / right heavy, where the total is odd: strided convolutions on even maps)."""
+    bottom / right heavy, where the total is odd: strided convolutions on even maps, even kernels at stride 1)."""
 
     def __init__(
             self,
@@ -85,15 +87,16 @@ class Conv2dSame(nn.Conv2d):
             stride: int = 1,
             groups: int = 1,
             bias: bool = False,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
         super().__init__(
-            in_chs, out_chs, kernel_size, stride=stride, padding=0, groups=groups, bias=bias, device=device,
-            dtype=dtype)
+            in_chs, out_chs, kernel_size, stride=stride, padding=0, dilation=dilation, groups=groups, bias=bias,
+            device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = pad_same(x, self.kernel_size[0], self.stride[0])
+        x = pad_same(x, self.kernel_size[0], self.stride[0], dilation=self.dilation[0])
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
@@ -104,15 +107,56 @@ def create_conv2d_same(
         stride: int = 1,
         groups: int = 1,
         bias: bool = False,
+        dilation: int = 1,
         device=None,
         dtype=None,
 ) -> nn.Conv2d:
     """A convolution with TensorFlow "SAME" padding: a plain ``nn.Conv2d`` with symmetric padding where that is the
     same (odd kernel, stride 1), else :class:`Conv2dSame`. Parameters ``weight`` / ``bias`` either way."""
     if stride == 1 and kernel_size % 2 == 1:
-        return nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, groups=groups, bias=bias,
-                         device=device, dtype=dtype)
-    return Conv2dSame(in_chs, out_chs, kernel_size, stride, groups=groups, bias=bias, device=device, dtype=dtype)
+        return nn.Conv2d(in_chs, out_chs, kernel_size, padding=same_padding(kernel_size, dilation), dilation=dilation,
+                         groups=groups, bias=bias, device=device, dtype=dtype)
+    return Conv2dSame(
+        in_chs, out_chs, kernel_size, stride, groups=groups, bias=bias, dilation=dilation, device=device, dtype=dtype)
+
+
+class PaddedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` after a fixed zero padding ``pads = [left, right, top, bottom]`` (``F.pad`` order), for the
+    asymmetric windows ``nn.Conv2d``'s symmetric padding cannot give (see :func:`strided_conv2d`)."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, pads: List[int], dilation: int = 1,
+                 groups: int = 1, bias: bool = True, device=None, dtype=None):
+        super().__init__(in_chs, out_chs, kernel_size, dilation=dilation, groups=groups, bias=bias, device=device,
+                         dtype=dtype)
+        self.pads = list(pads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(F.pad(x, self.pads), self.weight, self.bias)
+
+
+def strided_conv2d(
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int,
+        stride: int,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+) -> nn.Conv2d:
+    """A downsampling convolution (``kernel_size``, ``stride``, symmetric ``padding``), or, in a stage that keeps its
+    resolution (``stride`` 1 given by :func:`backbones.layers.stage_strides`), the same window at every pixel: each
+    output reads the pixels the undilated convolution reads for the output at its position, spaced ``dilation``
+    apart (``padding * dilation`` before, ``(kernel_size - 1 - padding) * dilation`` after: a 2x2 patch merge reads
+    its pixel and the next ones). Parameters ``weight`` / ``bias`` either way."""
+    dd = dict(device=device, dtype=dtype)
+    before, after = padding * dilation, (kernel_size - 1 - padding) * dilation
+    if before == after or stride > 1:
+        return nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding * dilation, dilation=dilation,
+                         groups=groups, bias=bias, **dd)
+    return PaddedConv2d(in_chs, out_chs, kernel_size, [before, after, before, after], dilation, groups, bias, **dd)
 
 
 def pointwise_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:

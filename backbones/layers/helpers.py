@@ -8,7 +8,7 @@ from timm.layers import register_notrace_function
 from timm.models._features import feature_take_indices
 from torch.fx.node import has_side_effect
 
-__all__ = ['check_input', 'check_model_kwargs', 'check_feature_indices']
+__all__ = ['check_input', 'check_model_kwargs', 'check_feature_indices', 'check_img_size', 'refuse_img_size']
 
 
 @has_side_effect  # FX dead-code elimination (timm / torchvision feature extraction) must keep the unused call
@@ -159,3 +159,29 @@ def check_feature_indices(
                 f'the features come out in; {valid}')
         indices = levels
     return feature_take_indices(num_levels, indices)
+
+
+def check_img_size(
+        img_size: Optional[Union[int, Sequence[int]]],
+        model: str = 'model',
+        divisor: int = 1,
+) -> Optional[Tuple[int, int]]:
+    """timm's ``img_size`` argument (an int, an ``(H, W)`` pair, or None) as ``(H, W)``, checked: two ints >= 1 that
+    are multiples of ``divisor`` (the model's input rule), else one ``ValueError``. The one place every zoo model
+    that takes ``img_size`` (at construction or in ``set_input_size``) reads it."""
+    if img_size is None:
+        return None
+    size = (img_size, img_size) if isinstance(img_size, numbers.Integral) else tuple(img_size)
+    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in size):
+        raise ValueError(f'{model}: img_size must be an int or an (H, W) pair of ints >= 1, got {img_size!r}')
+    if size[0] % divisor or size[1] % divisor:
+        raise ValueError(
+            f'{model} takes input sides that are multiples of {divisor}, got img_size {size[0]}x{size[1]}')
+    return int(size[0]), int(size[1])
+
+
+def refuse_img_size(img_size: Any, model: str, why: str) -> None:
+    """One ``TypeError`` for an ``img_size`` given to a model with no size-dependent part (``why``: what sizes it
+    takes), where timm's twin has no such argument either."""
+    if img_size is not None:
+        raise TypeError(f'{model} takes no img_size: no part of it depends on the input size ({why})')

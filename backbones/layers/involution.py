@@ -7,9 +7,10 @@ is shared by the channels of one group (``group_channels`` consecutive channels)
 
     Z = avgpool_s(X)                                   # kernel-generation input (identity at stride 1)
     W = conv2(relu(bn(conv1(Z))))                      # [B, G*K*K, H/s, W/s], channel = g*K*K + a*K + b
-    Y[n, c, i, j] = sum_{a,b} W[n, (c // group_channels)*K*K + a*K + b, i, j] * Xp[n, c, s*i + a, s*j + b]
+    Y[n, c, i, j] = sum_{a,b} W[n, (c // group_channels)*K*K + a*K + b, i, j] * Xp[n, c, s*i + d*a, s*j + d*b]
 
-with ``Xp`` the input zero-padded by ``(K - 1) // 2``. Parameter names follow the official operator (``conv1.conv``,
+with ``Xp`` the input zero-padded by ``d * (K - 1) // 2`` (dilation ``d``: 1 in the official operator, more in a
+stage that dilates instead of striding). Parameter names follow the official operator (``conv1.conv``,
 ``conv1.bn``), except that its ``conv2.conv`` (the kernel-generating 1x1 conv with bias) is a plain ``conv2`` here.
 """
 import torch
@@ -32,6 +33,7 @@ class Involution(nn.Module):
             the input sides must be multiples of ``s``, as in the official operator (asserted; RedNet checks its input).
         group_channels: channels sharing one generated kernel (``G = C // group_channels`` groups, contiguous).
         reduction: width reduction of the kernel-generating bottleneck (``C -> C // reduction -> G*K*K``).
+        dilation: spacing of the kernel taps (1 = the official operator).
 
     Shapes: ``[B, C, H, W] -> [B, C, ceil(H/s), ceil(W/s)]``.
 
@@ -47,6 +49,7 @@ class Involution(nn.Module):
             stride: int = 1,
             group_channels: int = 16,
             reduction: int = 4,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
@@ -60,9 +63,10 @@ class Involution(nn.Module):
         self.channels = channels
         self.kernel_size = kernel_size
         self.stride = stride
+        self.dilation = dilation
         self.group_channels = group_channels
         self.groups = channels // group_channels
-        self.padding = (kernel_size - 1) // 2
+        self.padding = dilation * (kernel_size - 1) // 2
         self.pool = nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity()
         self.conv1 = ConvNormAct(channels, channels // reduction, 1, **dd)
         self.conv2 = nn.Conv2d(channels // reduction, kernel_size * kernel_size * self.groups, 1, bias=True, **dd)
@@ -75,7 +79,8 @@ class Involution(nn.Module):
         weight = self.conv2(self.conv1(self.pool(x)))  # [B, G*K*K, Ho, Wo]
         weight = weight.unflatten(1, (self.groups, k * k))  # [B, G, K*K, Ho, Wo], tap t = a*K + b
         x = x.unflatten(1, (self.groups, self.group_channels))  # [B, G, C/G, H, W]
-        return window_weighted_sum(x, weight, (k, k), stride=s).flatten(1, 2)  # [B, C, Ho, Wo]
+        d = (self.dilation, self.dilation)
+        return window_weighted_sum(x, weight, (k, k), dilation=d, stride=s).flatten(1, 2)  # [B, C, Ho, Wo]
 
     def forward_unfold(self, x: torch.Tensor) -> torch.Tensor:
         """The official operator's formulation (its naive PyTorch path): unfold the input into ``[B, C*K*K, Ho*Wo]``
@@ -85,10 +90,11 @@ class Involution(nn.Module):
         k, s, g = self.kernel_size, self.stride, self.groups
         weight = self.conv2(self.conv1(self.pool(x)))  # [B, G*K*K, Ho, Wo]
         b, _, h, w = weight.shape
-        cols = F.unfold(x, k, padding=self.padding, stride=s)  # [B, C*K*K, Ho*Wo]
+        cols = F.unfold(x, k, dilation=self.dilation, padding=self.padding, stride=s)  # [B, C*K*K, Ho*Wo]
         cols = cols.view(b, g, -1, k * k, h, w)
         return (cols * weight.view(b, g, 1, k * k, h, w)).sum(dim=3).view(b, -1, h, w)
 
     def extra_repr(self) -> str:
-        return f'{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, groups={self.groups}'
+        dilation = f', dilation={self.dilation}' if self.dilation > 1 else ''
+        return f'{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}{dilation}, groups={self.groups}'
 

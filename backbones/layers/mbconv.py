@@ -21,6 +21,7 @@ from .activation import gelu_maybe_inplace
 from .conv import Conv2dSame, LayerType, create_conv2d_same, fill_border_, pad_same, pointwise_matmul, same_pads
 from .fuse import bn_scale_shift, fuse_bn_conv_, fuse_conv_bn_
 from .se import SqueezeExcite
+from .stage import downsamples
 from .tracing import is_tracing
 
 __all__ = ['MBConv', 'MBConvShortcut', 'avg_pool_same']
@@ -55,17 +56,20 @@ def _act_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class MBConvShortcut(nn.Module):
-    """Identity, or ``avg_pool_same(stride)`` when downsampling, then a biased 1x1 conv when the width changes."""
+    """Identity, or ``avg_pool_same(pool_size, stride)`` when ``pooled`` (default: ``stride > 1``; also at stride 1
+    in a block that dilates instead of downsampling), then a biased 1x1 conv when the width changes."""
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, pool_size: int = 2, device=None, dtype=None):
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, pool_size: int = 2, pooled: Optional[bool] = None,
+                 device=None, dtype=None):
         super().__init__()
         self.stride = stride
         self.pool_size = pool_size
+        self.pooled = stride > 1 if pooled is None else pooled
         self.conv = nn.Conv2d(in_chs, out_chs, 1, bias=True, device=device, dtype=dtype) \
             if in_chs != out_chs else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride > 1:
+        if self.pooled:
             x = avg_pool_same(x, self.pool_size, self.stride)
         return self.conv(x)
 
@@ -83,6 +87,9 @@ class MBConv(nn.Module):
         norm_eps: BatchNorm eps (1e-3, TF's default).
         pool_size: kernel of the shortcut average pool.
         drop_path: stochastic depth rate of the residual branch.
+        dilation, first_dilation: of the block's stage and of its depthwise conv (timm's names; they differ in the
+            first block of a stage that dilates instead of striding, whose shortcut then pools at stride 1, see
+            :func:`backbones.layers.stage_strides`).
     """
 
     def __init__(
@@ -97,18 +104,22 @@ class MBConv(nn.Module):
             norm_eps: float = 1e-3,
             pool_size: int = 2,
             drop_path: float = 0.,
+            dilation: int = 1,
+            first_dilation: Optional[int] = None,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         mid_chs = int(out_chs * expand_ratio)
-        self.shortcut = MBConvShortcut(in_chs, out_chs, stride, pool_size, **dd)
+        self.shortcut = MBConvShortcut(
+            in_chs, out_chs, stride, pool_size, pooled=downsamples(stride, dilation, first_dilation), **dd)
         self.pre_norm = nn.BatchNorm2d(in_chs, eps=norm_eps, **dd)
         self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)
         self.norm1 = nn.BatchNorm2d(mid_chs, eps=norm_eps, **dd)
         self.act1 = act_layer()
-        self.conv2 = create_conv2d_same(mid_chs, mid_chs, 3, stride=stride, groups=mid_chs, **dd)
+        self.conv2 = create_conv2d_same(
+            mid_chs, mid_chs, 3, stride=stride, groups=mid_chs, dilation=first_dilation or dilation, **dd)
         self.norm2 = nn.BatchNorm2d(mid_chs, eps=norm_eps, **dd)
         self.act2 = act_layer()
         self.se = SqueezeExcite(mid_chs, rd_chs=max(1, int(se_ratio * out_chs)), act_layer=se_act_layer, **dd) \
@@ -148,7 +159,7 @@ class MBConv(nn.Module):
         - the activations in place (their inputs are fresh buffers of the hidden width).
         """
         shortcut = x
-        if self.shortcut.stride > 1:
+        if self.shortcut.pooled:
             shortcut = avg_pool_same(shortcut, self.shortcut.pool_size, self.shortcut.stride)
         if isinstance(self.shortcut.conv, nn.Conv2d):
             shortcut = _pointwise(shortcut, self.shortcut.conv.weight.flatten(1), self.shortcut.conv.bias)
@@ -164,8 +175,9 @@ class MBConv(nn.Module):
         conv = self.conv2
         padding = conv.padding
         if isinstance(conv, Conv2dSame):  # pad the narrow input, not the wide hidden map: conv1 runs on the
-            pads = same_pads(x, conv.kernel_size[0], conv.stride[0])  # border too, which is then reset to zero
-            x = _act_(self.act1, _pointwise(pad_same(x, conv.kernel_size[0], conv.stride[0]), w1, b1))
+            k, s, d = conv.kernel_size[0], conv.stride[0], conv.dilation[0]  # border too, which is then reset to 0
+            pads = same_pads(x, k, s, d)
+            x = _act_(self.act1, _pointwise(pad_same(x, k, s, dilation=d), w1, b1))
             x, padding = fill_border_(x, pads), 0
         else:
             x = _act_(self.act1, _pointwise(x, w1, b1))

@@ -151,8 +151,11 @@ class MSAConv2d(nn.Module):
         in_chs, out_chs: channels of the input and of the dense conv's output.
         kernel_size: the attention window AND the dense conv's kernel (odd; int or pair).
         stride: stride of the dense conv (the attention always keeps the size).
-        dilation: dilation of the attention window (the dense conv is not dilated, as official).
-        padding: padding of the dense conv (default "same": ``(k - 1) // 2``; the official default is 1).
+        dilation: dilation of the attention window.
+        conv_dilation: dilation of the dense conv (1, as official; in a network stage that dilates instead of
+            striding, the block runs at stride 1 with both dilations set).
+        padding: padding of the dense conv (default "same": ``conv_dilation * (k - 1) // 2``; the official default
+            is 1).
         bias: bias of the dense conv (the 1x1 qkv conv always has one, as official).
         num_heads, attn_drop, value_kernel_size: see :class:`MSAConvAttention` (official: 1, 0.1, None).
 
@@ -166,6 +169,7 @@ class MSAConv2d(nn.Module):
             kernel_size: IntOrPair = 3,
             stride: IntOrPair = 1,
             dilation: IntOrPair = 1,
+            conv_dilation: int = 1,
             padding: Optional[IntOrPair] = None,
             bias: bool = False,
             num_heads: int = 1,
@@ -181,8 +185,9 @@ class MSAConv2d(nn.Module):
             in_chs, kernel_size, dilation, num_heads, attn_drop=attn_drop, value_kernel_size=value_kernel_size)
         kh, kw = self.attn.kernel_size
         if padding is None:
-            padding = ((kh - 1) // 2, (kw - 1) // 2)
-        self.mlp = nn.Conv2d(in_chs, out_chs, (kh, kw), stride=stride, padding=padding, bias=bias, **dd)
+            padding = (conv_dilation * (kh - 1) // 2, conv_dilation * (kw - 1) // 2)
+        self.mlp = nn.Conv2d(
+            in_chs, out_chs, (kh, kw), stride=stride, padding=padding, dilation=conv_dilation, bias=bias, **dd)
         self.act = nn.ReLU(inplace=True)
 
     @classmethod

@@ -33,28 +33,33 @@ from .window import contiguous_reshape
 __all__ = ['OversizeConv2d', 'toeplitz_taps', 'oversize_conv_matmul', 'resize_kernel_1d']
 
 
-def toeplitz_taps(weight: torch.Tensor, n: int) -> torch.Tensor:
-    """``[C, K]`` kernels -> ``[C, n, n]`` matrices ``T[c, i, j] = weight[c, j - i + K // 2]`` (0 where that tap
-    is outside the kernel): the zero-padded (``K // 2``) 1-D depth-wise convolution of an ``n``-long axis."""
+def toeplitz_taps(weight: torch.Tensor, n: int, dilation: int = 1) -> torch.Tensor:
+    """``[C, K]`` kernels -> ``[C, n, n]`` matrices ``T[c, i, j] = weight[c, (j - i) / d + K // 2]`` (0 where that
+    tap is outside the kernel, or ``j - i`` not a multiple of the dilation ``d``): the zero-padded (``d * (K // 2)``)
+    1-D depth-wise convolution of an ``n``-long axis."""
     k = weight.shape[-1]
     pos = torch.arange(n, device=weight.device)
-    tap = pos[None, :] - pos[:, None] + k // 2  # [n_out, n_in]
-    tap = torch.where((tap >= 0) & (tap < k), tap, k)  # out-of-kernel taps read the zero appended below
+    offset = pos[None, :] - pos[:, None]  # [n_out, n_in]
+    tap = torch.div(offset, dilation, rounding_mode='floor') + k // 2
+    on_tap = (tap >= 0) & (tap < k) & (offset % dilation == 0)
+    tap = torch.where(on_tap, tap, k)  # off-kernel positions read the zero appended below
     return F.pad(weight, (0, 1))[:, tap]
 
 
-def oversize_conv_matmul(x: torch.Tensor, weight_h: torch.Tensor, weight_w: torch.Tensor) -> torch.Tensor:
+def oversize_conv_matmul(
+        x: torch.Tensor, weight_h: torch.Tensor, weight_w: torch.Tensor, dilation: int = 1) -> torch.Tensor:
     """The separable depth-wise convolution as two batched matmuls over the channels.
 
     Args:
         x: ``[B, C, H, W]`` (any memory format).
         weight_h: ``[C, K_h]`` kernels along H; weight_w: ``[C, K_w]`` kernels along W (odd lengths).
+        dilation: of both kernels.
     Returns:
         ``[B, C, H, W]`` (a permuted view).
     """
     B, C, H, W = x.shape
-    t_h = toeplitz_taps(weight_h, H)  # [C, H_out, H_in]
-    t_w = toeplitz_taps(weight_w, W)  # [C, W_out, W_in]
+    t_h = toeplitz_taps(weight_h, H, dilation)  # [C, H_out, H_in]
+    t_w = toeplitz_taps(weight_w, W, dilation)  # [C, W_out, W_in]
     y = contiguous_reshape(x.permute(1, 2, 0, 3), [C, H, B * W])  # channels as the batch, (B, W) as columns
     y = torch.bmm(t_h, y).reshape(C, H * B, W)  # rows (H_out, B)
     y = torch.bmm(y, t_w.transpose(1, 2))  # [C, H * B, W_out]
@@ -79,13 +84,16 @@ class OversizeConv2d(nn.Module):
     Args:
         dim: channels.
         kernel_size: ``K`` or ``(K_h, K_w)``, odd.
+        dilation: spacing of the taps (padding ``dilation * (K // 2)``; 1 = the official operator, more in a stage
+            that dilates instead of striding).
 
     The convolution modules hold the weights (``conv_h.weight [C, 1, K_h, 1]``, ``conv_w.weight [C, 1, 1, K_w]``);
     ``forward`` computes with the convolutions under inference and with the Toeplitz matmuls when autograd records
     the call (see the module docstring). Shapes: ``[B, C, H, W] -> [B, C, H, W]``.
     """
 
-    def __init__(self, dim: int, kernel_size: Union[int, Tuple[int, int]], device=None, dtype=None):
+    def __init__(
+            self, dim: int, kernel_size: Union[int, Tuple[int, int]], dilation: int = 1, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         kh, kw = to_2tuple(kernel_size)
@@ -93,8 +101,12 @@ class OversizeConv2d(nn.Module):
             raise ValueError(f'OversizeConv2d kernel sizes must be odd (zero padding K // 2 keeps the size), '
                              f'got {(kh, kw)}')
         self.dim = dim
-        self.conv_h = nn.Conv2d(dim, dim, (kh, 1), padding=(kh // 2, 0), groups=dim, bias=False, **dd)
-        self.conv_w = nn.Conv2d(dim, dim, (1, kw), padding=(0, kw // 2), groups=dim, bias=False, **dd)
+        self.dilation = dilation
+        d = dilation
+        self.conv_h = nn.Conv2d(
+            dim, dim, (kh, 1), padding=(d * (kh // 2), 0), dilation=(d, 1), groups=dim, bias=False, **dd)
+        self.conv_w = nn.Conv2d(
+            dim, dim, (1, kw), padding=(0, d * (kw // 2)), dilation=(1, d), groups=dim, bias=False, **dd)
 
     @property
     def kernel_size(self) -> Tuple[int, int]:
@@ -112,12 +124,14 @@ class OversizeConv2d(nn.Module):
             new = resize_kernel_1d(weight.detach(), k)
             conv.weight = nn.Parameter(new, requires_grad=weight.requires_grad)
             conv.kernel_size = (k, 1) if axis == 0 else (1, k)
-            conv.padding = (k // 2, 0) if axis == 0 else (0, k // 2)
+            pad = self.dilation * (k // 2)
+            conv.padding = (pad, 0) if axis == 0 else (0, pad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and (x.requires_grad or self.conv_h.weight.requires_grad
                                         or self.conv_w.weight.requires_grad):
-            return oversize_conv_matmul(x, self.conv_h.weight.flatten(1), self.conv_w.weight.flatten(1))
+            return oversize_conv_matmul(
+                x, self.conv_h.weight.flatten(1), self.conv_w.weight.flatten(1), self.dilation)
         return self.conv_w(self.conv_h(eager_channels_last(x)))
 
     def forward_nchw(self, x: torch.Tensor) -> torch.Tensor:

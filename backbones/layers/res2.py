@@ -24,6 +24,8 @@ class Res2Split(nn.Module):
         first: first block of its stage.
         scale: number of chunks ``s``.
         groups: cardinality of each 3x3 (Res2NeXt).
+        dilation: of every 3x3 (in a stage that dilates instead of striding; the first block's pool keeps its
+            window, at stride 1, as timm's ``Bottle2neck`` does).
     """
 
     def __init__(
@@ -34,6 +36,7 @@ class Res2Split(nn.Module):
             first: bool = False,
             scale: int = 4,
             groups: int = 1,
+            dilation: int = 1,
             norm_layer: LayerType = nn.BatchNorm2d,
             act_layer: LayerType = nn.ReLU,
             device=None,
@@ -48,8 +51,8 @@ class Res2Split(nn.Module):
         self.first = first
         self.convs = nn.ModuleList([
             ConvNormAct(
-                self.width, self.width, 3, stride=stride, groups=groups, norm_layer=norm_layer, act_layer=act_layer,
-                device=device, dtype=dtype)
+                self.width, self.width, 3, stride=stride, dilation=dilation, groups=groups, norm_layer=norm_layer,
+                act_layer=act_layer, device=device, dtype=dtype)
             for _ in range(max(1, scale - 1))
         ])
         if scale > 1 and first:

@@ -30,6 +30,7 @@ import torch.nn as nn
 from timm.layers import register_notrace_function, use_fused_attn
 
 from .attention import sdpa
+from .conv import same_padding
 from .tracing import contiguous_for_export, is_tracing
 from .window import contiguous_reshape, crop, pad_to_multiple, window_partition, window_reverse
 
@@ -165,6 +166,8 @@ class BiLevelRoutingAttention(nn.Module):
             head width).
         side_dwconv: LePE kernel size (0: no LePE).
         qkv_bias: bias of the q/k/v projection.
+        dilation: of the LePE conv (1; more in a stage that dilates instead of striding, where the ``n_win``
+            regions, a count per side, cover the same part of the image as in the undilated network).
 
     ``masked`` (attribute, from ``topk >= n_win ** 2 / 4``) selects :func:`masked_routed_attention` over the gathered
     :func:`routed_attention`; both give the same numbers.
@@ -180,6 +183,7 @@ class BiLevelRoutingAttention(nn.Module):
             qk_scale: Optional[float] = None,
             side_dwconv: int = 5,
             qkv_bias: bool = True,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
@@ -198,7 +202,8 @@ class BiLevelRoutingAttention(nn.Module):
         self.fused_attn = use_fused_attn()
         self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=qkv_bias, **dd)
         if side_dwconv > 0:
-            self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim, **dd)
+            self.lepe = nn.Conv2d(
+                dim, dim, side_dwconv, padding=same_padding(side_dwconv, dilation), dilation=dilation, groups=dim, **dd)
         else:
             self.lepe = None
         self.proj = nn.Linear(dim, dim, **dd)

@@ -72,8 +72,10 @@ class SelectiveKernel(nn.Module):
         attn_chs: fuse width d of the attention (explicit; see :class:`SelectiveKernelAttn`).
         stride: carried by every path.
         groups: groups G of every path's conv.
-        num_paths: M; path ``i`` is a 3x3 conv with dilation ``i + 1`` (receptive field 3, 5, 7, ...).
+        num_paths: M; path ``i`` is a 3x3 conv with dilation ``(i + 1) * dilation`` (receptive field 3, 5, 7, ...).
         kernel_size: kernel of every path (3).
+        dilation: base dilation of the paths (1; more in a stage that dilates instead of striding, as timm's
+            ``SelectiveKernel(dilation=)``).
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class SelectiveKernel(nn.Module):
             groups: int = 32,
             num_paths: int = 2,
             kernel_size: int = 3,
+            dilation: int = 1,
             norm_layer: LayerType = nn.BatchNorm2d,
             act_layer: LayerType = nn.ReLU,
             device=None,
@@ -94,7 +97,7 @@ class SelectiveKernel(nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.paths = nn.ModuleList([
             ConvNormAct(
-                in_chs, out_chs, kernel_size, stride=stride, dilation=i + 1, groups=groups,
+                in_chs, out_chs, kernel_size, stride=stride, dilation=(i + 1) * dilation, groups=groups,
                 norm_layer=norm_layer, act_layer=act_layer, **dd)
             for i in range(num_paths)
         ])

@@ -1,4 +1,4 @@
-"""Stems: a stack of conv-norm-act layers followed by an optional max-pool."""
+"""Stems: a stack of conv-norm-act layers; the max-pool that follows a ResNet stem."""
 from typing import Optional, Sequence, Union
 
 import torch
@@ -7,7 +7,7 @@ import torch.nn as nn
 from .conv import ConvNormAct, LayerType
 from .tracing import is_exporting
 
-__all__ = ['ConvStem', 'stem_pool']
+__all__ = ['ConvStem', 'stem_pool', 'stem_pool_min_input']
 
 
 def stem_pool(kind: Optional[str]) -> nn.Module:
@@ -25,10 +25,17 @@ def stem_pool(kind: Optional[str]) -> nn.Module:
     raise ValueError(f"unknown stem pool '{kind}', expected 'max', 'max_caffe' or None")
 
 
-class ConvStem(nn.Module):
-    """``conv1 .. convN`` (conv-norm-act; the first carries the stride) then ``pool``.
+def stem_pool_min_input(kind: Optional[str], stem_reduction: int) -> int:
+    """The smallest input side that a stem of total stride ``stem_reduction`` followed by ``stem_pool(kind)`` takes:
+    Caffe's pool (no padding) needs a map of at least 2, i.e. ``stem_reduction + 1``; the others any (they pad)."""
+    return stem_reduction + 1 if kind == 'max_caffe' else 1
 
-    A single 7x7 layer gives the classic ResNet stem; ``widths=(32, 32, 64), kernel_size=3`` the "deep" stem.
+
+class ConvStem(nn.Module):
+    """``conv1 .. convN`` (conv-norm-act; the first carries the stride).
+
+    A single 7x7 layer gives the classic ResNet stem; ``widths=(32, 32, 64), kernel_size=3`` the "deep" stem (the
+    max-pool that follows them is the first stage's downsample: :class:`backbones.models._resnet.ResNetSkeleton`).
 
     ``channels_last=True`` converts the input to channels-last memory format first, so that the whole network after
     it runs channels-last (values unchanged, only strides): on CPUs oneDNN's convolutions skip their layout reorders
@@ -37,8 +44,6 @@ class ConvStem(nn.Module):
     Attributes:
         out_chs: output channels.
         reduction: total stride.
-        min_input_size: smallest input side: the Caffe pool (no padding) needs a map of at least 2 after the strided
-            conv, i.e. ``stride + 1``; otherwise 1 (every layer pads).
     """
 
     def __init__(
@@ -47,7 +52,6 @@ class ConvStem(nn.Module):
             widths: Union[int, Sequence[int]] = 64,
             kernel_size: int = 7,
             stride: int = 2,
-            pool: Optional[str] = 'max',
             norm_layer: LayerType = nn.BatchNorm2d,
             act_layer: LayerType = nn.ReLU,
             channels_last: bool = False,
@@ -64,10 +68,8 @@ class ConvStem(nn.Module):
                 prev, w, kernel_size, stride=stride if i == 0 else 1, norm_layer=norm_layer, act_layer=act_layer,
                 **dd))
             prev = w
-        self.pool = stem_pool(pool)
         self.out_chs = prev
-        self.reduction = stride * (1 if pool is None else 2)
-        self.min_input_size = stride + 1 if pool == 'max_caffe' else 1
+        self.reduction = stride
 
     def forward(self, x):
         if self.channels_last and not is_exporting():  # an exported graph would guard on the batch size (B > 1)

@@ -1,16 +1,22 @@
 """The ResNet-shaped skeleton that SENet, SKNet, Res2Net and RedNet are built on.
 
-stem (total stride 4) -> four stages of residual blocks (strides 1, 2, 2, 2; widths 256..2048) -> Head.
+stem (stride 2) -> max-pool -> four stages of residual blocks (strides 1, 2, 2, 2; widths 256..2048) -> Head.
+The max-pool is stage 0's ``downsample``, where the ResNet paper's Table 1 lists it (in ``conv2_x``), so that the
+stem's output is a feature level of its own, at stride 2, as in timm's ResNets (``act1``) and legacy SENets
+(``layer0``): five levels, ``out_indices=(1, 2, 3, 4)`` being the four stages. ``output_stride=16`` or ``8`` dilates
+the last one or two stages instead of striding them (:func:`backbones.layers.stage_strides`, timm's semantics).
 A family supplies its stem and its block factory; everything else (drop-path schedule, grad checkpointing,
-features, classifier handling, init) lives here once.
+features, dilation, classifier handling, init) lives here once.
 """
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from .._features import StageFeatureMixin, stage_feature_info
-from ..layers import Bottleneck, ConvNormAct, Head, Stage, drop_path_schedule
+from ..layers import Bottleneck, ConvNormAct, Head, Stage, drop_path_schedule, refuse_img_size, stage_strides
+from ..layers.stem import stem_pool as build_stem_pool
+from ..layers.stem import stem_pool_min_input
 
 __all__ = ['ResNetSkeleton']
 
@@ -21,14 +27,19 @@ class ResNetSkeleton(StageFeatureMixin, nn.Module):
     Args:
         stem: module with ``out_chs`` and ``reduction`` attributes (and ``min_input_size``, the smallest input side
             it takes, when that is not 1).
-        block_fn: ``block_fn(in_chs, out_chs, stride=, first=, drop_path=, device=, dtype=)``.
+        block_fn: ``block_fn(in_chs, out_chs, stride=, first=, drop_path=, dilation=, first_dilation=, device=,
+            dtype=)`` (see :meth:`Stage.from_blocks`).
         depths: blocks per stage.
         widths: output channels per stage.
         strides: stride of each stage's first block.
+        stem_pool: the max-pool after the stem (:func:`backbones.layers.stem_pool`: ``'max'`` or ``'max_caffe'``).
+        output_stride: total stride of the last stage (32, or 16 / 8: the last stages dilate instead).
+        img_size: refused (nothing depends on the input size), as by timm's ResNets.
         num_classes, in_chans, global_pool, drop_rate, drop_path_rate: timm's usual meaning.
         zero_init_last: zero the last BN of every residual branch at init.
         input_divisor: input sides must be multiples of this (1 = any size).
     """
+    stem_feature = True  # the stem's stride-2 output (before the max-pool) is feature level 0
 
     def __init__(
             self,
@@ -37,6 +48,9 @@ class ResNetSkeleton(StageFeatureMixin, nn.Module):
             depths: Sequence[int],
             widths: Sequence[int] = (256, 512, 1024, 2048),
             strides: Sequence[int] = (1, 2, 2, 2),
+            stem_pool: str = 'max',
+            output_stride: Optional[int] = None,
+            img_size=None,
             num_classes: int = 1000,
             in_chans: int = 3,
             global_pool: str = 'avg',
@@ -54,24 +68,29 @@ class ResNetSkeleton(StageFeatureMixin, nn.Module):
         self.drop_rate = drop_rate
         self.input_divisor = input_divisor
         self._model_name = type(self).__name__  # for error messages (TorchScript cannot read self.__class__)
-        self.min_input_size = getattr(stem, 'min_input_size', 1)  # the stages pad: the stem sets the minimum
+        refuse_img_size(img_size, self._model_name, 'every input size its stem and strides take runs')
+        # the stages pad: the stem and its pool set the minimum
+        self.min_input_size = max(getattr(stem, 'min_input_size', 1), stem_pool_min_input(stem_pool, stem.reduction))
         self.grad_checkpointing = False
 
         self.stem = stem
-        prev_chs, reduction = stem.out_chs, stem.reduction
+        prev_chs = stem.out_chs
         dprs = drop_path_schedule(drop_path_rate, depths)
-        stages, reductions = [], []
-        for i, (depth, width, stride) in enumerate(zip(depths, widths, strides)):
-            stages.append(Stage.from_blocks(block_fn, depth, prev_chs, width, stride, dprs[i], **dd))
+        layout = stage_strides(strides, output_stride, stem.reduction * 2, self._model_name)  # (* 2: the pool)
+        stages = []
+        for i, (depth, width, s) in enumerate(zip(depths, widths, layout)):
+            stages.append(Stage.from_blocks(
+                block_fn, depth, prev_chs, width, s.stride, dprs[i],
+                downsample=build_stem_pool(stem_pool) if i == 0 else None,
+                dilation=s.dilation, first_dilation=s.first_dilation, **dd))
             prev_chs = width
-            reduction *= stride
-            reductions.append(reduction)
         self.stages = nn.Sequential(*stages)
         if getattr(stem, 'channels_last', False):  # the stages see channels-last maps: 1x1 convs as matmuls
             for m in self.stages.modules():
                 if isinstance(m, ConvNormAct):
                     m.use_matmul_1x1()
-        self.feature_info = stage_feature_info(list(widths), reductions)
+        self.feature_info = stage_feature_info(
+            widths, [s.reduction for s in layout], stem=(stem.out_chs, stem.reduction))
         self.num_features = prev_chs
         self.norm = nn.Identity()
         self.head = Head(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)

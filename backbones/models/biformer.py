@@ -50,14 +50,15 @@ from timm.layers import GELU, DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
-from .._features import StageFeatureMixin, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.attention import Attention
-from ..layers.conv import ConvNormAct
+from ..layers.conv import ConvNormAct, same_padding, strided_conv2d
 from ..layers.head import Head
+from ..layers.helpers import refuse_img_size
 from ..layers.mlp import Mlp
 from ..layers.routing_attention import BiLevelRoutingAttention
-from ..layers.stage import Stage, drop_path_schedule
+from ..layers.stage import Stage, drop_path_schedule, stage_strides
 from ..layers.tracing import contiguous_for_export
 
 __all__ = ['BiFormer']
@@ -91,6 +92,7 @@ class GlobalAttentionLePE(nn.Module):
         num_heads: heads (8 in every released model, whatever the BRA head width).
         side_dwconv: LePE kernel.
         qkv_bias: bias of the q/k/v projection (False in the official models).
+        dilation: of the LePE conv.
     """
 
     def __init__(
@@ -99,13 +101,15 @@ class GlobalAttentionLePE(nn.Module):
             num_heads: int = 8,
             side_dwconv: int = 5,
             qkv_bias: bool = False,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.mhsa = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, **dd)
-        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim, **dd)
+        self.lepe = nn.Conv2d(
+            dim, dim, side_dwconv, padding=same_padding(side_dwconv, dilation), dilation=dilation, groups=dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lepe = self.lepe(contiguous_for_export(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
@@ -124,6 +128,7 @@ class BiFormerBlock(nn.Module):
         mlp_ratio: MLP hidden width / ``dim``.
         pos_embed_kernel: kernel of the depthwise position conv (0: none).
         drop_path: stochastic-depth rate of both residual branches.
+        dilation: of the position conv.
     """
 
     def __init__(
@@ -133,13 +138,16 @@ class BiFormerBlock(nn.Module):
             mlp_ratio: float = 3.,
             pos_embed_kernel: int = 3,
             drop_path: float = 0.,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         if pos_embed_kernel > 0:
-            self.pos_embed = nn.Conv2d(dim, dim, pos_embed_kernel, padding=pos_embed_kernel // 2, groups=dim, **dd)
+            self.pos_embed = nn.Conv2d(
+                dim, dim, pos_embed_kernel, padding=same_padding(pos_embed_kernel, dilation), dilation=dilation,
+                groups=dim, **dd)
         else:
             self.pos_embed = None
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS, **dd)
@@ -159,21 +167,22 @@ class BiFormerBlock(nn.Module):
 
 
 class PreNormDownsample(nn.Sequential):
-    """BiFormer-STL's downsampling: ``norm`` (BN) -> ``conv`` (2x2, stride 2, with bias)."""
+    """BiFormer-STL's downsampling: ``norm`` (BN) -> ``conv`` (2x2, stride 2, with bias; at stride 1 with
+    ``dilation`` where the stage dilates instead, :func:`~backbones.layers.strided_conv2d`)."""
 
-    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 2, dilation: int = 1, device=None, dtype=None):
         dd = dict(device=device, dtype=dtype)
         super().__init__(OrderedDict(
             norm=nn.BatchNorm2d(in_chs, **dd),
-            conv=nn.Conv2d(in_chs, out_chs, 2, stride=2, **dd),
+            conv=strided_conv2d(in_chs, out_chs, 2, stride, dilation=dilation, **dd),
         ))
 
 
-def _conv_bn(in_chs, out_chs, kernel_size, stride, padding, act_layer=None, device=None, dtype=None):
+def _conv_bn(in_chs, out_chs, kernel_size, stride, padding, act_layer=None, dilation=1, device=None, dtype=None):
     """Conv (with bias) -> BN [-> act]."""
     return ConvNormAct(
-        in_chs, out_chs, kernel_size, stride=stride, padding=padding, bias=True, act_layer=act_layer,
-        device=device, dtype=dtype)
+        in_chs, out_chs, kernel_size, stride=stride, padding=padding * dilation, dilation=dilation, bias=True,
+        act_layer=act_layer, device=device, dtype=dtype)
 
 
 class BiFormer(StageFeatureMixin, nn.Module):
@@ -191,6 +200,9 @@ class BiFormer(StageFeatureMixin, nn.Module):
         qk_dims: q/k width per stage (default: ``embed_dims``).
         layout: ``'biformer'`` (two-conv stem, 3x3/2 conv + BN downsampling, 3x3 position conv) or ``'stl'``
             (4x4/4 patch stem, BN + 2x2/2 conv downsampling, no position conv).
+        output_stride: total stride of the last stage (32; 16 or 8 keep the last stages at the stride they reach,
+            their convs dilated, the routing regions of the larger maps still ``n_win`` per side).
+        img_size: refused (nothing depends on the input size: the ``n_win`` regions grow with the map).
         num_classes, in_chans, global_pool, drop_rate, drop_path_rate: timm's usual meaning.
     """
 
@@ -206,6 +218,8 @@ class BiFormer(StageFeatureMixin, nn.Module):
             side_dwconv: int = 5,
             qk_dims: Optional[Sequence[int]] = None,
             layout: str = 'biformer',
+            output_stride: Optional[int] = None,
+            img_size=None,
             num_classes: int = 1000,
             in_chans: int = 3,
             global_pool: str = 'avg',
@@ -224,10 +238,16 @@ class BiFormer(StageFeatureMixin, nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.layout = layout
-        # T/S/B: any size (strided 3x3 convs round up, BRA pads regions); STL: patchify convs need multiples of 32
-        self.input_divisor = 32 if layout == 'stl' else 1
         self._model_name = 'BiFormer-STL' if layout == 'stl' else 'BiFormer'
+        refuse_img_size(img_size, self._model_name, 'the n_win x n_win regions grow with the map; T/S/B take every '
+                        'size, STL multiples of 32')
         self.grad_checkpointing = False
+        # feature levels: the four stages; the stem (two stride-2 convs, or STL's 4x4/4 conv) is one stride-4 patch
+        # embedding, as in timm's RepViT / FastViT, so no stem level
+        strides = stage_strides([1] + [2] * (len(depths) - 1), output_stride, 4, self._model_name)
+        # T/S/B: any size (strided 3x3 convs round up, BRA pads regions); STL: its patchify convs need multiples of
+        # the total stride (32)
+        self.input_divisor = strides[-1].reduction if layout == 'stl' else 1
 
         if layout == 'stl':
             self.stem = _conv_bn(in_chans, embed_dims[0], 4, 4, 0, **dd)
@@ -237,31 +257,29 @@ class BiFormer(StageFeatureMixin, nn.Module):
                 conv2=_conv_bn(embed_dims[0] // 2, embed_dims[0], 3, 2, 1, **dd),
             ))
         dprs = drop_path_schedule(drop_path_rate, depths)
-        stages, reductions = [], []
-        reduction = 4
-        for i, depth in enumerate(depths):
+        stages = []
+        for i, (depth, s) in enumerate(zip(depths, strides)):
             dim = embed_dims[i]
             downsample = None
             if i > 0:
                 if layout == 'stl':
-                    downsample = PreNormDownsample(embed_dims[i - 1], dim, **dd)
+                    downsample = PreNormDownsample(embed_dims[i - 1], dim, s.stride, s.first_dilation, **dd)
                 else:
-                    downsample = _conv_bn(embed_dims[i - 1], dim, 3, 2, 1, **dd)
-                reduction *= 2
+                    downsample = _conv_bn(embed_dims[i - 1], dim, 3, s.stride, 1, dilation=s.first_dilation, **dd)
             blocks = []
             for j in range(depth):
                 if topks[i] > 0:
                     attn = BiLevelRoutingAttention(
                         dim, qk_dims[i] // head_dim, n_win=n_win, topk=topks[i], qk_dim=qk_dims[i],
-                        side_dwconv=side_dwconv, **dd)
+                        side_dwconv=side_dwconv, dilation=s.dilation, **dd)
                 else:
-                    attn = GlobalAttentionLePE(dim, global_heads, side_dwconv, **dd)
+                    attn = GlobalAttentionLePE(dim, global_heads, side_dwconv, dilation=s.dilation, **dd)
                 blocks.append(BiFormerBlock(
-                    dim, attn, mlp_ratio, pos_embed_kernel=0 if layout == 'stl' else 3, drop_path=dprs[i][j], **dd))
+                    dim, attn, mlp_ratio, pos_embed_kernel=0 if layout == 'stl' else 3, drop_path=dprs[i][j],
+                    dilation=s.dilation, **dd))
             stages.append(Stage(blocks, downsample))
-            reductions.append(reduction)
         self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(embed_dims, reductions)
+        self.feature_info = stage_feature_info(embed_dims, [s.reduction for s in strides])
         self.num_features = embed_dims[-1]
         self.norm = nn.BatchNorm2d(self.num_features, **dd)
         self.head = Head(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
@@ -334,7 +352,7 @@ def _create_biformer(variant, pretrained=False, **kwargs):
     return build_model_with_cfg(
         BiFormer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        feature_cfg=feature_cfg(out_indices=(0, 1, 2, 3)),
         **kwargs,
     )
 

@@ -43,7 +43,7 @@ base}.pth``) as re-hosted by timm (``timm/convit_{tiny,small,base}.fb_in1k``); t
 layouts are the same. The ``+`` variants have no released weights.
 """
 from functools import partial
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -52,12 +52,14 @@ from timm.layers import calculate_drop_path_rates, to_2tuple, trunc_normal_, use
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict, unwrap_state_dict
+from .._features import feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from .._token import TokenFeatureMixin, check_global_pool, token_feature_info
 from ..layers.attention import Attention
 from ..layers.mlp import Mlp
 from ..layers.patch_embed import PatchEmbed
 from ..layers.pos_embed import resize_pos_embed_in_state_dict
+from ..layers.stage import check_output_stride
 from ..layers.tracing import is_exporting
 from ..layers.transformer import TransformerBlock
 
@@ -204,6 +206,7 @@ class ConViT(TokenFeatureMixin, nn.Module):
         pos_drop_rate, proj_drop_rate, attn_drop_rate: dropout after the position embedding, on attention / MLP
             outputs, on attention weights.
         drop_path_rate: stochastic depth, rising linearly over the blocks.
+        output_stride: only ``patch_size`` (a single-resolution ViT: nothing to dilate).
     """
 
     def __init__(
@@ -225,11 +228,15 @@ class ConViT(TokenFeatureMixin, nn.Module):
             proj_drop_rate: float = 0.,
             attn_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            output_stride: Optional[int] = None,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        check_output_stride(
+            output_stride, patch_size, 'ConViT', 'a single-resolution ViT: every block runs on the patch grid, whose '
+            'GPSA position scores are laid out on it, and there is no downsampling stage to dilate')
         if embed_dim % num_heads:
             raise ValueError(f'embed_dim ({embed_dim}) must be a multiple of num_heads ({num_heads})')
         if not 0 <= local_up_to_layer < depth:
@@ -308,7 +315,7 @@ def _create_convit(variant, pretrained=False, **kwargs):
     return build_model_with_cfg(
         ConViT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=3, feature_cls='getter'),  # the last 3 blocks, as timm's convit
+        feature_cfg=feature_cfg(out_indices=3),  # the last 3 blocks, as timm's convit
         **kwargs,
     )
 

@@ -49,7 +49,7 @@ re-hosted by timm (``timm/crossvit_*.in1k``). Key layout: ours is the official o
 import math
 from fractions import Fraction
 from functools import partial
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -58,6 +58,7 @@ from timm.layers import calculate_drop_path_rates, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict, unwrap_state_dict
+from .._features import feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from .._token import BRANCH_POOL_TYPES, MultiBranchTokenMixin, branch_feature_info, check_global_pool, join_prefix
 from ..layers.activation import InplaceGELU
@@ -66,6 +67,7 @@ from ..layers.cross_attention import CrossAttention
 from ..layers.mlp import Mlp
 from ..layers.patch_embed import PatchEmbed
 from ..layers.pos_embed import pos_embed_for_grid, resize_pos_embed_in_state_dict
+from ..layers.stage import check_output_stride
 from ..layers.transformer import TransformerBlock
 
 __all__ = ['CrossViT', 'MultiScaleBlock']
@@ -199,6 +201,7 @@ class CrossViT(MultiBranchTokenMixin, nn.Module):
         pos_drop_rate, proj_drop_rate, attn_drop_rate: dropout after the position embedding, on attention / MLP
             outputs, on attention weights.
         drop_path_rate: stochastic depth, rising linearly over the blocks (official schedule).
+        output_stride: refused (two single-resolution ViT branches: nothing to dilate).
     """
 
     def __init__(
@@ -220,11 +223,15 @@ class CrossViT(MultiBranchTokenMixin, nn.Module):
             proj_drop_rate: float = 0.,
             attn_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            output_stride: Optional[int] = None,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        check_output_stride(
+            output_stride, None, 'CrossViT', 'two single-resolution ViT branches, each on its own patch grid from '
+            'the input on: there is no downsampling stage to dilate')
         nb = len(patch_size)
         for what, value in dict(img_scale=img_scale, embed_dim=embed_dim, num_heads=num_heads,
                                 mlp_ratio=mlp_ratio).items():
@@ -338,7 +345,7 @@ def _create_crossvit(variant, pretrained=False, **kwargs):
     return build_model_with_cfg(
         CrossViT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        feature_cfg=feature_cfg(out_indices=out_indices),
         **kwargs,
     )
 

@@ -29,7 +29,7 @@ Variants: ``davit_t/s/b`` (224, window 7, official weights), ``davit_l`` (the of
 paper's H / G tables could not be checked, so these are not verified against official numbers).
 """
 from functools import partial
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -38,14 +38,16 @@ from timm.layers import DropPath, LayerNorm2d, register_notrace_function, trunc_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
-from .._features import StageFeatureMixin, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.activation import InplaceGELU
 from ..layers.attention import Attention
 from ..layers.channel_attention import ChannelAttention
+from ..layers.conv import strided_conv2d
 from ..layers.head import Head
+from ..layers.helpers import refuse_img_size
 from ..layers.mlp import Mlp
-from ..layers.stage import Stage, drop_path_schedule
+from ..layers.stage import Stage, drop_path_schedule, stage_strides
 from ..layers.tracing import contiguous_for_export, is_tracing
 from ..layers.window import crop, pad_to_multiple, round_up, window_partition, window_reverse
 
@@ -99,36 +101,41 @@ class Stem(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Pre-norm patch merging: ``norm`` (LayerNorm over the input channels) -> zero-pad to even -> ``conv`` 2x2/2."""
+    """Pre-norm patch merging: ``norm`` (LayerNorm over the input channels) -> zero-pad to even -> ``conv`` 2x2/2;
+    in a stage that dilates instead (``stride=1``), the 2x2 window at every pixel, dilated by ``dilation``
+    (:func:`~backbones.layers.strided_conv2d`)."""
 
-    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 2, dilation: int = 1, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
+        self.stride = stride
         self.norm = LayerNorm2d(in_chs, eps=EPS, **dd)
-        self.conv = nn.Conv2d(in_chs, out_chs, 2, stride=2, **dd)
+        self.conv = strided_conv2d(in_chs, out_chs, 2, stride, dilation=dilation, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(pad_nchw(self.norm(x), 2))
+        return self.conv(pad_nchw(self.norm(x), self.stride))
 
 
 class ConvPosEnc(nn.Module):
-    """Conditional position encoding: ``x + proj(x)``, ``proj`` a depthwise 3x3 conv with bias (NCHW).
+    """Conditional position encoding: ``x + proj(x)``, ``proj`` a depthwise 3x3 conv with bias (NCHW; dilated in a
+    stage that dilates instead of striding).
 
     The residual runs inside the convolution: ``x + proj(x)`` is ``proj`` with 1 added to the centre tap of every
     kernel, one pass over the map instead of a conv and an add (same numbers up to float rounding; 1.7 % of DaViT-T's
     CPU inference). The identity kernel is built by padding, not by item assignment, so FX can trace it; exporters
     (which need a kernel of static shape) get the conv and the add."""
 
-    def __init__(self, dim: int, device=None, dtype=None):
+    def __init__(self, dim: int, dilation: int = 1, device=None, dtype=None):
         super().__init__()
-        self.proj = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, device=device, dtype=dtype)
+        self.proj = nn.Conv2d(dim, dim, 3, padding=dilation, dilation=dilation, groups=dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if is_tracing():  # exporters want a kernel of static shape: the conv and the add
             return x + self.proj(contiguous_for_export(x))
         weight = self.proj.weight
         weight = weight + F.pad(weight.new_ones(weight.shape[0], 1, 1, 1), (1, 1, 1, 1))  # + identity at the centre
-        return F.conv2d(x, weight, self.proj.bias, padding=1, groups=self.proj.groups)
+        return F.conv2d(x, weight, self.proj.bias, padding=self.proj.padding, dilation=self.proj.dilation,
+                        groups=self.proj.groups)
 
 
 class DualBlockHalf(nn.Module):
@@ -141,15 +148,17 @@ class DualBlockHalf(nn.Module):
         dim: width ``C``.
         mlp_ratio: MLP hidden width / ``C``.
         drop_path: stochastic depth of both residual branches.
+        dilation: of the position encodings' convs.
     """
 
-    def __init__(self, dim: int, mlp_ratio: float = 4., drop_path: float = 0., device=None, dtype=None):
+    def __init__(
+            self, dim: int, mlp_ratio: float = 4., drop_path: float = 0., dilation: int = 1, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.cpe1 = ConvPosEnc(dim, **dd)
+        self.cpe1 = ConvPosEnc(dim, dilation, **dd)
         self.norm1 = nn.LayerNorm(dim, eps=EPS, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.cpe2 = ConvPosEnc(dim, **dd)
+        self.cpe2 = ConvPosEnc(dim, dilation, **dd)
         self.norm2 = nn.LayerNorm(dim, eps=EPS, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=InplaceGELU, **dd)  # exact GELU, in place in inference
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -173,8 +182,8 @@ class SpatialBlock(DualBlockHalf):
 
     def __init__(
             self, dim: int, num_heads: int, window_size: int = 7, mlp_ratio: float = 4., qkv_bias: bool = True,
-            drop_path: float = 0., device=None, dtype=None):
-        super().__init__(dim, mlp_ratio, drop_path, device=device, dtype=dtype)
+            drop_path: float = 0., dilation: int = 1, device=None, dtype=None):
+        super().__init__(dim, mlp_ratio, drop_path, dilation, device=device, dtype=dtype)
         self.window_size = (window_size, window_size)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, device=device, dtype=dtype)
 
@@ -192,8 +201,8 @@ class ChannelBlock(DualBlockHalf):
 
     def __init__(
             self, dim: int, num_heads: int, mlp_ratio: float = 4., qkv_bias: bool = True, drop_path: float = 0.,
-            device=None, dtype=None):
-        super().__init__(dim, mlp_ratio, drop_path, device=device, dtype=dtype)
+            dilation: int = 1, device=None, dtype=None):
+        super().__init__(dim, mlp_ratio, drop_path, dilation, device=device, dtype=dtype)
         self.attn = ChannelAttention(dim, num_heads, qkv_bias=qkv_bias, device=device, dtype=dtype)
 
     def attend(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
@@ -210,6 +219,10 @@ class DaViT(StageFeatureMixin, nn.Module):
         window_size: side of the attention windows (7; 12 for the 384 DaViT-L).
         mlp_ratio: MLP hidden width / stage width.
         qkv_bias: bias of the q/k/v projections.
+        output_stride: total stride of the last stage (32; 16 or 8 keep the last stages at the stride they reach:
+            patch merging at stride 1 and position convs dilated, windows of ``window_size`` tokens over the
+            larger maps).
+        img_size: refused (nothing depends on the input size), as by timm's DaViT.
         num_classes, in_chans, global_pool, drop_rate, drop_path_rate: timm's usual meaning (stochastic depth rises
             linearly over all ``2 * sum(depths)`` blocks).
     """
@@ -222,6 +235,8 @@ class DaViT(StageFeatureMixin, nn.Module):
             window_size: int = 7,
             mlp_ratio: float = 4.,
             qkv_bias: bool = True,
+            output_stride: Optional[int] = None,
+            img_size=None,
             num_classes: int = 1000,
             in_chans: int = 3,
             global_pool: str = 'avg',
@@ -239,21 +254,25 @@ class DaViT(StageFeatureMixin, nn.Module):
         self.window_size = window_size
         self.input_divisor = 1  # any size: every stride and window pads
         self._model_name = type(self).__name__  # for error messages (TorchScript cannot read self.__class__)
+        refuse_img_size(img_size, self._model_name, 'every size runs: strides and windows pad')
         self.grad_checkpointing = False
 
         self.stem = Stem(in_chans, embed_dims[0], **dd)
         dprs = drop_path_schedule(drop_path_rate, [2 * d for d in depths])  # one rate per half block
-        stages, reductions, prev = [], [], embed_dims[0]
-        for i, (depth, dim, heads) in enumerate(zip(depths, embed_dims, num_heads)):
+        # feature levels: the four stages, as timm's DaViT (the stem is a 7x7/4 patch embedding)
+        layout = stage_strides([1] + [2] * (len(depths) - 1), output_stride, self.stem.reduction, self._model_name)
+        stages, prev = [], embed_dims[0]
+        for i, (depth, dim, heads, s) in enumerate(zip(depths, embed_dims, num_heads, layout)):
+            d = dict(dilation=s.dilation, **dd)
             blocks = [nn.Sequential(
-                SpatialBlock(dim, heads, window_size, mlp_ratio, qkv_bias, drop_path=dprs[i][2 * j], **dd),
-                ChannelBlock(dim, heads, mlp_ratio, qkv_bias, drop_path=dprs[i][2 * j + 1], **dd),
+                SpatialBlock(dim, heads, window_size, mlp_ratio, qkv_bias, drop_path=dprs[i][2 * j], **d),
+                ChannelBlock(dim, heads, mlp_ratio, qkv_bias, drop_path=dprs[i][2 * j + 1], **d),
             ) for j in range(depth)]
-            stages.append(Stage(blocks, downsample=Downsample(prev, dim, **dd) if i > 0 else None))
-            reductions.append(4 * 2 ** i)
+            downsample = Downsample(prev, dim, s.stride, s.first_dilation, **dd) if i > 0 else None
+            stages.append(Stage(blocks, downsample=downsample))
             prev = dim
         self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(list(embed_dims), reductions)
+        self.feature_info = stage_feature_info(embed_dims, [s.reduction for s in layout])
         self.num_features = prev
         self.norm = nn.Identity()  # the final norm comes after pooling, in the head
         self.head = Head(
@@ -300,7 +319,7 @@ def _create_davit(variant, pretrained=False, **kwargs):
     return build_model_with_cfg(
         DaViT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        feature_cfg=feature_cfg(out_indices=(0, 1, 2, 3)),
         **kwargs,
     )
 

@@ -50,17 +50,17 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._input import update_model_input_size
 
 from .._checkpoint import check_state_dict, rename_keys, unwrap_state_dict
-from .._features import StageFeatureMixin, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.activation import InplaceGELU
 from ..layers.attention import Attention
 from ..layers.conv import create_conv2d_same
 from ..layers.head import check_pool_type
-from ..layers.helpers import check_feature_indices
+from ..layers.helpers import check_img_size
 from ..layers.mbconv import MBConv
 from ..layers.mlp import Mlp
 from ..layers.relpos import RelPosBias, resize_rel_pos_table
-from ..layers.stage import Stage, drop_path_schedule
+from ..layers.stage import Stage, drop_path_schedule, stage_strides
 from ..layers.tracing import eager_channels_last, is_tracing
 from ..layers.window import crop, grid_partition, grid_reverse, pad_to_multiple, window_partition, window_reverse
 
@@ -221,6 +221,8 @@ class MaxViTBlock(nn.Module):
             se_ratio: float = 0.25,
             attn_drop: float = 0.,
             proj_drop: float = 0.,
+            dilation: int = 1,
+            first_dilation: Optional[int] = None,
             device=None,
             dtype=None,
     ):
@@ -228,7 +230,7 @@ class MaxViTBlock(nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.conv = MBConv(
             in_chs, out_chs, stride, expand_ratio=expand_ratio, se_ratio=se_ratio, act_layer=GELUTanh,
-            norm_eps=1e-3, drop_path=drop_path, **dd)
+            norm_eps=1e-3, drop_path=drop_path, dilation=dilation, first_dilation=first_dilation, **dd)
         attn_args = dict(head_dim=head_dim, mlp_ratio=mlp_ratio, attn_drop=attn_drop, proj_drop=proj_drop,
                          drop_path=drop_path, **dd)
         self.attn_block = PartitionAttention(out_chs, window_size, grid=False, **attn_args)
@@ -273,9 +275,12 @@ class MaxViT(StageFeatureMixin, nn.Module):
         head_hidden_size: width of the head's Linear + tanh before the classifier (default: ``widths[-1]``;
             0 = none).
         img_size: nominal input size, recorded only (every size runs; see ``set_input_size``).
+        output_stride: total stride of the last stage (32; 16 or 8 run the last stages at the stride they reach,
+            their depthwise convs dilated, the window and grid attention partitioning the larger maps as usual).
         num_classes, in_chans, global_pool, drop_rate, drop_path_rate: timm's usual meaning.
         attn_drop_rate, proj_drop_rate: dropout on attention weights / after attention and MLP projections.
     """
+    stem_feature = True  # the stem's stride-2 output is level 0, as in timm's MaxViT (the paper's stage S0)
 
     def __init__(
             self,
@@ -290,6 +295,7 @@ class MaxViT(StageFeatureMixin, nn.Module):
             se_ratio: float = 0.25,
             head_hidden_size: Optional[int] = None,
             img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            output_stride: Optional[int] = None,
             num_classes: int = 1000,
             in_chans: int = 3,
             global_pool: str = 'avg',
@@ -308,27 +314,29 @@ class MaxViT(StageFeatureMixin, nn.Module):
         self.drop_rate = drop_rate
         self.input_divisor = 1  # any size: TF-SAME strided convs / pools, padded attention partitions
         self.partition_ratio = 32
-        self.img_size = to_2tuple(img_size) if img_size is not None else None
+        self.img_size = check_img_size(img_size, 'MaxViT')
         self.window_size = to_2tuple(window_size)
         self.grid_size = to_2tuple(grid_size) if grid_size is not None else self.window_size
         self._model_name = 'MaxViT'
         self.grad_checkpointing = False
 
         self.stem = MaxViTStem(in_chans, tuple(stem_widths), **dd)
-        prev_chs, reduction = self.stem.out_chs, self.stem.reduction
+        prev_chs = self.stem.out_chs
         dprs = drop_path_schedule(drop_path_rate, depths)
+        layout = stage_strides([2] * len(depths), output_stride, self.stem.reduction, self._model_name)
         block_fn = partial(
             MaxViTBlock, window_size=self.window_size, grid_size=self.grid_size, head_dim=head_dim,
             mlp_ratio=mlp_ratio, expand_ratio=expand_ratio, se_ratio=se_ratio, attn_drop=attn_drop_rate,
             proj_drop=proj_drop_rate)
-        stages, reductions = [], []
-        for i, (depth, width) in enumerate(zip(depths, widths)):
-            stages.append(Stage.from_blocks(block_fn, depth, prev_chs, width, 2, dprs[i], **dd))
+        stages = []
+        for i, (depth, width, s) in enumerate(zip(depths, widths, layout)):
+            stages.append(Stage.from_blocks(
+                block_fn, depth, prev_chs, width, s.stride, dprs[i], dilation=s.dilation,
+                first_dilation=s.first_dilation, **dd))
             prev_chs = width
-            reduction *= 2
-            reductions.append(reduction)
         self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(list(widths), reductions)
+        self.feature_info = stage_feature_info(
+            widths, [s.reduction for s in layout], stem=(self.stem.out_chs, self.stem.reduction))
         self.num_features = prev_chs
         self.norm = nn.Identity()  # the final norm is the head's (it follows the pool)
         head_hidden_size = prev_chs if head_hidden_size is None else head_hidden_size
@@ -368,7 +376,7 @@ class MaxViT(StageFeatureMixin, nn.Module):
         """Change the window / grid partition sizes (as timm's MaxViT): each one not given is ``img_size //
         partition_ratio`` (32), e.g. 12 for 384; the relative position tables are resized bilinearly."""
         if img_size is not None:
-            self.img_size = to_2tuple(img_size)
+            self.img_size = check_img_size(img_size, self._model_name)
         if partition_ratio is not None:
             self.partition_ratio = partition_ratio
         if window_size is None or grid_size is None:
@@ -401,8 +409,7 @@ class MaxViT(StageFeatureMixin, nn.Module):
         """Drop the stages after the last tap in ``indices``; pruning the head (or any stage) leaves a head that
         only pools (``''``: none) and classifies (0 classes), the head's norm and tanh layer being sized for the
         last stage."""
-        take_indices, max_index = check_feature_indices(len(self.stages), indices, self._model_name)
-        self.stages = self.stages[:max_index + 1]
+        take_indices, max_index = self._prune_stages(indices)
         prune_end = max_index < len(self.feature_info) - 1
         if prune_norm:
             self.norm = nn.Identity()
@@ -444,7 +451,7 @@ def _create_maxvit(variant, pretrained=False, **kwargs):
     return build_model_with_cfg(
         MaxViT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        feature_cfg=feature_cfg(out_indices=(0, 1, 2, 3, 4)),
         **kwargs,
     )
 

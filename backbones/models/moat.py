@@ -45,17 +45,18 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch.fx.node import has_side_effect
 
 from .._checkpoint import CheckpointMismatchError, convert_state_dict, unwrap_state_dict
-from .._features import StageFeatureMixin, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..formats import to_torch
 from ..formats.moat_tf import convert_tf_state_dict, is_tf_layout
 from ..layers.attention import Attention
 from ..layers.conv import create_conv2d_same
 from ..layers.head import Head
-from ..layers.helpers import check_input
+from ..layers.helpers import check_input, refuse_img_size
 from ..layers.mbconv import MBConv
 from ..layers.relpos import RelPosBias
 from ..layers.stage import Stage
+from ..layers.stage import stage_strides as plan_strides  # (MOAT's own argument is called stage_strides)
 from ..layers.tracing import eager_channels_last
 from ..layers.window import window_partition, window_reverse
 
@@ -118,6 +119,7 @@ class MoatBlock(nn.Module):
         pos_embed_size: P of the ``[heads, 2P-1, 2P-1]`` relative position table; ``None`` = no position bias.
         expand_ratio, pool_size: of the MBConv part.
         drop_path: stochastic depth of both residual branches (independent masks).
+        dilation, first_dilation: of the MBConv part (see :class:`~backbones.layers.MBConv`).
     """
     window: Optional[Tuple[int, int]]
 
@@ -132,6 +134,8 @@ class MoatBlock(nn.Module):
             expand_ratio: float = 4.,
             pool_size: int = 2,
             drop_path: float = 0.,
+            dilation: int = 1,
+            first_dilation: Optional[int] = None,
             device=None,
             dtype=None,
     ):
@@ -139,7 +143,7 @@ class MoatBlock(nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.mbconv = MBConv(
             in_chs, out_chs, stride, expand_ratio=expand_ratio, se_ratio=0., act_layer=nn.GELU, norm_eps=BN_EPS,
-            pool_size=pool_size, drop_path=drop_path, **dd)
+            pool_size=pool_size, drop_path=drop_path, dilation=dilation, first_dilation=first_dilation, **dd)
         self.window = (int(window[0]), int(window[1])) if window is not None else None
         self.norm = nn.LayerNorm(out_chs, eps=LN_EPS, **dd)
         self.attn = Attention(out_chs, head_dim=head_dim, qkv_bias=True, **dd)
@@ -161,10 +165,12 @@ class MoatBlock(nn.Module):
         return x + self.drop_path(y.permute(0, 3, 1, 2))
 
 
-def _mbconv_block(in_chs, out_chs, stride, drop_path, expand_ratio, se_ratio, pool_size, device=None, dtype=None):
+def _mbconv_block(in_chs, out_chs, stride, drop_path, expand_ratio, se_ratio, pool_size, dilation=1,
+                  first_dilation=None, device=None, dtype=None):
     return MBConv(
         in_chs, out_chs, stride, expand_ratio=expand_ratio, se_ratio=se_ratio, act_layer=nn.GELU,
-        se_act_layer=nn.SiLU, norm_eps=BN_EPS, pool_size=pool_size, drop_path=drop_path, device=device, dtype=dtype)
+        se_act_layer=nn.SiLU, norm_eps=BN_EPS, pool_size=pool_size, drop_path=drop_path, dilation=dilation,
+        first_dilation=first_dilation, device=device, dtype=dtype)
 
 
 def moat_drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> List[List[float]]:
@@ -228,9 +234,14 @@ class MOAT(StageFeatureMixin, nn.Module):
         se_ratio: SE width over the output width, MBConv stages only [``se_ratio``].
         pool_size: kernel of the shortcut average pool of downsampling blocks [``pool_size``; 2 for
             classification, the class default; ``get_model`` uses 3].
+        output_stride: total stride of the last stage (32; 16 or 8 run the last stages at the stride they reach,
+            their depthwise convs dilated, the attention over the larger maps).
+        img_size: refused (nothing depends on the input size: global attention takes the current map as its
+            window; the official model fixes it at build time).
         num_classes, in_chans, global_pool, drop_rate: timm's usual meaning (the official head has no dropout).
         drop_path_rate: stochastic depth (``1 - survival_prob``), rising as ``rate * b / num_blocks``.
     """
+    stem_feature = True  # the stem's stride-2 output is level 0 (as MaxViT's; the official encoder's 'stage1')
     _windowed: List[Tuple[int, int, int, int]]  # (stage, reduction, wh, ww) of every window-attention stage
 
     def __init__(
@@ -248,6 +259,8 @@ class MOAT(StageFeatureMixin, nn.Module):
             expand_ratio: float = 4.,
             se_ratio: float = 0.25,
             pool_size: int = 2,
+            output_stride: Optional[int] = None,
+            img_size=None,
             num_classes: int = 1000,
             in_chans: int = 3,
             global_pool: str = 'avg',
@@ -267,22 +280,27 @@ class MOAT(StageFeatureMixin, nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self._model_name = 'MOAT'
+        refuse_img_size(img_size, self._model_name, 'global attention takes the current map as its window; window '
+                        'attention, where configured, needs maps that divide by the window')
         self.grad_checkpointing = False
 
         self.stem = MoatStem(in_chans, stem_widths, **dd)
-        prev_chs, reduction = self.stem.out_chs, self.stem.reduction
+        prev_chs = self.stem.out_chs
         dprs = moat_drop_path_rates(drop_path_rate, depths)
-        stages, reductions = [], []
+        layout = plan_strides(stage_strides, output_stride, self.stem.reduction, self._model_name)
+        stages = []
         windowed: List[Tuple[int, int, int, int]] = []
-        for i in range(num_stages):
-            reduction *= stage_strides[i]
+        for i, s in enumerate(layout):
+            reduction = s.reduction
             window = _pair(window_sizes[i])
             blocks = []
             for j in range(depths[i]):
-                in_chs, stride = (prev_chs, stage_strides[i]) if j == 0 else (embed_dims[i], 1)
+                in_chs, stride = (prev_chs, s.stride) if j == 0 else (embed_dims[i], 1)
+                dilation = dict(dilation=s.dilation, first_dilation=s.first_dilation if j == 0 else s.dilation)
                 if block_types[i] == 'mbconv':
                     blocks.append(_mbconv_block(
-                        in_chs, embed_dims[i], stride, dprs[i][j], expand_ratio, se_ratio, pool_size, **dd))
+                        in_chs, embed_dims[i], stride, dprs[i][j], expand_ratio, se_ratio, pool_size, **dilation,
+                        **dd))
                 elif block_types[i] == 'moat':
                     last = j == depths[i] - 1
                     block_window = None if global_attn_at_stage_end and last else window
@@ -291,15 +309,15 @@ class MOAT(StageFeatureMixin, nn.Module):
                     blocks.append(MoatBlock(
                         in_chs, embed_dims[i], stride, head_dim=head_dim, window=block_window,
                         pos_embed_size=pos_embed_sizes[i] if rel_pos else None, expand_ratio=expand_ratio,
-                        pool_size=pool_size, drop_path=dprs[i][j], **dd))
+                        pool_size=pool_size, drop_path=dprs[i][j], **dilation, **dd))
                 else:
                     raise ValueError(f"MOAT: unknown block type {block_types[i]!r}, expected 'mbconv' or 'moat'")
             stages.append(Stage(blocks))
             prev_chs = embed_dims[i]
-            reductions.append(reduction)
         self.stages = nn.Sequential(*stages)
         self._windowed = windowed
-        self.feature_info = stage_feature_info(list(embed_dims), reductions)
+        self.feature_info = stage_feature_info(
+            embed_dims, [s.reduction for s in layout], stem=(self.stem.out_chs, self.stem.reduction))
         self.num_features = prev_chs
         self.norm = nn.Identity()  # the official head normalises the pooled vector, not the map
         self.head = Head(
@@ -360,7 +378,7 @@ def _create_moat(variant, pretrained=False, **kwargs):
     return build_model_with_cfg(
         MOAT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        feature_cfg=feature_cfg(out_indices=(0, 1, 2, 3, 4)),
         **kwargs,
     )
 

@@ -51,12 +51,12 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._input import update_model_input_size
 
 from .._checkpoint import check_state_dict, rename_keys, unwrap_state_dict
-from .._features import StageFeatureMixin, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
-from ..layers.conv import PointwiseConv2d
+from ..layers.conv import PointwiseConv2d, same_padding, strided_conv2d
 from ..layers.head import Head
 from ..layers.oversize_conv import OversizeConv2d, resize_kernel_1d
-from ..layers.stage import Stage, drop_path_schedule
+from ..layers.stage import Stage, drop_path_schedule, stage_strides
 from ..layers.tracing import eager_channels_last
 
 __all__ = ['ParCNetV2']
@@ -127,13 +127,14 @@ class Stem(nn.Module):
 
 
 class Downsample(nn.Module):
-    """``norm`` (LayerNormGeneral over the input channels) -> ``conv`` 3x3 stride 2 (padding 1, bias)."""
+    """``norm`` (LayerNormGeneral over the input channels) -> ``conv`` 3x3 stride 2 (padding 1, bias); stride 1 and
+    ``dilation`` in a stage that dilates instead."""
 
-    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 2, dilation: int = 1, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.norm = LayerNormGeneral(in_chs, **dd)
-        self.conv = nn.Conv2d(in_chs, out_chs, 3, stride=2, padding=1, **dd)
+        self.conv = strided_conv2d(in_chs, out_chs, 3, stride, padding=1, dilation=dilation, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.norm(x))
@@ -150,18 +151,20 @@ class ParCV2Mixer(nn.Module):
         dim: channels ``C``.
         kernel_size: oversized kernel length ``K`` (or ``(K_h, K_w)``).
         local_kernel_size: the parallel depth-wise conv (7).
+        dilation: of both depth-wise convs (in a stage that dilates instead of striding).
     """
 
     def __init__(
-            self, dim: int, kernel_size: Union[int, Tuple[int, int]], local_kernel_size: int = 7,
+            self, dim: int, kernel_size: Union[int, Tuple[int, int]], local_kernel_size: int = 7, dilation: int = 1,
             device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.pwconv1 = PointwiseConv2d(dim, 2 * dim, **dd)
         self.act = nn.GELU()
-        self.dwconv1 = OversizeConv2d(dim, kernel_size, **dd)
+        self.dwconv1 = OversizeConv2d(dim, kernel_size, dilation, **dd)
         self.dwconv2 = nn.Conv2d(
-            dim, dim, local_kernel_size, padding=local_kernel_size // 2, groups=dim, bias=False, **dd)
+            dim, dim, local_kernel_size, padding=same_padding(local_kernel_size, dilation), dilation=dilation,
+            groups=dim, bias=False, **dd)
         self.pwconv2 = PointwiseConv2d(dim, dim, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,6 +183,7 @@ class ParCNetV2Block(nn.Module):
             ``fc2(u * GELU(v))``, ``u, v`` the halves of ``fc1(x)``) is timm's ``GluMlp`` with 1x1 convs.
         res_scale: learned per-channel scale of both shortcuts (official stages 3-4, init 1).
         drop_path: stochastic depth of both branches.
+        dilation: of the token mixer's depth-wise convs.
     """
 
     def __init__(
@@ -189,13 +193,14 @@ class ParCNetV2Block(nn.Module):
             mlp_ratio: float = 5.,
             res_scale: bool = False,
             drop_path: float = 0.,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.norm1 = LayerNormGeneral(dim, **dd)
-        self.token_mixer = ParCV2Mixer(dim, kernel_size, **dd)
+        self.token_mixer = ParCV2Mixer(dim, kernel_size, dilation=dilation, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.res_scale1 = LayerScale2d(dim, init_values=1., **dd) if res_scale else nn.Identity()
         self.norm2 = LayerNormGeneral(dim, **dd)
@@ -235,6 +240,8 @@ class ParCNetV2(StageFeatureMixin, nn.Module):
         img_size: nominal input size; sets the kernels only with ``resize_kernels``.
         resize_kernels: the paper's rule as an option (default off = the official models): oversized kernels of
             ``2n - 1`` per axis for the maps of ``img_size`` (default 224), instead of ``global_kernel_sizes``.
+        output_stride: total stride of the last stage (32; 16 or 8 dilate the last stages instead of striding: the
+            oversized kernels too, so they still span the whole map).
         num_classes, in_chans, global_pool, drop_rate, drop_path_rate: timm's usual meaning (stochastic depth rises
             linearly over all blocks, as in the official code).
     """
@@ -248,6 +255,7 @@ class ParCNetV2(StageFeatureMixin, nn.Module):
             res_scale_stages: Sequence[int] = (2, 3),
             img_size: Optional[Union[int, Tuple[int, int]]] = None,
             resize_kernels: bool = False,
+            output_stride: Optional[int] = None,
             num_classes: int = 1000,
             in_chans: int = 3,
             global_pool: str = 'avg',
@@ -276,16 +284,19 @@ class ParCNetV2(StageFeatureMixin, nn.Module):
 
         self.stem = Stem(in_chans, dims[0], **dd)
         dprs = drop_path_schedule(drop_path_rate, depths)
-        stages, reductions, prev = [], [], dims[0]
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
+        # feature levels: the four stages (the stem is a 7x7/4 patch embedding)
+        layout = stage_strides([1] + [2] * (len(depths) - 1), output_stride, 4, self._model_name)
+        stages, prev = [], dims[0]
+        for i, (depth, dim, s) in enumerate(zip(depths, dims, layout)):
             blocks = [ParCNetV2Block(
-                dim, kernel_sizes[i], mlp_ratio=mlp_ratio, res_scale=i in res_scale_stages, drop_path=dprs[i][j], **dd,
+                dim, kernel_sizes[i], mlp_ratio=mlp_ratio, res_scale=i in res_scale_stages, drop_path=dprs[i][j],
+                dilation=s.dilation, **dd,
             ) for j in range(depth)]
-            stages.append(Stage(blocks, downsample=Downsample(prev, dim, **dd) if i > 0 else None))
-            reductions.append(4 * 2 ** i)
+            downsample = Downsample(prev, dim, s.stride, s.first_dilation, **dd) if i > 0 else None
+            stages.append(Stage(blocks, downsample=downsample))
             prev = dim
         self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(list(dims), reductions)
+        self.feature_info = stage_feature_info(dims, [s.reduction for s in layout])
         self.num_features = prev
         self.norm = nn.Identity()  # the final norm follows the pooling, in the head
         self.head = Head(
@@ -364,7 +375,7 @@ def _create_parcnetv2(variant, pretrained=False, **kwargs):
     return build_model_with_cfg(
         ParCNetV2, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        feature_cfg=feature_cfg(out_indices=(0, 1, 2, 3)),
         **kwargs,
     )
 

@@ -61,12 +61,13 @@ from timm.layers import GELU, DropPath, LayerScale2d, SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import CheckpointMismatchError, convert_state_dict, rename_keys, unwrap_state_dict
-from .._features import StageFeatureMixin, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
-from ..layers.conv import ConvNormAct
+from ..layers.conv import ConvNormAct, same_padding
 from ..layers.fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
 from ..layers.head import check_pool_type
-from ..layers.stage import Stage
+from ..layers.helpers import refuse_img_size
+from ..layers.stage import Stage, stage_strides
 
 __all__ = ['RapidNet']
 
@@ -139,6 +140,7 @@ class InvertedResidual(nn.Module):
         mlp_ratio: expansion of the hidden width.
         ls_init_value: initial layer scale.
         drop_path: stochastic-depth rate.
+        dilation: of the depth-wise conv (1; more in a stage that dilates instead of striding).
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class InvertedResidual(nn.Module):
             mlp_ratio: float = 4.,
             ls_init_value: float = 1e-5,
             drop_path: float = 0.,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
@@ -154,7 +157,7 @@ class InvertedResidual(nn.Module):
         dd = dict(device=device, dtype=dtype)
         hidden = int(dim * mlp_ratio)
         self.conv_pw = ConvBN(dim, hidden, 1, act=True, **dd)
-        self.conv_dw = ConvBN(hidden, hidden, 3, groups=hidden, act=True, **dd)
+        self.conv_dw = ConvBN(hidden, hidden, 3, dilation=dilation, groups=hidden, act=True, **dd)
         self.conv_pwl = ConvBN(hidden, dim, 1, **dd)
         self.ls1 = LayerScale2d(dim, ls_init_value, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -185,11 +188,13 @@ class RepCPE(nn.Module):
     Args:
         dim: width.
         kernel_size: of the depth-wise conv (7; odd).
+        dilation: of the depth-wise conv.
     """
 
-    def __init__(self, dim: int, kernel_size: int = 7, device=None, dtype=None):
+    def __init__(self, dim: int, kernel_size: int = 7, dilation: int = 1, device=None, dtype=None):
         super().__init__()
-        self.pe = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, device=device, dtype=dtype)
+        self.pe = nn.Conv2d(dim, dim, kernel_size, padding=same_padding(kernel_size, dilation), dilation=dilation,
+                            groups=dim, device=device, dtype=dtype)
         self.reparam_conv: Optional[nn.Conv2d] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,8 +208,8 @@ class RepCPE(nn.Module):
             return
         pe = self.pe
         conv = nn.Conv2d(
-            pe.in_channels, pe.out_channels, pe.kernel_size, padding=pe.padding, groups=pe.groups,
-            device=pe.weight.device, dtype=pe.weight.dtype)
+            pe.in_channels, pe.out_channels, pe.kernel_size, padding=pe.padding, dilation=pe.dilation,
+            groups=pe.groups, device=pe.weight.device, dtype=pe.weight.dtype)
         conv.weight.copy_(identity_folded(pe.weight, +1))
         conv.bias.copy_(pe.bias)
         self.reparam_conv = conv
@@ -240,15 +245,17 @@ class MLDC(nn.Module):
         dim: width.
         dilations: of the multi-level dilated convolution's branches.
         cpe_kernel: RepCPE kernel.
+        dilation: multiplies every spatial conv's dilation (in a stage that dilates instead of striding).
     """
 
     def __init__(
-            self, dim: int, dilations: Sequence[int] = (2, 3), cpe_kernel: int = 7, device=None, dtype=None):
+            self, dim: int, dilations: Sequence[int] = (2, 3), cpe_kernel: int = 7, dilation: int = 1, device=None,
+            dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.cpe = RepCPE(dim, cpe_kernel, **dd)
+        self.cpe = RepCPE(dim, cpe_kernel, dilation, **dd)
         self.fc1 = ConvBN(dim, dim, 1, **dd)
-        self.dilated = MultiLevelDilatedConv(dim, dilations, **dd)
+        self.dilated = MultiLevelDilatedConv(dim, [d * dilation for d in dilations], **dd)
         self.fc2 = ConvBN(dim, dim, 1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -263,13 +270,15 @@ class ConvFFN(nn.Module):
         dim: width.
         mlp_ratio: expansion of the hidden width.
         kernel_size: of the depth-wise conv.
+        dilation: of the depth-wise conv.
     """
 
-    def __init__(self, dim: int, mlp_ratio: float = 4., kernel_size: int = 7, device=None, dtype=None):
+    def __init__(
+            self, dim: int, mlp_ratio: float = 4., kernel_size: int = 7, dilation: int = 1, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         hidden = int(dim * mlp_ratio)
-        self.conv_dw = ConvBN(dim, dim, kernel_size, groups=dim, bias=False, **dd)
+        self.conv_dw = ConvBN(dim, dim, kernel_size, dilation=dilation, groups=dim, bias=False, **dd)
         self.fc1 = ConvBN(dim, hidden, 1, act=True, **dd)
         self.fc2 = ConvBN(hidden, dim, 1, **dd)
 
@@ -286,6 +295,7 @@ class MLDCBlock(nn.Module):
         dilations: of the multi-level dilated convolution.
         ls_init_value: initial layer scales.
         drop_path: stochastic-depth rate of both branches.
+        dilation: multiplies every spatial conv's dilation (in a stage that dilates instead of striding).
     """
 
     def __init__(
@@ -295,15 +305,16 @@ class MLDCBlock(nn.Module):
             dilations: Sequence[int] = (2, 3),
             ls_init_value: float = 1e-5,
             drop_path: float = 0.,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.mixer = MLDC(dim, dilations, **dd)
+        self.mixer = MLDC(dim, dilations, dilation=dilation, **dd)
         self.ls1 = LayerScale2d(dim, ls_init_value, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.ffn = ConvFFN(dim, mlp_ratio, **dd)
+        self.ffn = ConvFFN(dim, mlp_ratio, dilation=dilation, **dd)
         self.ls2 = LayerScale2d(dim, ls_init_value, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
@@ -428,6 +439,8 @@ class RapidNet(StageFeatureMixin, nn.Module):
         dilations: of the multi-level dilated convolutions.
         ls_init_value: initial layer scales.
         distilled: build the distillation classifier (official ``distillation``; every released model has it).
+        output_stride: total stride of the last stage (32; 16 or 8 dilate the last stages instead of striding).
+        img_size: refused (nothing depends on the input size).
         num_classes, in_chans, global_pool, drop_rate, drop_path_rate: timm's usual meaning.
     """
 
@@ -440,6 +453,8 @@ class RapidNet(StageFeatureMixin, nn.Module):
             dilations: Sequence[int] = (2, 3),
             ls_init_value: float = 1e-5,
             distilled: bool = True,
+            output_stride: Optional[int] = None,
+            img_size=None,
             num_classes: int = 1000,
             in_chans: int = 3,
             global_pool: str = 'avg',
@@ -459,6 +474,7 @@ class RapidNet(StageFeatureMixin, nn.Module):
         self.drop_rate = drop_rate
         self.input_divisor = 1  # any H, W >= 1 (stride-2 convs round up)
         self._model_name = 'RapidNet'
+        refuse_img_size(img_size, self._model_name, 'every H, W >= 1 runs')
         self.grad_checkpointing = False
 
         self.stem = nn.Sequential(OrderedDict(
@@ -466,20 +482,21 @@ class RapidNet(StageFeatureMixin, nn.Module):
             conv2=ConvBN(widths[0] // 2, widths[0], 3, stride=2, act=True, **dd),
         ))
         dprs = official_drop_path_rates(drop_path_rate, depths)
-        stages, reductions = [], []
-        reduction = 4
-        for i, ((n_ir, n_mldc), dim) in enumerate(zip(depths, widths)):
+        # feature levels: the four stages; the stem's two stride-2 convs act as one stride-4 patch embedding (as in
+        # timm's RepViT / FastViT, whose stems are alike), so no stem level
+        layout = stage_strides([1] + [2] * (len(widths) - 1), output_stride, 4, self._model_name)
+        stages = []
+        for i, ((n_ir, n_mldc), dim, s) in enumerate(zip(depths, widths, layout)):
             downsample = None
             if i > 0:
-                downsample = ConvBN(widths[i - 1], dim, 3, stride=2, **dd)
-                reduction *= 2
-            blocks = [InvertedResidual(dim, mlp_ratio, ls_init_value, dprs[i][j], **dd) for j in range(n_ir)]
-            blocks += [
-                MLDCBlock(dim, mlp_ratio, dilations, ls_init_value, dprs[i][n_ir + j], **dd) for j in range(n_mldc)]
+                downsample = ConvBN(widths[i - 1], dim, 3, stride=s.stride, dilation=s.first_dilation, **dd)
+            blocks = [InvertedResidual(dim, mlp_ratio, ls_init_value, dprs[i][j], s.dilation, **dd)
+                      for j in range(n_ir)]
+            blocks += [MLDCBlock(dim, mlp_ratio, dilations, ls_init_value, dprs[i][n_ir + j], s.dilation, **dd)
+                       for j in range(n_mldc)]
             stages.append(Stage(blocks, downsample))
-            reductions.append(reduction)
         self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(widths, reductions)
+        self.feature_info = stage_feature_info(widths, [s.reduction for s in layout])
         self.num_features = widths[-1]
         self.norm = nn.Identity()
         self.head = DistilledConvHead(
@@ -643,7 +660,7 @@ def _create_rapidnet(variant, pretrained=False, **kwargs):
     return build_model_with_cfg(
         RapidNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        feature_cfg=feature_cfg(out_indices=(0, 1, 2, 3)),
         **kwargs,
     )
 

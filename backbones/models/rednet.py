@@ -35,9 +35,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch.fx.node import has_side_effect
 
 from .._checkpoint import CheckpointMismatchError, convert_state_dict, unwrap_state_dict
+from .._features import feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..formats import to_torch
-from ..layers import Bottleneck, ConvNormAct, Involution, check_input, stem_pool
+from ..layers import Bottleneck, ConvNormAct, Involution, check_input
 from ._resnet import ResNetSkeleton
 
 __all__ = ['RedNet']
@@ -67,10 +68,11 @@ class InvolutionNormAct(nn.Module):
     """``inv`` (involution, carries the stride) -> ``bn`` -> ``act``: RedNet's spatial mixer, in the stem and in
     every bottleneck."""
 
-    def __init__(self, chs: int, kernel_size: int, stride: int = 1, group_channels: int = 16, device=None, dtype=None):
+    def __init__(self, chs: int, kernel_size: int, stride: int = 1, group_channels: int = 16, dilation: int = 1,
+                 device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.inv = Involution(chs, kernel_size, stride, group_channels=group_channels, **dd)
+        self.inv = Involution(chs, kernel_size, stride, group_channels=group_channels, dilation=dilation, **dd)
         self.bn = nn.BatchNorm2d(chs, **dd)
         self.act = nn.ReLU(inplace=True)
 
@@ -79,11 +81,12 @@ class InvolutionNormAct(nn.Module):
 
 
 class RedNetStem(nn.Module):
-    """``conv1`` (3x3/2) -> ``conv2`` (involution + BN + ReLU) -> ``conv3`` (3x3) -> ``pool`` (3x3/2 max).
+    """``conv1`` (3x3/2) -> ``conv2`` (involution + BN + ReLU) -> ``conv3`` (3x3); the official stem's 3x3/2 max-pool
+    follows as the first stage's downsample (:class:`~backbones.models._resnet.ResNetSkeleton`).
 
     Attributes:
         out_chs: ``stem_chs``.
-        reduction: total stride (4).
+        reduction: total stride (2).
     """
 
     def __init__(
@@ -95,21 +98,23 @@ class RedNetStem(nn.Module):
         self.conv1 = ConvNormAct(in_chs, mid, 3, stride=2, **dd)
         self.conv2 = InvolutionNormAct(mid, kernel_size, group_channels=group_channels, **dd)
         self.conv3 = ConvNormAct(mid, stem_chs, 3, **dd)
-        self.pool = stem_pool('max')
         self.out_chs = stem_chs
-        self.reduction = 4
+        self.reduction = 2
 
     def forward(self, x):
-        return self.pool(self.conv3(self.conv2(self.conv1(x))))
+        return self.conv3(self.conv2(self.conv1(x)))
 
 
-def _involution_mixer(in_chs, out_chs, stride, first, kernel_size, group_channels, device=None, dtype=None):
+def _involution_mixer(
+        in_chs, out_chs, stride, first, kernel_size, group_channels, dilation=1, device=None, dtype=None):
     assert in_chs == out_chs, 'an involution keeps the width'
-    return InvolutionNormAct(in_chs, kernel_size, stride, group_channels=group_channels, device=device, dtype=dtype)
+    return InvolutionNormAct(
+        in_chs, kernel_size, stride, group_channels=group_channels, dilation=dilation, device=device, dtype=dtype)
 
 
 def _involution_bottleneck(
-        in_chs, out_chs, stride, first, drop_path, kernel_size, group_channels, device=None, dtype=None):
+        in_chs, out_chs, stride, first, drop_path, kernel_size, group_channels, dilation=1, first_dilation=None,
+        device=None, dtype=None):
     """Bottleneck with expansion 4 whose middle layer is the involution (stride on it, as in ``style='pytorch'``)."""
     return Bottleneck(
         in_chs, out_chs,
@@ -117,6 +122,8 @@ def _involution_bottleneck(
         mixer_fn=partial(_involution_mixer, kernel_size=kernel_size, group_channels=group_channels),
         stride=stride,
         first=first,
+        dilation=dilation,
+        first_dilation=first_dilation,
         drop_path=drop_path,
         device=device, dtype=dtype,
     )
@@ -190,8 +197,9 @@ class RedNet(ResNetSkeleton):
         stem = RedNetStem(in_chans, stem_chs, stem_kernel_size, group_channels, **dd)
         block_fn = partial(_involution_bottleneck, kernel_size=kernel_size, group_channels=group_channels)
         super().__init__(stem, block_fn, depths, in_chans=in_chans, zero_init_last=zero_init_last, **dd, **kwargs)
-        self.stem_stride = stem.reduction
-        self.stage_stride = self.feature_info[-1]['reduction'] // stem.reduction
+        self.stem_stride = self.feature_info[1]['reduction']  # the stem and its max-pool
+        # the stride-2 involutions (the stages that do not dilate instead, see output_stride)
+        self.stage_stride = self.feature_info[-1]['reduction'] // self.stem_stride
 
     def _check_input(self, x: torch.Tensor):
         check_rednet_input(
@@ -249,7 +257,7 @@ def _create_rednet(variant, pretrained=False, **kwargs):
     return build_model_with_cfg(
         RedNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        feature_cfg=feature_cfg(out_indices=(0, 1, 2, 3, 4)),
         **kwargs,
     )
 

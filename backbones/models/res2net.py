@@ -15,6 +15,7 @@ from functools import partial
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
+from .._features import feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers import Bottleneck, ConvStem, Res2Split
 from ._resnet import ResNetSkeleton
@@ -43,7 +44,7 @@ FAMILY = register_family(Family(
 
 
 def _res2_bottleneck(in_chs, out_chs, stride, first, drop_path, base_width, scale, cardinality, avg_down,
-                     device=None, dtype=None):
+                     dilation=1, first_dilation=None, device=None, dtype=None):
     """Res2Net bottleneck: ``scale`` chunks of ``floor(planes * base_width / 64) * cardinality`` channels."""
     planes = out_chs // 4
     width = planes * base_width // 64 * cardinality
@@ -53,6 +54,8 @@ def _res2_bottleneck(in_chs, out_chs, stride, first, drop_path, base_width, scal
         mixer_fn=partial(Res2Split, scale=scale, groups=cardinality),
         stride=stride,
         first=first,
+        dilation=dilation,
+        first_dilation=first_dilation,
         avg_down=avg_down,
         drop_path=drop_path,
         device=device, dtype=dtype,
@@ -86,9 +89,9 @@ class Res2Net(ResNetSkeleton):
     ):
         dd = dict(device=device, dtype=dtype)
         if deep_stem:
-            stem = ConvStem(in_chans, (32, 32, 64), kernel_size=3, pool='max', channels_last=True, **dd)
+            stem = ConvStem(in_chans, (32, 32, 64), kernel_size=3, channels_last=True, **dd)
         else:
-            stem = ConvStem(in_chans, 64, kernel_size=7, pool='max', channels_last=True, **dd)
+            stem = ConvStem(in_chans, 64, kernel_size=7, channels_last=True, **dd)
         block_fn = partial(
             _res2_bottleneck, base_width=base_width, scale=scale, cardinality=cardinality, avg_down=avg_down)
         super().__init__(stem, block_fn, depths, in_chans=in_chans, **dd, **kwargs)
@@ -139,7 +142,7 @@ def _create_res2net(variant, pretrained=False, **kwargs):
     return build_model_with_cfg(
         Res2Net, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        feature_cfg=feature_cfg(out_indices=(0, 1, 2, 3, 4)),
         **kwargs,
     )
 

@@ -14,6 +14,7 @@ from functools import partial
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
+from .._features import feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers import Bottleneck, ConvNormAct, ConvStem, SqueezeExcite
 from ._resnet import ResNetSkeleton
@@ -39,12 +40,12 @@ FAMILY = register_family(Family(
 ))
 
 
-def _grouped_conv3x3(in_chs, out_chs, stride, first, groups=1, device=None, dtype=None):
-    return ConvNormAct(in_chs, out_chs, 3, stride=stride, groups=groups, device=device, dtype=dtype)
+def _grouped_conv3x3(in_chs, out_chs, stride, first, groups=1, dilation=1, device=None, dtype=None):
+    return ConvNormAct(in_chs, out_chs, 3, stride=stride, dilation=dilation, groups=groups, device=device, dtype=dtype)
 
 
 def _se_bottleneck(in_chs, out_chs, stride, first, drop_path, groups, base_width, stride_in_1x1,
-                   reduce_first, shortcut_kernel_size, device=None, dtype=None):
+                   reduce_first, shortcut_kernel_size, dilation=1, first_dilation=None, device=None, dtype=None):
     """SE bottleneck: width per the ResNeXt rule (``floor(planes * base_width / 64) * groups``)."""
     planes = out_chs // 4
     width = planes * base_width // 64 * groups
@@ -55,6 +56,8 @@ def _se_bottleneck(in_chs, out_chs, stride, first, drop_path, groups, base_width
         mixer_chs=width,
         stride=stride,
         stride_in_1x1=stride_in_1x1,
+        dilation=dilation,
+        first_dilation=first_dilation,
         attn_layer=SqueezeExcite,
         shortcut_kernel_size=shortcut_kernel_size,
         drop_path=drop_path,
@@ -91,13 +94,13 @@ class SENet(ResNetSkeleton):
     ):
         dd = dict(device=device, dtype=dtype)
         if deep_stem:
-            stem = ConvStem(in_chans, (64, 64, 128), kernel_size=3, pool='max_caffe', channels_last=True, **dd)
+            stem = ConvStem(in_chans, (64, 64, 128), kernel_size=3, channels_last=True, **dd)
         else:
-            stem = ConvStem(in_chans, 64, kernel_size=7, pool='max_caffe', channels_last=True, **dd)
+            stem = ConvStem(in_chans, 64, kernel_size=7, channels_last=True, **dd)
         block_fn = partial(
             _se_bottleneck, groups=groups, base_width=base_width, stride_in_1x1=stride_in_1x1,
             reduce_first=reduce_first, shortcut_kernel_size=shortcut_kernel_size)
-        super().__init__(stem, block_fn, depths, in_chans=in_chans, **dd, **kwargs)
+        super().__init__(stem, block_fn, depths, stem_pool='max_caffe', in_chans=in_chans, **dd, **kwargs)
 
 
 # timm legacy (= converted official Caffe) layout -> ours
@@ -123,7 +126,7 @@ def _create_senet(variant, pretrained=False, **kwargs):
     return build_model_with_cfg(
         SENet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        feature_cfg=feature_cfg(out_indices=(0, 1, 2, 3, 4)),
         **kwargs,
     )
 

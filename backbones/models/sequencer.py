@@ -41,7 +41,7 @@ Weights: the official ImageNet-1k checkpoints as re-hosted by timm (``timm/seque
 ``checkpoint_filter_fn``.
 """
 import math
-from typing import Sequence
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -49,12 +49,13 @@ from timm.layers import DropPath, LayerNorm2d, lecun_normal_, register_notrace_m
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
-from .._features import StageFeatureMixin, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.activation import InplaceGELU
 from ..layers.head import Head
+from ..layers.helpers import check_img_size
 from ..layers.mlp import Mlp
-from ..layers.stage import Stage, drop_path_schedule
+from ..layers.stage import Stage, check_output_stride, drop_path_schedule
 from ..layers.tracing import contiguous_for_export
 from ..layers.window import contiguous_reshape
 
@@ -228,6 +229,8 @@ class Sequencer2d(StageFeatureMixin, nn.Module):
             linearly over all blocks).
         proj_drop_rate: dropout inside the MLPs.
         nlhb: initialise the classifier bias to ``-log(num_classes)`` (official option; training from scratch only).
+        img_size: nominal input size (sides: multiples of the total stride), recorded only, as timm's Sequencer2D.
+        output_stride: only 14, the total stride (its BiLSTMs read whole rows and columns: no stage can dilate).
     """
 
     def __init__(
@@ -244,6 +247,8 @@ class Sequencer2d(StageFeatureMixin, nn.Module):
             proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             nlhb: bool = False,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            output_stride: Optional[int] = None,
             device=None,
             dtype=None,
     ):
@@ -256,6 +261,11 @@ class Sequencer2d(StageFeatureMixin, nn.Module):
         self.drop_rate = drop_rate
         self.input_divisor = math.prod(patch_sizes)  # every patch conv must tile its input exactly
         self._model_name = type(self).__name__
+        self.img_size = check_img_size(img_size, self._model_name, self.input_divisor)
+        check_output_stride(
+            output_stride, self.input_divisor, self._model_name, 'its stride is set by a 7x7 patch embedding and one '
+            '2x2 merge, 14 in all, so 16 and 8 do not exist; and its BiLSTMs read whole rows and columns, which '
+            'dilation cannot keep equivalent')
         self.grad_checkpointing = False
 
         self.stem = PatchEmbed(in_chans, embed_dims[0], patch_sizes[0], **dd)
@@ -329,7 +339,9 @@ def _create_sequencer(variant, pretrained=False, **kwargs):
     return build_model_with_cfg(
         Sequencer2d, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        # timm's sequencer2d_* default (the first three of the four levels), so that configs written for it run
+        # unchanged; out_indices=(0, 1, 2, 3) gives all four
+        feature_cfg=feature_cfg(out_indices=(0, 1, 2)),
         **kwargs,
     )
 

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
+from .._features import feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers import Bottleneck, ConvStem, SelectiveKernel, sk_attn_chs
 from ._resnet import ResNetSkeleton
@@ -50,7 +51,7 @@ FAMILY = register_family(Family(
 
 
 def _sk_bottleneck(in_chs, out_chs, stride, first, drop_path, groups, base_width, fuse_dims,
-                   device=None, dtype=None):
+                   dilation=1, first_dilation=None, device=None, dtype=None):
     """SK bottleneck: ResNeXt width rule, SK unit as the mixer; ``fuse_dims`` maps the block's output width to d."""
     planes = out_chs // 4
     width = planes * base_width // 64 * groups
@@ -59,13 +60,16 @@ def _sk_bottleneck(in_chs, out_chs, stride, first, drop_path, groups, base_width
         mid_chs=width,
         mixer_fn=partial(_sk_mixer, attn_chs=fuse_dims[out_chs], groups=groups),
         stride=stride,
+        dilation=dilation,
+        first_dilation=first_dilation,
         drop_path=drop_path,
         device=device, dtype=dtype,
     )
 
 
-def _sk_mixer(in_chs, out_chs, stride, first, attn_chs, groups, device=None, dtype=None):
-    return SelectiveKernel(in_chs, out_chs, attn_chs, stride=stride, groups=groups, device=device, dtype=dtype)
+def _sk_mixer(in_chs, out_chs, stride, first, attn_chs, groups, dilation=1, device=None, dtype=None):
+    return SelectiveKernel(
+        in_chs, out_chs, attn_chs, stride=stride, dilation=dilation, groups=groups, device=device, dtype=dtype)
 
 
 class SKNet(ResNetSkeleton):
@@ -101,10 +105,11 @@ class SKNet(ResNetSkeleton):
             fuse_dims = [sk_attn_chs(w // 4 * base_width // 64 * groups, sk_reduction, sk_min_dim) for w in widths]
         if len(fuse_dims) != len(widths):
             raise ValueError(f'fuse_dims needs one value per stage ({len(widths)}), got {tuple(fuse_dims)}')
-        stem = ConvStem(in_chans, 64, kernel_size=7, pool=stem_pool, channels_last=True, **dd)
+        stem = ConvStem(in_chans, 64, kernel_size=7, channels_last=True, **dd)
         block_fn = partial(
             _sk_bottleneck, groups=groups, base_width=base_width, fuse_dims=dict(zip(widths, fuse_dims)))
-        super().__init__(stem, block_fn, depths, widths=widths, in_chans=in_chans, **dd, **kwargs)
+        super().__init__(
+            stem, block_fn, depths, widths=widths, stem_pool=stem_pool, in_chans=in_chans, **dd, **kwargs)
 
 
 # timm skresnext50_32x4d layout -> ours (inside a block timm already uses our conv1/conv2/conv3, paths, attn names)
@@ -127,7 +132,7 @@ def _create_sknet(variant, pretrained=False, **kwargs):
     return build_model_with_cfg(
         SKNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        feature_cfg=feature_cfg(out_indices=(0, 1, 2, 3, 4)),
         **kwargs,
     )
 

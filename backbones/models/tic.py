@@ -43,7 +43,7 @@ Weights: none exist (the paper released none; we have not trained this reconstru
 the tag ``untrained``. Registry params are our design's counts; GMACs are not registered because no official figure
 exists (tests/test_tic.py holds params and GMACs within 5 % of Swin-T/S/B instead).
 """
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -51,13 +51,15 @@ from timm.layers import GELU, DropPath, LayerNorm2d, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
-from .._features import StageFeatureMixin, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.conv import ConvNormAct
 from ..layers.head import Head
+from ..layers.helpers import refuse_img_size
 from ..layers.msa_conv import MSAConv2d, MSAConvAttention
-from ..layers.stage import Stage, drop_path_schedule
+from ..layers.stage import Stage, drop_path_schedule, stage_strides
 from ..layers.tracing import contiguous_for_export
+from ..layers.window_taps import window_taps
 
 __all__ = ['TiC']
 
@@ -107,6 +109,22 @@ def _roll_to(x: torch.Tensor, start: int, dim: int) -> torch.Tensor:
     return torch.cat([x.narrow(dim, start, x.shape[dim] - start), x.narrow(dim, 0, start)], dim=dim)
 
 
+class DilatedAvgPool2d(nn.Module):
+    """``AvgPool2d(k, stride=1, padding=k // 2, count_include_pad=False)`` whose ``k x k`` taps are ``dilation``
+    apart (an Inter-Pooling cell in a stage that dilates instead of striding): the mean of the taps inside the
+    map."""
+
+    def __init__(self, kernel_size: int, dilation: int):
+        super().__init__()
+        self.kernel_size = (kernel_size, kernel_size)
+        self.dilation = (dilation, dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = torch.stack(window_taps(x, self.kernel_size, self.dilation)).sum(0)
+        count = torch.stack(window_taps(torch.ones_like(x[:1, :1]), self.kernel_size, self.dilation)).sum(0)
+        return total / count
+
+
 class TiCAttention(nn.Module):
     """A block's attention: ``qkv`` (1x1) -> [cyclic shift of k, v] -> MSA-Conv attention -> ``proj`` (1x1).
 
@@ -124,6 +142,8 @@ class TiCAttention(nn.Module):
         shift: apply the multi-directional cyclic shift.
         qkv_bias: bias of the qkv conv.
         attn_drop, proj_drop: dropout on the attention weights / after the projection.
+        dilation: spacing of every window's taps and pooling cells' pixels (in a stage that dilates instead of
+            striding; the cyclic shift, a quarter of the map, needs none).
     """
     shift_chs: List[int]  # channels of each direction group (empty: no shift); annotated for TorchScript
 
@@ -138,6 +158,7 @@ class TiCAttention(nn.Module):
             qkv_bias: bool = True,
             attn_drop: float = 0.,
             proj_drop: float = 0.,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
@@ -152,10 +173,13 @@ class TiCAttention(nn.Module):
         self.local_dim = local_heads * head_dim
         self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=qkv_bias, **dd)
         self.local_attn = MSAConvAttention(
-            self.local_dim, kernel_size, 1, local_heads, attn_drop) if local_heads else None
-        self.pool = nn.AvgPool2d(pool_size, 1, pool_size // 2, count_include_pad=False) if pooled_heads else None
+            self.local_dim, kernel_size, dilation, local_heads, attn_drop) if local_heads else None
+        self.pool: Optional[nn.Module] = None
+        if pooled_heads:
+            self.pool = nn.AvgPool2d(pool_size, 1, pool_size // 2, count_include_pad=False) if dilation == 1 \
+                else DilatedAvgPool2d(pool_size, dilation)
         self.pooled_attn = MSAConvAttention(
-            dim - self.local_dim, kernel_size, pool_size, pooled_heads, attn_drop) if pooled_heads else None
+            dim - self.local_dim, kernel_size, pool_size * dilation, pooled_heads, attn_drop) if pooled_heads else None
         # heads per direction: 4 near-equal consecutive groups (the first ones get the remainder)
         per_dir = [num_heads // 4 + (1 if g < num_heads % 4 else 0) for g in range(4)]
         self.shift_chs = [n * head_dim for n in per_dir if n > 0] if shift else []
@@ -184,6 +208,7 @@ class TiCBlock(nn.Module):
         dim, num_heads, kernel_size, pool_size, pooled_heads, shift, qkv_bias, attn_drop: see :class:`TiCAttention`.
         mlp_ratio: hidden width of the 1x1-conv MLP / ``dim``.
         drop_path: stochastic depth of both residual branches.
+        dilation: see :class:`TiCAttention`.
     """
 
     def __init__(
@@ -198,6 +223,7 @@ class TiCBlock(nn.Module):
             qkv_bias: bool = True,
             attn_drop: float = 0.,
             drop_path: float = 0.,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
@@ -205,7 +231,8 @@ class TiCBlock(nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.norm1 = LayerNorm2d(dim, **dd)
         self.attn = TiCAttention(
-            dim, num_heads, kernel_size, pool_size, pooled_heads, shift, qkv_bias, attn_drop=attn_drop, **dd)
+            dim, num_heads, kernel_size, pool_size, pooled_heads, shift, qkv_bias, attn_drop=attn_drop,
+            dilation=dilation, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = LayerNorm2d(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, use_conv=True, **dd)
@@ -233,13 +260,16 @@ class Stem(nn.Module):
 
 class Downsample(nn.Module):
     """``norm`` (LayerNorm) -> ``msa``: the official MSA-Conv block with stride 2 (attention over a ``kernel_size``
-    window at the input resolution, then the dense ``kernel_size`` conv, stride 2, to the new width, and ReLU)."""
+    window at the input resolution, then the dense ``kernel_size`` conv, stride 2, to the new width, and ReLU); in a
+    stage that dilates instead, stride 1 with the window and the conv dilated by ``dilation``."""
 
-    def __init__(self, in_chs: int, out_chs: int, num_heads: int, kernel_size: int = 3, device=None, dtype=None):
+    def __init__(self, in_chs: int, out_chs: int, num_heads: int, kernel_size: int = 3, stride: int = 2,
+                 dilation: int = 1, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.norm = LayerNorm2d(in_chs, **dd)
-        self.msa = MSAConv2d(in_chs, out_chs, kernel_size, stride=2, num_heads=num_heads, **dd)
+        self.msa = MSAConv2d(in_chs, out_chs, kernel_size, stride=stride, dilation=dilation, conv_dilation=dilation,
+                             num_heads=num_heads, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.msa(contiguous_for_export(self.norm(x)))  # (as in TiCBlock)
@@ -258,6 +288,9 @@ class TiC(StageFeatureMixin, nn.Module):
         qkv_bias: bias of the blocks' qkv convs.
         inter_pool: half of each block's heads (rounded down) attend to pooled keys / values.
         cyclic_shift: every second block of a stage (the 2nd, 4th, ...) shifts keys / values in four directions.
+        output_stride: total stride of the last stage (32; 16 or 8 keep the last stages at the stride they reach,
+            their windows and pooling cells dilated).
+        img_size: refused (nothing depends on the input size).
         num_classes, in_chans, global_pool, drop_rate, drop_path_rate: timm's usual meaning.
         attn_drop_rate: dropout on the attention weights.
     """
@@ -273,6 +306,8 @@ class TiC(StageFeatureMixin, nn.Module):
             qkv_bias: bool = True,
             inter_pool: bool = True,
             cyclic_shift: bool = True,
+            output_stride: Optional[int] = None,
+            img_size=None,
             num_classes: int = 1000,
             in_chans: int = 3,
             global_pool: str = 'avg',
@@ -291,24 +326,28 @@ class TiC(StageFeatureMixin, nn.Module):
         self.drop_rate = drop_rate
         self.input_divisor = 1  # any size: strided layers pad, MSA-Conv keeps the size
         self._model_name = type(self).__name__  # for error messages (TorchScript cannot read self.__class__)
+        refuse_img_size(img_size, self._model_name, 'every size runs: strided layers and windows pad')
         self.grad_checkpointing = False
 
         self.stem = Stem(in_chans, dims[0], **dd)
         dprs = drop_path_schedule(drop_path_rate, depths)
-        stages, reductions, prev, prev_heads = [], [], dims[0], num_heads[0]
-        for i, (depth, dim, heads) in enumerate(zip(depths, dims, num_heads)):
+        # feature levels: the four stages (the stem is a two-conv stride-4 patch embedding)
+        layout = stage_strides([1] + [2] * (len(depths) - 1), output_stride, 4, self._model_name)
+        stages, prev, prev_heads = [], dims[0], num_heads[0]
+        for i, (depth, dim, heads, s) in enumerate(zip(depths, dims, num_heads, layout)):
             blocks = [TiCBlock(
                 dim, heads, kernel_size, pool_size,
                 pooled_heads=heads // 2 if inter_pool else 0,
                 shift=cyclic_shift and j % 2 == 1,
-                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, attn_drop=attn_drop_rate, drop_path=dprs[i][j], **dd,
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, attn_drop=attn_drop_rate, drop_path=dprs[i][j],
+                dilation=s.dilation, **dd,
             ) for j in range(depth)]
-            downsample = Downsample(prev, dim, prev_heads, kernel_size, **dd) if i > 0 else None
+            downsample = Downsample(prev, dim, prev_heads, kernel_size, s.stride, s.first_dilation, **dd) \
+                if i > 0 else None
             stages.append(Stage(blocks, downsample=downsample))
-            reductions.append(4 * 2 ** i)
             prev, prev_heads = dim, heads
         self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(list(dims), reductions)
+        self.feature_info = stage_feature_info(dims, [s.reduction for s in layout])
         self.num_features = prev
         self.norm = LayerNorm2d(prev, **dd)
         self.head = Head(prev, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
@@ -338,7 +377,7 @@ def _create_tic(variant, pretrained=False, **kwargs):
     return build_model_with_cfg(
         TiC, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        feature_cfg=feature_cfg(out_indices=(0, 1, 2, 3)),
         **kwargs,
     )
 

@@ -20,8 +20,8 @@ Both attentions live in ``backbones/layers/subsampled_attention.py``. What diffe
 - the official LSA needs every stage map to divide by 7 (inputs 224, 448, ...); here, as in timm's Twins, a map
   that does not divide is zero-padded on the bottom / right before the ``qkv`` projection and cropped after the
   attention. Identical to the official code wherever that runs;
-- input sides must be multiples of 32 (the total stride; a ``ValueError`` otherwise). timm's model also runs at
-  other sizes, where its strided convs silently drop the last rows / columns;
+- input sides must be multiples of 32 (the total stride; 16 or 8 with ``output_stride``; a ``ValueError`` otherwise).
+  timm's model also runs at other sizes, where its strided convs silently drop the last rows / columns;
 - grad checkpointing is supported (timm's Twins refuses it).
 
 Weights: the official in1k checkpoints (Google Drive; a state dict, possibly inside ``{'model': ...}``) and timm's
@@ -29,7 +29,7 @@ hub copies of them (``timm/twins_*.in1k``, the default here) share one key layou
 ``checkpoint_filter_fn``.
 """
 from functools import partial
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -37,12 +37,14 @@ from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
-from .._features import StageFeatureMixin, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.activation import InplaceGELU
+from ..layers.conv import strided_conv2d
 from ..layers.head import Head
+from ..layers.helpers import check_img_size
 from ..layers.mlp import Mlp
-from ..layers.stage import Stage, drop_path_schedule
+from ..layers.stage import Stage, drop_path_schedule, stage_strides
 from ..layers.subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
 from ..layers.tracing import contiguous_for_export
 
@@ -69,12 +71,16 @@ FAMILY = register_family(Family(
 
 class PatchEmbed(nn.Module):
     """Conv ``k = s = patch_size`` (with bias) on an NCHW map -> channels-last ``[B, H', W', C]`` -> LayerNorm
-    (PyTorch default eps 1e-5, as in the official code) -> dropout (official ``pos_drop``)."""
+    (PyTorch default eps 1e-5, as in the official code) -> dropout (official ``pos_drop``). In a stage that dilates
+    instead of striding (``stride=1``): the patch window at every pixel, dilated by ``dilation``
+    (:func:`~backbones.layers.strided_conv2d`)."""
 
-    def __init__(self, in_chs: int, out_chs: int, patch_size: int, drop: float = 0., device=None, dtype=None):
+    def __init__(self, in_chs: int, out_chs: int, patch_size: int, drop: float = 0., stride: Optional[int] = None,
+                 dilation: int = 1, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.proj = nn.Conv2d(in_chs, out_chs, kernel_size=patch_size, stride=patch_size, **dd)
+        stride = patch_size if stride is None else stride
+        self.proj = strided_conv2d(in_chs, out_chs, patch_size, stride, dilation=dilation, **dd)
         self.norm = nn.LayerNorm(out_chs, eps=1e-5, **dd)
         self.drop = nn.Dropout(drop)
 
@@ -85,9 +91,9 @@ class PatchEmbed(nn.Module):
 class PosConv(nn.Module):
     """PEG (position encoding generator, CPVT): ``x + DWConv3x3(x)`` (with bias) on a channels-last map."""
 
-    def __init__(self, dim: int, device=None, dtype=None):
+    def __init__(self, dim: int, dilation: int = 1, device=None, dtype=None):
         super().__init__()
-        self.proj = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, device=device, dtype=dtype)
+        self.proj = nn.Conv2d(dim, dim, 3, padding=dilation, dilation=dilation, groups=dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.proj(contiguous_for_export(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
@@ -97,7 +103,7 @@ class TwinsBlock(nn.Module):
     """Pre-norm transformer block on ``[B, H, W, C]``: ``x + attn(norm1(x))``, ``x + mlp(norm2(x))``, then the
     PEG when ``pos_conv`` (first block of a stage).
 
-    ``window_size`` set: LSA with that window; ``None``: GSA with ``sr_ratio``.
+    ``window_size`` set: LSA with that window; ``None``: GSA with ``sr_ratio``. ``dilation``: of the PEG's conv.
     """
 
     def __init__(
@@ -111,6 +117,7 @@ class TwinsBlock(nn.Module):
             proj_drop: float = 0.,
             attn_drop: float = 0.,
             drop_path: float = 0.,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
@@ -128,7 +135,7 @@ class TwinsBlock(nn.Module):
         self.norm2 = norm_layer(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=InplaceGELU, drop=proj_drop, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.peg = PosConv(dim, **dd) if pos_conv else nn.Identity()
+        self.peg = PosConv(dim, dilation, **dd) if pos_conv else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self.attn(self.norm1(x)))
@@ -159,6 +166,9 @@ class Twins(StageFeatureMixin, nn.Module):
         sr_ratios: GSA sub-sampling per stage.
         window_sizes: LSA window per stage (SVT: blocks alternate LSA / GSA, LSA first); ``None``: GSA only (PCPVT).
         patch_size: first patch embedding's stride (later ones are 2).
+        output_stride: total stride of the last stage (32; 16 or 8 keep the last stages at the stride they reach:
+            patch merging at every pixel, PEG convs dilated, LSA windows and GSA sub-sampling over the larger maps).
+        img_size: nominal input size (sides: multiples of the total stride), recorded only, as timm's Twins.
         num_classes, in_chans, global_pool, drop_rate, drop_path_rate: timm's usual meaning.
         pos_drop_rate, proj_drop_rate, attn_drop_rate: dropout after the patch embeddings / on the attention and
             MLP outputs / on the attention weights (official ``drop_rate`` / ``attn_drop_rate``).
@@ -173,6 +183,8 @@ class Twins(StageFeatureMixin, nn.Module):
             sr_ratios: Sequence[int] = (8, 4, 2, 1),
             window_sizes: Optional[Sequence[int]] = None,
             patch_size: int = 4,
+            output_stride: Optional[int] = None,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
             num_classes: int = 1000,
             in_chans: int = 3,
             global_pool: str = 'avg',
@@ -190,17 +202,18 @@ class Twins(StageFeatureMixin, nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
-        self.input_divisor = patch_size * 2 ** (num_stages - 1)
         self._model_name = type(self).__name__
         self.grad_checkpointing = False
+        # feature levels: the four stages, as timm's Twins (the first patch embedding is the stem)
+        layout = stage_strides([patch_size] + [2] * (num_stages - 1), output_stride, 1, self._model_name)
+        self.input_divisor = layout[-1].reduction  # every patch embedding that strides tiles its input exactly
+        self.img_size = check_img_size(img_size, self._model_name, self.input_divisor)
 
         self.stem = nn.Identity()  # stage 0's patch embedding is the stem (group_matcher names it so)
         dprs = drop_path_schedule(drop_path_rate, depths)
-        stages, reductions = [], []
-        prev_chs, reduction = in_chans, 1
-        for i in range(num_stages):
-            stride = patch_size if i == 0 else 2
-            reduction *= stride
+        stages = []
+        prev_chs = in_chans
+        for i, s in enumerate(layout):
             blocks = [TwinsBlock(
                 embed_dims[i],
                 num_heads[i],
@@ -211,14 +224,16 @@ class Twins(StageFeatureMixin, nn.Module):
                 proj_drop=proj_drop_rate,
                 attn_drop=attn_drop_rate,
                 drop_path=dprs[i][j],
+                dilation=s.dilation,
                 **dd,
             ) for j in range(depths[i])]
-            embed = PatchEmbed(prev_chs, embed_dims[i], stride, drop=pos_drop_rate, **dd)
+            embed = PatchEmbed(
+                prev_chs, embed_dims[i], patch_size if i == 0 else 2, drop=pos_drop_rate, stride=s.stride,
+                dilation=s.first_dilation, **dd)
             stages.append(TwinsStage(blocks, downsample=embed))
             prev_chs = embed_dims[i]
-            reductions.append(reduction)
         self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(list(embed_dims), reductions)
+        self.feature_info = stage_feature_info(embed_dims, [s.reduction for s in layout])
         self.num_features = prev_chs
         self.norm = LayerNorm2d(prev_chs, eps=1e-6, **dd)
         self.head = Head(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
@@ -270,7 +285,7 @@ def _create_twins(variant, pretrained=False, **kwargs):
     return build_model_with_cfg(
         Twins, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        feature_cfg=feature_cfg(out_indices=(0, 1, 2, 3)),
         **kwargs,
     )
 
