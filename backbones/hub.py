@@ -103,7 +103,17 @@ def save_for_hf(
     ``timm.create_model``, which then fails with "got multiple values for keyword argument 'num_classes'". timm's
     own ``local-dir:`` / ``hf-hub:`` loading takes ``num_classes`` from the top level, so it is dropped from
     ``model_args``; everything else is timm's.
+
+    A deploy form (:func:`backbones.optimize_for_inference`, RapidNet's ``reparameterize``) is refused with a
+    ``ValueError``: its folded state dict does not load into the model ``config.json`` describes (save the model
+    before folding; fold again after loading).
     """
+    how = getattr(model, 'deploy_form', None)
+    if how:
+        name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
+        raise ValueError(
+            f'{name} is a deploy form ({how}: BatchNorms folded into the convolutions), whose weights do not load '
+            f'into the model config.json describes: save the model before folding it, and fold again after loading')
     timm_save_for_hf(model, save_directory, model_config=model_config, model_args=model_args,
                      data_config=data_config, safe_serialization=safe_serialization)
     path = Path(save_directory) / CONFIG_NAME
