@@ -222,6 +222,25 @@ class Contender:
     train: bool = True
 
 
+def resolve_reference(name: str, reference: str = 'auto') -> str:
+    """The reference kind for zoo model ``name``: ``'auto'`` resolved (the timm twin, else the official operator,
+    else ``'none'``), any other kind checked: ``ValueError`` (one line) for a twin or official operator the model
+    does not have, or a name that is neither a kind nor a timm model."""
+    import timm
+
+    from .._registry import get_variant_info
+    family = get_variant_info(name).family
+    if reference == 'auto':
+        return 'twin' if name in TIMM_TWINS else 'official' if family in OFFICIAL_OPS else 'none'
+    if reference == 'twin' and name not in TIMM_TWINS:
+        raise ValueError(f'{name} has no timm twin (models with one: {", ".join(sorted(TIMM_TWINS))})')
+    if reference == 'official' and family not in OFFICIAL_OPS:
+        raise ValueError(f'no official-operator reference for family {family!r} (families: {sorted(OFFICIAL_OPS)})')
+    if reference not in ('twin', 'official', 'none') and not timm.is_model(reference):
+        raise ValueError(f"reference '{reference}' is not auto, twin, official, none or a timm model name")
+    return reference
+
+
 def build_contenders(
         name: str,
         reference: str = 'auto',
@@ -245,12 +264,7 @@ def build_contenders(
     from .._registry import get_variant_info
     from ..optimize import optimize_for_inference
     family = get_variant_info(name).family
-    if reference == 'auto':
-        reference = 'twin' if name in TIMM_TWINS else 'official' if family in OFFICIAL_OPS else 'none'
-    if reference == 'twin' and name not in TIMM_TWINS:
-        raise ValueError(f'{name} has no timm twin (models with one: {", ".join(sorted(TIMM_TWINS))})')
-    if reference == 'official' and family not in OFFICIAL_OPS:
-        raise ValueError(f'no official-operator reference for family {family!r} (families: {sorted(OFFICIAL_OPS)})')
+    reference = resolve_reference(name, reference)
 
     contenders: List[Contender] = []
     if reference == 'twin':
