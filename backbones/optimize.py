@@ -48,9 +48,9 @@ def optimize_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module
     eval-mode model (float rounding apart: the folded weights are computed in float64).
 
     The result is for inference (a deploy form, :func:`mark_deploy_form`): its state dict has no folded BatchNorm
-    entries, and training it would train without them (``.train()`` warns once). Modules that cannot be folded exactly are left as they are, so any model (zoo or not) can be
-    passed. ``timm.utils.reparameterize_model`` reaches the same ``fuse`` / ``reparameterize`` methods (without
-    switching to eval mode).
+    entries, and training it would train without them (``.train()`` warns once). Modules that cannot be folded
+    exactly are left as they are, so any model (zoo or not) can be passed. ``timm.utils.reparameterize_model``
+    reaches the same ``fuse`` / ``reparameterize`` methods (without switching to eval mode).
 
     Args:
         model: the model (weights loaded).
