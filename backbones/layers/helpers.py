@@ -8,7 +8,7 @@ from timm.layers import register_notrace_function
 from timm.models._features import feature_take_indices
 from torch.fx.node import has_side_effect
 
-__all__ = ['check_input', 'check_model_kwargs', 'check_feature_indices']
+__all__ = ['check_input', 'check_model_kwargs', 'check_num_classes', 'check_img_size', 'check_feature_indices']
 
 
 @has_side_effect  # FX dead-code elimination (timm / torchvision feature extraction) must keep the unused call
@@ -102,11 +102,44 @@ def _check_dtype(x: torch.Tensor, weight: torch.Tensor, model: str):
             f'x.to(torch.{expected}), or the model with model.to(torch.{got}), or run under torch.autocast)')
 
 
+def check_num_classes(model: str, num_classes: Any) -> None:
+    """``num_classes`` must be a whole number >= 0 (0: no classifier). ``TypeError`` / ``ValueError`` naming the
+    model: a negative count would otherwise build a headless model in some families and fail at the first forward in
+    others."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise TypeError(f'{model}: num_classes must be a whole number >= 0 (0: no classifier), got {num_classes!r}')
+    if num_classes < 0:
+        raise ValueError(f'{model}: num_classes must be >= 0 (0: no classifier), got {num_classes}')
+
+
+def check_img_size(img_size: Any, model: str, min_size: int = 1, divisor: int = 1,
+                   name: str = 'img_size') -> Tuple[int, int]:
+    """``img_size`` (a side, or ``(H, W)``) as an ``(H, W)`` pair, after checking that both sides are whole numbers
+    of at least ``max(min_size, divisor)`` (the smallest input the model's strides and windows take) and multiples
+    of ``divisor``: ``TypeError`` / ``ValueError`` naming the model and ``name``, before anything is resized or
+    resampled with it (torch's own error would come from deep inside an interpolation)."""
+    sides = (img_size, img_size) if isinstance(img_size, numbers.Integral) else img_size
+    try:
+        sides = tuple(sides)
+    except TypeError:
+        sides = ()
+    if len(sides) != 2 or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in sides):
+        raise TypeError(f'{model}: {name} must be a whole number or a (height, width) pair of them, got {img_size!r}')
+    smallest = max(min_size, divisor)
+    if min(sides) < smallest or any(s % divisor for s in sides):
+        rule = f' and multiples of {divisor}' if divisor > 1 else ''
+        raise ValueError(f'{model}: {name} sides must be at least {smallest}{rule}, got {img_size!r}')
+    return int(sides[0]), int(sides[1])
+
+
 def check_model_kwargs(model: str, kwargs: Dict[str, Any]) -> None:
     """Check timm's generic model arguments before anything is built (``register_zoo_model`` calls it for every zoo
-    entrypoint): ``in_chans`` an int >= 1 and ``drop_path_rate`` a number in [0, 1). ``TypeError`` for a wrong
-    type, ``ValueError`` for a wrong value; arguments not given are not checked. (``global_pool`` is checked by the
-    head, which knows its pooling types; ``drop_rate`` by ``nn.Dropout``.)"""
+    entrypoint): ``in_chans`` an int >= 1, ``num_classes`` an int >= 0 (:func:`check_num_classes`) and
+    ``drop_path_rate`` a number in [0, 1). ``TypeError`` for a wrong type, ``ValueError`` for a wrong value;
+    arguments not given are not checked. (``global_pool`` is checked by the head, which knows its pooling types;
+    ``drop_rate`` by ``nn.Dropout``.)"""
+    if kwargs.get('num_classes') is not None:
+        check_num_classes(model, kwargs['num_classes'])
     in_chans = kwargs.get('in_chans')
     if in_chans is not None:
         if isinstance(in_chans, bool) or not isinstance(in_chans, numbers.Integral):
