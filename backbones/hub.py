@@ -13,10 +13,12 @@ untouched, so a second push would keep a stale card. Anything pushed loads back 
 :func:`load_model` pulls and builds the model. Offline (``HF_HUB_OFFLINE=1``, or the Hub cannot be reached: one
 probe request, no retries) a pulled repo loads from the cache at once and a missing one is a one-line error naming
 it. Both check what timm would only discover later, with messages that say what to do: a wrong repo id, a
-``config.json`` that is not valid JSON, lacks ``architecture``, has values of the wrong type or a ``num_classes``
-the weights' classifier does not have (each naming the file), an architecture that is not registered (``import
-backbones`` first), a repo whose only weights are a pickle (never loaded: pickles can run code), a truncated
-``model.safetensors`` or one that is not safetensors at all.
+``config.json`` that is not valid JSON, lacks ``architecture``, has values of the wrong type, ``model_args`` the
+architecture's entrypoint does not take (an unknown key, a value of the wrong type, an argument of
+``timm.create_model`` itself) or a ``num_classes`` the weights' classifier does not have (each naming the file), an
+architecture that is not registered (``import backbones`` first), a repo whose only weights are a pickle (never
+loaded: pickles can run code), a truncated ``model.safetensors`` or one that is not safetensors at all (whatever
+makes its header unreadable).
 
 :func:`save_for_hf` is the one writer of the zoo's folders (``push``, ``tools/convert.py``, a training run's
 ``best/``): timm's ``save_for_hf`` whose ``config.json`` also loads in Hugging Face transformers
@@ -25,6 +27,7 @@ backbones`` first), a repo whose only weights are a pickle (never loaded: pickle
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 from pathlib import Path
@@ -32,6 +35,7 @@ from tempfile import TemporaryDirectory
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
+import torch
 import torch.nn as nn
 from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
@@ -54,8 +58,10 @@ from ._checkpoint import (
     classifier_names,
     family_filter_fn,
     read_checkpoint_file,
+    read_safetensors_header,
 )
 from ._checkpoint import check_safetensors as _check_safetensors
+from ._cli import one_line
 
 __all__ = [
     'push', 'pull', 'load_model', 'load_checkpoint', 'build_model', 'check_safetensors', 'read_label_names',
@@ -368,6 +374,8 @@ def _check_config(config_path: Path, where: str) -> Dict:
         cfg = json.loads(Path(config_path).read_text(encoding='utf-8'))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise HubError(f'{where} is not valid JSON ({e})') from e
+    except RecursionError:
+        raise HubError(f'{where} is not valid JSON (nested too deep to parse)') from None
     problem = _config_problem(cfg)
     if problem:
         raise HubError(f'{where}: {problem}')
@@ -377,7 +385,32 @@ def _check_config(config_path: Path, where: str) -> Dict:
             f"{where}: architecture '{arch}' is not registered with timm: `import backbones` first "
             f"(it registers the zoo models; any other package defining '{arch}' likewise). "
             f"Zoo models: backbones.list_models()")
+    problem = _model_args_problem(arch, cfg.get('model_args') or {})
+    if problem:
+        raise HubError(f'{where}: {problem}')
     return cfg
+
+
+# timm.create_model's own arguments: timm passes config.json's model_args beside them, so one of these there fails
+# deep inside timm ("got multiple values for keyword argument"), without naming the file
+_CREATE_MODEL_ARGS = frozenset(inspect.signature(timm.create_model).parameters) - {'model_name', 'kwargs'} | {
+    'device', 'dtype', 'pretrained_model_args'}
+
+
+def _model_args_problem(arch: str, model_args: Dict) -> Optional[str]:
+    """Why ``model_args`` (config.json) do not build ``arch``, or None: no ``create_model`` argument among them, and
+    the entrypoint itself takes them -- one build on the meta device (no memory, no init), whose checks are the
+    entrypoint's own (an unknown key is a ``TypeError``, a value of the wrong type or range is refused)."""
+    reserved = sorted(set(model_args) & _CREATE_MODEL_ARGS)
+    if reserved:
+        return (f"model_args holds {', '.join(map(repr, reserved))}: an argument of timm.create_model itself, not of "
+                f"the model (remove it from model_args)")
+    try:
+        with torch.device('meta'):
+            timm.create_model(arch, **model_args)
+    except Exception as e:  # noqa: BLE001 - whatever the entrypoint refuses is what timm's loading would hit
+        return f'model_args {json.dumps(model_args)[:200]} do not build {arch}: {one_line(e)}'
+    return None
 
 
 def _hub_reachable(repo_id: str, revision: Optional[str], token) -> bool:
@@ -486,8 +519,10 @@ def _check_head(cfg: Dict, weights: Path, where: str) -> None:
     classifier = pcfg.get('classifier')
     if not isinstance(num_classes, int) or not isinstance(classifier, str):
         return
-    with open(weights, 'rb') as f:
-        header = json.loads(f.read(int.from_bytes(f.read(8), 'little')))
+    try:
+        header = read_safetensors_header(weights)
+    except UnreadableCheckpointError as e:
+        raise CorruptWeightsError(str(e)) from None
     entry = header.get(f'{classifier}.weight')
     n = int(entry['shape'][0]) if isinstance(entry, dict) and entry.get('shape') else 0
     if n != num_classes:

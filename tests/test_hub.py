@@ -266,6 +266,21 @@ def test_unregistered_architecture(hub, tmp_path, small_model):
         timm.create_model('hf-hub:org/foreign', pretrained=True)
 
 
+def test_model_args_the_architecture_does_not_take(hub, tmp_path):
+    """pull refuses a repo whose config.json model_args its entrypoint does not take, naming the file (timm's
+    hf-hub: path fails later with a TypeError that names neither)."""
+    export = tmp_path / 'export'
+    save_for_hf(timm.create_model(MODEL, num_classes=3, **TINY), export, safe_serialization=True)
+    cfg = json.loads((export / 'config.json').read_text())
+    cfg['model_args']['no_such_arg'] = 1
+    (export / 'config.json').write_text(json.dumps(cfg))
+    hub.put_files('org/odd-args', {p.name: p.read_bytes() for p in export.iterdir()})
+    with pytest.raises(bhub.HubError, match=r"config\.json of 'org/odd-args' \(.*config\.json\): model_args .* do "
+                                            r"not build rednet26: .*unexpected keyword argument 'no_such_arg'") as e:
+        bhub.pull('org/odd-args')
+    assert '\n' not in str(e.value)
+
+
 def test_truncated_safetensors(hub, tmp_path, small_model):
     export = tmp_path / 'export'
     save_for_hf(small_model, export, safe_serialization=True)
