@@ -86,7 +86,9 @@ def register_zoo_model(
     The decorated function's module must have registered its family with :func:`register_family` and define
     ``default_cfgs`` above the entrypoints (timm's ``register_model`` reads it). The registered entrypoint checks
     timm's generic arguments (``in_chans``, ``drop_path_rate``: :func:`~backbones.layers.check_model_kwargs`) before
-    anything is built, so every zoo model refuses them with one clear message.
+    anything is built, so every zoo model refuses them with one clear message. With ``pretrained=True`` it checks,
+    in one probe, that Hub weights can be had (:func:`backbones.hub.pretrained_kwargs_offline`): offline, cached
+    weights load from the cache at once and missing ones are one line naming the repo.
     """
     def _register(fn: Callable) -> Callable:
         name = fn.__name__
@@ -104,6 +106,9 @@ def register_zoo_model(
         @functools.wraps(fn)
         def entrypoint(pretrained: bool = False, **kwargs):
             check_model_kwargs(name, kwargs)
+            if pretrained:  # Hub weights on an offline machine: one probe, then the cache or one line
+                from .hub import pretrained_kwargs_offline
+                kwargs = pretrained_kwargs_offline(name, kwargs)
             return fn(pretrained=pretrained, **kwargs)
         return register_model(entrypoint)
     return _register

@@ -37,7 +37,14 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import timm
 import torch
 import torch.nn as nn
-from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub import (
+    HfApi,
+    constants,
+    get_hf_file_metadata,
+    hf_hub_download,
+    hf_hub_url,
+    try_to_load_from_cache,
+)
 from huggingface_hub.errors import (
     EntryNotFoundError,
     FileMetadataError,
@@ -65,7 +72,7 @@ from ._cli import one_line
 
 __all__ = [
     'push', 'pull', 'load_model', 'load_checkpoint', 'build_model', 'check_safetensors', 'read_label_names',
-    'save_for_hf',
+    'save_for_hf', 'hub_weights_offline', 'pretrained_kwargs_offline',
     'HubError', 'UnsafeWeightsError', 'UnregisteredArchitectureError', 'CorruptWeightsError',
 ]
 
@@ -426,6 +433,56 @@ def _hub_reachable(repo_id: str, revision: Optional[str], token) -> bool:
     except Exception:  # noqa: BLE001 - connection refused, name resolution, timeout, proxy: offline
         return False
     return True
+
+
+def hub_weights_offline(repo_id: str, filenames: Sequence[str], what: str, revision: Optional[str] = None,
+                        token=None) -> Optional[Path]:
+    """Before released weights are downloaded from Hub repo ``repo_id``: know in ONE probe whether that can work.
+
+    Returns None when the Hub answers (the download goes ahead as usual). When the machine is offline
+    (``HF_HUB_OFFLINE=1``, or the Hub cannot be reached: one request, no retries, where huggingface_hub's own
+    download would retry for ~50 s) returns the first of ``filenames`` found in the Hugging Face cache, to be loaded
+    from there, and raises a one-line :class:`HubError` naming ``what`` (e.g. the model), the repo and the ways out
+    (download once online, later runs with ``HF_HUB_OFFLINE=1``; or a local weights file) when none is cached.
+
+    The zoo's ``pretrained=True`` path calls it (:func:`pretrained_kwargs_offline`); any other downloader of Hub
+    weights can too."""
+    offline = constants.HF_HUB_OFFLINE or not _hub_reachable(repo_id, revision, token)
+    if not offline:
+        return None
+    for name in filenames:
+        cached = try_to_load_from_cache(repo_id, name, revision=revision)
+        if isinstance(cached, str):
+            return Path(cached)
+    where = f"'{repo_id}'" + (f'@{revision}' if revision else '')
+    raise HubError(
+        f'{what}: its weights come from the Hugging Face Hub repository {where}, which is not in the cache, and '
+        f'{_offline_reason()}. Download them once online (then HF_HUB_OFFLINE=1 loads them from the cache at once), '
+        f"or give a local weights file: pretrained_cfg_overlay=dict(file='<weights file>')")
+
+
+def pretrained_kwargs_offline(model_name: str, kwargs: Dict) -> Dict:
+    """``kwargs`` of a zoo entrypoint called with ``pretrained=True``, fitted to an offline machine: when timm would
+    download the weights from the Hub (the resolved ``pretrained_cfg`` has an ``hf_hub_id`` and no ``file`` /
+    ``state_dict``), :func:`hub_weights_offline` decides in one probe -- a cached file is given to timm as
+    ``pretrained_cfg_overlay['file']`` (no network), a missing one is a one-line :class:`HubError`. Any other source
+    (a URL, a file) is left to timm."""
+    from timm.models import resolve_pretrained_cfg
+    cfg = resolve_pretrained_cfg(model_name, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    if cfg.state_dict or cfg.file or not cfg.hf_hub_id or cfg.source == 'local-dir':
+        return kwargs
+    repo_id, _, revision = cfg.hf_hub_id.partition('@')
+    if cfg.hf_hub_filename:
+        names = [cfg.hf_hub_filename]
+    else:  # timm's order: the safetensors alternative first, then the pickle (read with weights_only)
+        names = ['model.safetensors', 'open_clip_model.safetensors', 'pytorch_model.bin']
+    arch = cfg.architecture or model_name
+    cached = hub_weights_offline(repo_id, names, f'{arch} (pretrained=True)', revision or None)
+    if cached is None:
+        return kwargs
+    # timm loads 'file' before any Hub id, but an 'hf-hub:' model's source='hf-hub' before 'file': unset it
+    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(cached), source='')
+    return dict(kwargs, pretrained_cfg_overlay=overlay)
 
 
 def _offline_reason() -> str:

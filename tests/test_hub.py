@@ -362,3 +362,31 @@ def test_head_size_that_the_config_does_not_describe(hub, small_model, tmp_path)
     with pytest.raises(CheckpointMismatchError, match='4-class classifier, the model num_classes=1000'):
         timm.create_model('hf-hub:org/rednet-lying', pretrained=True)
     assert timm.create_model('hf-hub:org/rednet-lying', pretrained=True, num_classes=4).num_classes == 4
+
+
+@pytest.mark.parametrize('how', ['HF_HUB_OFFLINE', 'endpoint unreachable'])
+def test_pretrained_zoo_model_offline_in_one_probe(hub, tmp_path, monkeypatch, how):
+    """``timm.create_model(<zoo name>, pretrained=True)`` whose weights come from the Hub, offline: cached weights
+    load at once, from the cache; missing ones are one line naming the repo, HF_HUB_OFFLINE=1 and a local file (it
+    used to wait ~48 s in huggingface_hub's retries, then say "check your connection" without naming the repo)."""
+    small = _nontrivial(timm.create_model(MODEL, num_classes=3, **TINY))
+    export = tmp_path / 'export'
+    save_for_hf(small, export, safe_serialization=True)
+    hub.put_files('org/rednet-weights', {'model.safetensors': (export / 'model.safetensors').read_bytes()})
+
+    def create(repo):
+        return timm.create_model(MODEL, pretrained=True, num_classes=3, **TINY,
+                                 pretrained_cfg_overlay=dict(hf_hub_id=repo, num_classes=3))
+
+    assert _same_weights(create('org/rednet-weights'), small)  # online: downloaded as usual
+    _go_offline(how, monkeypatch)
+    n, start = len(hub.requests), time.perf_counter()
+    assert _same_weights(create('org/rednet-weights'), small)  # from the cache
+    with pytest.raises(bhub.HubError) as e:
+        create('org/never-pulled')
+    assert time.perf_counter() - start < 5 and len(hub.requests) == n  # no request reached the Hub
+    message = str(e.value)
+    assert message.startswith("rednet26 (pretrained=True): its weights come from the Hugging Face Hub repository "
+                               "'org/never-pulled', which is not in the cache, and the machine is offline"), message
+    assert "HF_HUB_OFFLINE=1" in message and "pretrained_cfg_overlay=dict(file='<weights file>')" in message
+    assert '\n' not in message
