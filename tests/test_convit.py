@@ -275,7 +275,7 @@ def test_size_rule_and_set_input_size():
     for bad in [(72, 64), (64, 100)]:
         with pytest.raises(ValueError, match='multiples of 16'):
             model(torch.randn(1, 3, *bad))
-    with pytest.raises(ValueError, match='multiple of patch_size'):
+    with pytest.raises(ValueError, match='img_size sides must be at least 16 and multiples of 16'):
         timm.create_model('convit_ti', img_size=200, device='meta')
     x = torch.randn(1, 3, 96, 64)
     with torch.no_grad():

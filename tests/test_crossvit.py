@@ -265,7 +265,7 @@ def test_size_rule_and_set_input_size():
     for bad in [(224, 224), (96, 100)]:
         with pytest.raises(ValueError, match='multiples of 12'):
             model(torch.randn(1, 3, *bad))
-    with pytest.raises(ValueError, match='multiple of 12'):
+    with pytest.raises(ValueError, match='img_size sides must be at least 12 and multiples of 12'):
         timm.create_model('crossvit_tiny', img_size=250, device='meta')
     x = torch.randn(1, 3, 120, 96)
     with torch.no_grad():
