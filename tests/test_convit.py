@@ -11,6 +11,7 @@ import pytest
 import timm
 import torch
 from _oracle import assert_same_layout, load_converted, random_model, redraw_
+from conftest import max_diff_f32
 from timm.layers import resample_abs_pos_embed
 from timm.models.convit import GPSA as TimmGPSA
 from timm.models.convit import ConVit
@@ -51,7 +52,7 @@ def _max_diff(a, b, size, batch=2):
     with torch.no_grad():
         expected, got = a(x), b(x)
     assert expected.shape == got.shape
-    return (expected - got).abs().max().item()
+    return max_diff_f32(got, expected)
 
 
 SHALLOW = dict(depth=3, local_up_to_layer=2)  # 2 GPSA blocks, the class token, 1 MHSA block: every code path

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from _oracle import random_model
 from _reduced import reduced_model
-from conftest import SMALL_MODELS, input_side
+from conftest import SMALL_MODELS, assert_close_f32, input_side
 from timm.utils.model import reparameterize_model
 
 import backbones
@@ -44,7 +44,7 @@ def test_same_logits(name):
         assert sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) < n_bn
     with torch.no_grad():
         expected, got = model.eval()(x), fast(x)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert_close_f32(got, expected)
     # a deploy form exactly when something was folded away (its state dict lost keys): training it warns, once
     folded = set(fast.state_dict()) != set(model.state_dict())
     assert getattr(fast, 'deploy_form', None) == ('optimize_for_inference' if folded else None)
@@ -65,11 +65,11 @@ def test_inplace_idempotent_and_timm_walker():
         expected = model(x)
         via_timm = reparameterize_model(model)  # timm's own walker reaches the same fuse() methods
         assert not _foldable(via_timm)
-        torch.testing.assert_close(via_timm(x), expected, atol=1e-5, rtol=1e-5)
+        assert_close_f32(via_timm(x), expected)
         same = backbones.optimize_for_inference(model, inplace=True)
         assert same is model and not _foldable(model)
         again = backbones.optimize_for_inference(model, inplace=True)  # nothing left to fold: a no-op
-        torch.testing.assert_close(again(x), expected, atol=1e-5, rtol=1e-5)
+        assert_close_f32(again(x), expected)
 
 
 def test_leaves_unfoldable_norms():
@@ -91,7 +91,7 @@ def test_fold_bn_into_following_pointwise_conv():
     x = torch.randn(2, 6, 5, 7)
     with torch.no_grad():
         expected = conv(bn(x))
-        torch.testing.assert_close(fuse_bn_conv_(bn, conv)(x), expected, atol=1e-5, rtol=1e-5)
+        assert_close_f32(fuse_bn_conv_(bn, conv)(x), expected)
     for bad in (nn.Conv2d(6, 4, 3, padding=1), nn.Conv2d(6, 4, 1, padding=1), nn.Conv2d(6, 4, 1, groups=2)):
         with pytest.raises(ValueError, match='fold'):
             fuse_bn_conv_(bn, bad)
