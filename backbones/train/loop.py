@@ -625,7 +625,7 @@ def _repair_best_export(run_dir: Path, best_epoch: Optional[int], model: nn.Modu
         return
     try:
         done = json.loads((run_dir / BEST_DIR / 'config.json').read_text()).get('training', {}).get('epoch')
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # missing, or not JSON we can read: export again
         done = None
     if done == best_epoch:
         return
