@@ -35,7 +35,8 @@ import torch.nn as nn
 
 __all__ = [
     'unwrap_state_dict', 'rename_keys', 'convert_state_dict', 'check_state_dict', 'check_finite',
-    'read_checkpoint_file', 'check_safetensors', 'family_filter_fn', 'caller_adapts', 'classifier_names',
+    'read_checkpoint_file', 'read_safetensors_header', 'check_safetensors', 'family_filter_fn', 'caller_adapts',
+    'classifier_names',
     'CheckpointMismatchError', 'UnreadableCheckpointError',
 ]
 
@@ -78,11 +79,12 @@ def _describe(head: bytes) -> str:
     return f'it starts with {head[:16]!r}'
 
 
-def check_safetensors(path: Union[str, Path]) -> None:
-    """Raise :class:`UnreadableCheckpointError` unless ``path`` is a complete safetensors file (reads the header).
-
-    A file that is not safetensors at all (a torch zip, a text file, ...) says so; "truncated" is reserved for a
-    safetensors file that is shorter than its header says."""
+def read_safetensors_header(path: Union[str, Path]) -> Dict[str, Any]:
+    """The JSON header of the safetensors file ``path`` (tensor name -> dtype, shape, data offsets), read without
+    the tensors. Raises :class:`UnreadableCheckpointError` (one line naming the file) for a file that is not
+    safetensors at all (a torch zip, a text file, ...: "not a safetensors file", whatever makes its header
+    unreadable -- bad UTF-8, bad JSON, JSON nested too deep to parse, not an object) and for one shorter than its
+    header says ("truncated")."""
     path = Path(path)
     size = path.stat().st_size
     with open(path, 'rb') as f:
@@ -98,12 +100,27 @@ def check_safetensors(path: Union[str, Path]) -> None:
         f.seek(8)
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UnreadableCheckpointError(f'{path} is not a safetensors file (unreadable header: {e})') from e
+        except Exception as e:  # noqa: BLE001 - UnicodeDecodeError, JSONDecodeError, RecursionError (deep nesting)
+            why = 'nested too deep' if isinstance(e, RecursionError) else str(e).splitlines()[0][:200]
+            raise UnreadableCheckpointError(f'{path} is not a safetensors file (unreadable header: {why})') from None
     if not isinstance(header, dict):
         raise UnreadableCheckpointError(f'{path} is not a safetensors file (its header is not a JSON object)')
+    return header
+
+
+def check_safetensors(path: Union[str, Path]) -> None:
+    """Raise :class:`UnreadableCheckpointError` unless ``path`` is a complete safetensors file (reads the header:
+    :func:`read_safetensors_header`): "truncated" is reserved for a safetensors file shorter than its header says,
+    anything else is "not a safetensors file"."""
+    path = Path(path)
+    header = read_safetensors_header(path)
+    size = path.stat().st_size
+    with open(path, 'rb') as f:
+        n = int.from_bytes(f.read(8), 'little')
+    is_offset = lambda v: isinstance(v, int) and not isinstance(v, bool)
     ends = [v['data_offsets'][1] for k, v in header.items() if k != '__metadata__' and isinstance(v, dict)
-            and isinstance(v.get('data_offsets'), list) and len(v['data_offsets']) == 2]
+            and isinstance(v.get('data_offsets'), list) and len(v['data_offsets']) == 2
+            and is_offset(v['data_offsets'][1])]
     expected = 8 + n + max(ends, default=0)
     if size < expected:
         raise UnreadableCheckpointError(
@@ -138,8 +155,9 @@ def read_checkpoint_file(path: Union[str, Path], workdir: Union[str, Path, None]
         from safetensors.torch import load_file
         try:
             return load_file(str(path), device='cpu')
-        except Exception as e:  # SafetensorError: inconsistent header
-            raise UnreadableCheckpointError(f'cannot read the safetensors file {path}: {e} (a corrupt file)') from e
+        except Exception as e:  # SafetensorError: a header the JSON parser took but the format does not
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise UnreadableCheckpointError(f'{path} is not a safetensors file (its reader: {first})') from None
     if kind == 'unknown':
         suffix = 'safetensors' if path.suffix == '.safetensors' else 'PyTorch or safetensors'
         raise UnreadableCheckpointError(f'{path} is not a {suffix} checkpoint: {_describe(head)}')

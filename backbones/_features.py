@@ -30,7 +30,7 @@ import torch.nn as nn
 from timm.layers import get_device_dtype
 from timm.models._features import FeatureGetterNet
 
-from .layers.helpers import check_feature_indices, check_input
+from .layers.helpers import check_feature_indices, check_input, check_num_classes
 
 __all__ = ['StageFeatureMixin', 'stage_feature_info', 'FeatureGetter', 'feature_cfg']
 
@@ -106,6 +106,7 @@ class StageFeatureMixin:
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        check_num_classes(self._model_name, num_classes)
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool, **get_device_dtype(self))
         self.head.train(self.training)

@@ -148,7 +148,9 @@ def register_zoo_model(
     The decorated function's module must have registered its family with :func:`register_family` and define
     ``default_cfgs`` above the entrypoints (timm's ``register_model`` reads it). The registered entrypoint checks
     timm's generic arguments (``in_chans``, ``drop_path_rate``: :func:`~backbones.layers.check_model_kwargs`) before
-    anything is built, so every zoo model refuses them with one clear message; ``pretrained=True`` goes through
+    anything is built, so every zoo model refuses them with one clear message. With ``pretrained=True`` it checks,
+    in one probe, that Hub weights can be had (:func:`backbones.hub.pretrained_kwargs_offline`: offline, cached
+    weights load from the cache at once and missing ones are one line naming the repo), then goes through
     :func:`backbones.weights.create_pretrained` (weights in other frameworks' formats, the no-weights answer).
     ``timm_twin`` names timm's implementation of the same network, built with ``timm_twin_kwargs`` (the parity tests
     and benchmarks read it).
@@ -170,9 +172,12 @@ def register_zoo_model(
         @functools.wraps(fn)
         def entrypoint(pretrained: bool = False, **kwargs):
             check_model_kwargs(name, kwargs)
-            if pretrained:  # foreign-format downloads and the no-weights answer (imported on use: it imports us)
+            if pretrained:  # imported on use: both modules import this one
+                from .hub import pretrained_kwargs_offline
                 from .weights import create_pretrained
-                return create_pretrained(fn, name, kwargs)
+                # Hub weights on an offline machine: one probe, then the cache or one line; then foreign-format
+                # downloads and the no-weights answer
+                return create_pretrained(fn, name, pretrained_kwargs_offline(name, kwargs))
             return fn(pretrained=pretrained, **kwargs)
         return register_model(entrypoint)
     return _register

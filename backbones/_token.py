@@ -39,7 +39,7 @@ from timm.layers import get_device_dtype, global_pool_nlc, resample_abs_pos_embe
 from timm.models import checkpoint
 from timm.models._input import update_model_input_size
 
-from .layers.helpers import check_feature_indices, check_input
+from .layers.helpers import check_feature_indices, check_img_size, check_input, check_num_classes
 from .layers.pos_embed import pos_embed_for_grid
 
 __all__ = [
@@ -134,6 +134,7 @@ class TokenFeatureMixin(_TokenContract):
         return {'pos_embed', 'cls_token'}
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        check_num_classes(self._model_name, num_classes)
         self.num_classes = num_classes
         if global_pool is not None:
             check_global_pool(global_pool, self.num_prefix_tokens)
@@ -154,10 +155,7 @@ class TokenFeatureMixin(_TokenContract):
             raise ValueError(f'{self._model_name}: the patch size ({self.patch_size}) cannot be changed')
         if img_size is None:
             return
-        img_size = tuple(to_2tuple(img_size))
-        if img_size[0] % self.patch_size or img_size[1] % self.patch_size:
-            raise ValueError(f'{self._model_name} takes input sides that are multiples of {self.patch_size}, '
-                             f'got {img_size[0]}x{img_size[1]}')
+        img_size = check_img_size(img_size, self._model_name, divisor=self.patch_size)  # before any resampling
         grid = (img_size[0] // self.patch_size, img_size[1] // self.patch_size)
         if self.pos_embed is not None and grid != tuple(self.grid_size):
             with torch.no_grad():
@@ -316,6 +314,7 @@ class MultiBranchTokenMixin(_TokenContract):
         return {f'{name}.{b}' for name in ('cls_token', 'pos_embed') for b in range(self.num_branches)}
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        check_num_classes(self._model_name, num_classes)
         self.num_classes = num_classes
         if global_pool is not None:
             check_global_pool(global_pool, 1, BRANCH_POOL_TYPES)
@@ -333,10 +332,7 @@ class MultiBranchTokenMixin(_TokenContract):
             raise ValueError(f'{self._model_name}: the patch sizes ({self.patch_size}) cannot be changed')
         if img_size is None:
             return
-        img_size = tuple(to_2tuple(img_size))
-        if img_size[0] % self.input_divisor or img_size[1] % self.input_divisor:
-            raise ValueError(f'{self._model_name} takes input sides that are multiples of {self.input_divisor}, '
-                             f'got {img_size[0]}x{img_size[1]}')
+        img_size = check_img_size(img_size, self._model_name, divisor=self.input_divisor)  # before any resampling
         grids = self.branch_grid_sizes(img_size)
         for b, grid in enumerate(grids):
             if grid != tuple(self.grid_size[b]):

@@ -13,10 +13,12 @@ untouched, so a second push would keep a stale card. Anything pushed loads back 
 :func:`load_model` pulls and builds the model. Offline (``HF_HUB_OFFLINE=1``, or the Hub cannot be reached: one
 probe request, no retries) a pulled repo loads from the cache at once and a missing one is a one-line error naming
 it. Both check what timm would only discover later, with messages that say what to do: a wrong repo id, a
-``config.json`` that is not valid JSON, lacks ``architecture``, has values of the wrong type or a ``num_classes``
-the weights' classifier does not have (each naming the file), an architecture that is not registered (``import
-backbones`` first), a repo whose only weights are a pickle (never loaded: pickles can run code), a truncated
-``model.safetensors`` or one that is not safetensors at all.
+``config.json`` that is not valid JSON, lacks ``architecture``, has values of the wrong type, ``model_args`` the
+architecture's entrypoint does not take (an unknown key, a value of the wrong type, an argument of
+``timm.create_model`` itself) or a ``num_classes`` the weights' classifier does not have (each naming the file), an
+architecture that is not registered (``import backbones`` first), a repo whose only weights are a pickle (never
+loaded: pickles can run code), a truncated ``model.safetensors`` or one that is not safetensors at all (whatever
+makes its header unreadable).
 
 :func:`save_for_hf` is the one writer of the zoo's folders (``push``, ``tools/convert.py``, a training run's
 ``best/``): timm's ``save_for_hf`` whose ``config.json`` also loads in Hugging Face transformers
@@ -25,6 +27,7 @@ backbones`` first), a repo whose only weights are a pickle (never loaded: pickle
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 from pathlib import Path
@@ -32,8 +35,16 @@ from tempfile import TemporaryDirectory
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
+import torch
 import torch.nn as nn
-from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub import (
+    HfApi,
+    constants,
+    get_hf_file_metadata,
+    hf_hub_download,
+    hf_hub_url,
+    try_to_load_from_cache,
+)
 from huggingface_hub.errors import (
     EntryNotFoundError,
     FileMetadataError,
@@ -54,12 +65,14 @@ from ._checkpoint import (
     classifier_names,
     family_filter_fn,
     read_checkpoint_file,
+    read_safetensors_header,
 )
 from ._checkpoint import check_safetensors as _check_safetensors
+from ._cli import one_line
 
 __all__ = [
     'push', 'pull', 'load_model', 'load_checkpoint', 'build_model', 'check_safetensors', 'read_label_names',
-    'save_for_hf',
+    'save_for_hf', 'hub_weights_offline', 'pretrained_kwargs_offline',
     'HubError', 'UnsafeWeightsError', 'UnregisteredArchitectureError', 'CorruptWeightsError',
 ]
 
@@ -103,7 +116,17 @@ def save_for_hf(
     ``timm.create_model``, which then fails with "got multiple values for keyword argument 'num_classes'". timm's
     own ``local-dir:`` / ``hf-hub:`` loading takes ``num_classes`` from the top level, so it is dropped from
     ``model_args``; everything else is timm's.
+
+    A deploy form (:func:`backbones.optimize_for_inference`, RapidNet's ``reparameterize``) is refused with a
+    ``ValueError``: its folded state dict does not load into the model ``config.json`` describes (save the model
+    before folding; fold again after loading).
     """
+    how = getattr(model, 'deploy_form', None)
+    if how:
+        name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
+        raise ValueError(
+            f'{name} is a deploy form ({how}: BatchNorms folded into the convolutions), whose weights do not load '
+            f'into the model config.json describes: save the model before folding it, and fold again after loading')
     timm_save_for_hf(model, save_directory, model_config=model_config, model_args=model_args,
                      data_config=data_config, safe_serialization=safe_serialization)
     path = Path(save_directory) / CONFIG_NAME
@@ -358,6 +381,8 @@ def _check_config(config_path: Path, where: str) -> Dict:
         cfg = json.loads(Path(config_path).read_text(encoding='utf-8'))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise HubError(f'{where} is not valid JSON ({e})') from e
+    except RecursionError:
+        raise HubError(f'{where} is not valid JSON (nested too deep to parse)') from None
     problem = _config_problem(cfg)
     if problem:
         raise HubError(f'{where}: {problem}')
@@ -367,7 +392,32 @@ def _check_config(config_path: Path, where: str) -> Dict:
             f"{where}: architecture '{arch}' is not registered with timm: `import backbones` first "
             f"(it registers the zoo models; any other package defining '{arch}' likewise). "
             f"Zoo models: backbones.list_models()")
+    problem = _model_args_problem(arch, cfg.get('model_args') or {})
+    if problem:
+        raise HubError(f'{where}: {problem}')
     return cfg
+
+
+# timm.create_model's own arguments: timm passes config.json's model_args beside them, so one of these there fails
+# deep inside timm ("got multiple values for keyword argument"), without naming the file
+_CREATE_MODEL_ARGS = frozenset(inspect.signature(timm.create_model).parameters) - {'model_name', 'kwargs'} | {
+    'device', 'dtype', 'pretrained_model_args'}
+
+
+def _model_args_problem(arch: str, model_args: Dict) -> Optional[str]:
+    """Why ``model_args`` (config.json) do not build ``arch``, or None: no ``create_model`` argument among them, and
+    the entrypoint itself takes them -- one build on the meta device (no memory, no init), whose checks are the
+    entrypoint's own (an unknown key is a ``TypeError``, a value of the wrong type or range is refused)."""
+    reserved = sorted(set(model_args) & _CREATE_MODEL_ARGS)
+    if reserved:
+        return (f"model_args holds {', '.join(map(repr, reserved))}: an argument of timm.create_model itself, not of "
+                f"the model (remove it from model_args)")
+    try:
+        with torch.device('meta'):
+            timm.create_model(arch, **model_args)
+    except Exception as e:  # noqa: BLE001 - whatever the entrypoint refuses is what timm's loading would hit
+        return f'model_args {json.dumps(model_args)[:200]} do not build {arch}: {one_line(e)}'
+    return None
 
 
 def _hub_reachable(repo_id: str, revision: Optional[str], token) -> bool:
@@ -383,6 +433,56 @@ def _hub_reachable(repo_id: str, revision: Optional[str], token) -> bool:
     except Exception:  # noqa: BLE001 - connection refused, name resolution, timeout, proxy: offline
         return False
     return True
+
+
+def hub_weights_offline(repo_id: str, filenames: Sequence[str], what: str, revision: Optional[str] = None,
+                        token=None) -> Optional[Path]:
+    """Before released weights are downloaded from Hub repo ``repo_id``: know in ONE probe whether that can work.
+
+    Returns None when the Hub answers (the download goes ahead as usual). When the machine is offline
+    (``HF_HUB_OFFLINE=1``, or the Hub cannot be reached: one request, no retries, where huggingface_hub's own
+    download would retry for ~50 s) returns the first of ``filenames`` found in the Hugging Face cache, to be loaded
+    from there, and raises a one-line :class:`HubError` naming ``what`` (e.g. the model), the repo and the ways out
+    (download once online, later runs with ``HF_HUB_OFFLINE=1``; or a local weights file) when none is cached.
+
+    The zoo's ``pretrained=True`` path calls it (:func:`pretrained_kwargs_offline`); any other downloader of Hub
+    weights can too."""
+    offline = constants.HF_HUB_OFFLINE or not _hub_reachable(repo_id, revision, token)
+    if not offline:
+        return None
+    for name in filenames:
+        cached = try_to_load_from_cache(repo_id, name, revision=revision)
+        if isinstance(cached, str):
+            return Path(cached)
+    where = f"'{repo_id}'" + (f'@{revision}' if revision else '')
+    raise HubError(
+        f'{what}: its weights come from the Hugging Face Hub repository {where}, which is not in the cache, and '
+        f'{_offline_reason()}. Download them once online (then HF_HUB_OFFLINE=1 loads them from the cache at once), '
+        f"or give a local weights file: pretrained_cfg_overlay=dict(file='<weights file>')")
+
+
+def pretrained_kwargs_offline(model_name: str, kwargs: Dict) -> Dict:
+    """``kwargs`` of a zoo entrypoint called with ``pretrained=True``, fitted to an offline machine: when timm would
+    download the weights from the Hub (the resolved ``pretrained_cfg`` has an ``hf_hub_id`` and no ``file`` /
+    ``state_dict``), :func:`hub_weights_offline` decides in one probe -- a cached file is given to timm as
+    ``pretrained_cfg_overlay['file']`` (no network), a missing one is a one-line :class:`HubError`. Any other source
+    (a URL, a file) is left to timm."""
+    from timm.models import resolve_pretrained_cfg
+    cfg = resolve_pretrained_cfg(model_name, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    if cfg.state_dict or cfg.file or not cfg.hf_hub_id or cfg.source == 'local-dir':
+        return kwargs
+    repo_id, _, revision = cfg.hf_hub_id.partition('@')
+    if cfg.hf_hub_filename:
+        names = [cfg.hf_hub_filename]
+    else:  # timm's order: the safetensors alternative first, then the pickle (read with weights_only)
+        names = ['model.safetensors', 'open_clip_model.safetensors', 'pytorch_model.bin']
+    arch = cfg.architecture or model_name
+    cached = hub_weights_offline(repo_id, names, f'{arch} (pretrained=True)', revision or None)
+    if cached is None:
+        return kwargs
+    # timm loads 'file' before any Hub id, but an 'hf-hub:' model's source='hf-hub' before 'file': unset it
+    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(cached), source='')
+    return dict(kwargs, pretrained_cfg_overlay=overlay)
 
 
 def _offline_reason() -> str:
@@ -476,8 +576,10 @@ def _check_head(cfg: Dict, weights: Path, where: str) -> None:
     classifier = pcfg.get('classifier')
     if not isinstance(num_classes, int) or not isinstance(classifier, str):
         return
-    with open(weights, 'rb') as f:
-        header = json.loads(f.read(int.from_bytes(f.read(8), 'little')))
+    try:
+        header = read_safetensors_header(weights)
+    except UnreadableCheckpointError as e:
+        raise CorruptWeightsError(str(e)) from None
     entry = header.get(f'{classifier}.weight')
     n = int(entry['shape'][0]) if isinstance(entry, dict) and entry.get('shape') else 0
     if n != num_classes:

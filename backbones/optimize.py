@@ -1,11 +1,39 @@
 """``optimize_for_inference``: exact inference-time simplifications of a zoo model (BatchNorm folding, branch
-re-parameterisation), same logits up to float rounding."""
+re-parameterisation), same logits up to float rounding.
+
+The result is a *deploy form*, marked as such (:func:`mark_deploy_form`): ``model.deploy_form`` says what made it,
+switching it to training warns once (it would train another network: one without BatchNorm), and
+:func:`backbones.hub.save_for_hf` refuses it (its state dict no longer fits the model its ``config.json`` names).
+"""
 import copy
+import types
+import warnings
 
 import torch
 import torch.nn as nn
 
-__all__ = ['optimize_for_inference']
+__all__ = ['optimize_for_inference', 'mark_deploy_form']
+
+
+def mark_deploy_form(model: nn.Module, how: str) -> nn.Module:
+    """Mark ``model`` as a deploy form made by ``how`` (e.g. ``'optimize_for_inference'``): sets
+    ``model.deploy_form`` and makes ``model.train()`` warn, once, that training it trains a network without its
+    folded BatchNorms. Switching to eval (``model.eval()``, ``train(False)``) stays silent. Returns ``model``."""
+    if getattr(model, 'deploy_form', None) is None:
+        model.deploy_form = how
+        model.train = types.MethodType(_train_deploy_form, model)  # this instance only (deep copies keep it)
+    return model
+
+
+def _train_deploy_form(self: nn.Module, mode: bool = True) -> nn.Module:
+    if mode and not self.__dict__.get('_deploy_form_warned', False):
+        self._deploy_form_warned = True
+        name = (getattr(self, 'pretrained_cfg', None) or {}).get('architecture') or type(self).__name__
+        warnings.warn(
+            f'{name} is a deploy form ({self.deploy_form}): its BatchNorms (and re-parameterised branches) are folded '
+            f'into the convolutions, so training it trains another network, without BatchNorm. Train the model '
+            f'as built and fold it again afterwards', UserWarning, stacklevel=2)
+    return type(self).train(self, mode)
 
 
 @torch.no_grad()
@@ -19,10 +47,10 @@ def optimize_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module
     RapidNet's multi-branch blocks become single convolutions (its ``reparameterize``). The logits are those of the
     eval-mode model (float rounding apart: the folded weights are computed in float64).
 
-    The result is for inference: its state dict has no folded BatchNorm entries, and training it would train
-    without them. Modules that cannot be folded exactly are left as they are, so any model (zoo or not) can be
-    passed. ``timm.utils.reparameterize_model`` reaches the same ``fuse`` / ``reparameterize`` methods (without
-    switching to eval mode).
+    The result is for inference (a deploy form, :func:`mark_deploy_form`): its state dict has no folded BatchNorm
+    entries, and training it would train without them (``.train()`` warns once). Modules that cannot be folded
+    exactly are left as they are, so any model (zoo or not) can be passed. ``timm.utils.reparameterize_model``
+    reaches the same ``fuse`` / ``reparameterize`` methods (without switching to eval mode).
 
     Args:
         model: the model (weights loaded).
@@ -31,6 +59,8 @@ def optimize_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
+
+    keys = set(model.state_dict())
 
     def walk(parent: nn.Module):
         for name, child in parent.named_children():
@@ -42,4 +72,6 @@ def optimize_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module
             walk(child)
 
     walk(model)
+    if set(model.state_dict()) != keys:  # something was folded away: no longer the model its name builds
+        mark_deploy_form(model, 'optimize_for_inference')
     return model.eval()

@@ -124,6 +124,22 @@ def test_not_a_checkpoint_is_not_called_truncated(tmp_path, tiny):
         read_checkpoint_file(cut)
 
 
+def test_safetensors_header_of_any_badness_is_one_answer(tmp_path, export):
+    """A header nested too deep for the JSON parser (RecursionError), or whose offsets are not numbers: the same
+    one-line "not a safetensors file" as any unreadable header, from every reader."""
+    deep = b'{"a": ' + b'[' * 200_000 + b']' * 200_000 + b'}'
+    odd = json.dumps({'w': {'dtype': 'F32', 'shape': [1], 'data_offsets': ['0', '4']}}).encode()
+    for name, header in (('deep', deep), ('odd', odd)):
+        path = tmp_path / f'{name}.safetensors'
+        path.write_bytes(len(header).to_bytes(8, 'little') + header + b'\0' * 4)
+        with pytest.raises(UnreadableCheckpointError, match=rf'{name}\.safetensors is not a safetensors file') as e:
+            read_checkpoint_file(path)
+        assert '\n' not in str(e.value) and ('nested too deep' in str(e.value) if name == 'deep' else True)
+    (export / 'model.safetensors').write_bytes((tmp_path / 'deep.safetensors').read_bytes())
+    with pytest.raises(hub.CorruptWeightsError, match=r'model\.safetensors is not a safetensors file'):
+        hub.load_model(export)
+
+
 def test_non_dict_and_non_finite_checkpoints_are_refused(tmp_path, tiny):
     model = timm.create_model('rednet26', device='meta', num_classes=4, **TINY)
     filter_fn = family_filter_fn('rednet26')
@@ -173,6 +189,15 @@ def export(tmp_path, tiny):
      "'input_size' must be \\[channels, height, width\\]"),
     (lambda c: json.dumps(dict(c, num_classes=1000, model_args=dict(c['model_args'], num_classes=1000))),
      r'says num_classes=1000, but the classifier head\.fc in model\.safetensors has 4 classes'),
+    # model_args, checked against the entrypoint (a meta-device build): timm's own error named no file
+    (lambda c: json.dumps(dict(c, model_args=dict(c['model_args'], no_such_arg=1))),
+     r"model_args .* do not build rednet26: .*unexpected keyword argument 'no_such_arg'"),
+    (lambda c: json.dumps(dict(c, model_args=dict(c['model_args'], num_classes='ten'))),
+     r"do not build rednet26: rednet26: num_classes must be a whole number >= 0 \(0: no classifier\), got 'ten'"),
+    (lambda c: json.dumps(dict(c, model_args=dict(c['model_args'], pretrained_cfg_overlay={'file': 'x'}))),
+     r"model_args holds 'pretrained_cfg_overlay': an argument of timm\.create_model itself, not of the model"),
+    (lambda c: '{"architecture": "rednet26", "x": ' + '[' * 100_000 + ']' * 100_000 + '}',
+     r'is not valid JSON \(nested too deep to parse\)'),
 ])
 def test_bad_config_json_names_the_file(export, edit, message):
     config = export / 'config.json'

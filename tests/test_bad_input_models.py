@@ -206,3 +206,39 @@ def test_out_indices(name):
     _raises(ValueError, f'must go from shallow to deep .*{valid}', model.prune_intermediate_layers, (2, 1))
     _raises(ValueError, f'1..{n}', model.prune_intermediate_layers, n + 1)
     assert model(_fit(name)).shape == (1, model.num_classes)  # a refused call pruned nothing
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_negative_num_classes(name):
+    """Refused alike in every family, when building and in ``reset_classifier`` (a negative count used to build a
+    headless model in some families and, in CrossViT, one that failed at its first forward); 0 means no classifier."""
+    _raises(ValueError, rf'{name}: num_classes must be >= 0 \(0: no classifier\), got -1', _meta, name, num_classes=-1)
+    _raises(TypeError, "num_classes must be a whole number >= 0 .*got 'ten'", _meta, name, num_classes='ten')
+    model = _shared(name)
+    _raises(ValueError, 'num_classes must be >= 0 .*got -2', model.reset_classifier, -2)
+    assert model.num_classes == 1000  # a refused call changed nothing
+
+
+# every family with set_input_size / img_size: its smallest side (one patch, one partition position, one pixel of
+# the last stage's map) and the multiple its sides must be
+SIZED = [('convit_ti', 16, 16), ('crossvit_tiny', 12, 12), ('maxvit_tiny', 32, 1), ('parcnetv2_xt', 3, 1)]
+
+
+@pytest.mark.parametrize('name,smallest,divisor', SIZED)
+def test_img_size_checked_before_resampling(name, smallest, divisor):
+    """``set_input_size`` and ``img_size`` of 0, negative, below the family's minimum or off its size rule: one
+    line naming the family and its minimum, before a table or kernel is resampled (torch's interpolate used to say
+    "Input and output sizes should be greater than 0", ParCNetV2 "negative dimension -1")."""
+    model = _meta(name)
+    size = tuple(model.img_size) if model.img_size is not None else None
+    rule = rf'img_size sides must be at least {smallest}'
+    for bad in (0, -divisor, smallest - 1, (smallest, 0)):
+        _raises(ValueError, rule, model.set_input_size, bad)
+    assert (tuple(model.img_size) if model.img_size is not None else None) == size  # a refused call changed nothing
+    _raises(TypeError, 'img_size must be a whole number or a \\(height, width\\) pair', model.set_input_size, 'big')
+    model.set_input_size(smallest)  # the minimum itself is fine
+    if divisor > 1:
+        _raises(ValueError, f'and multiples of {divisor}', model.set_input_size, smallest + 1)
+        _raises(ValueError, rule, _meta, name, img_size=smallest - divisor // 2)
+    if name.startswith('parcnetv2'):  # img_size sets the kernels' sizes with resize_kernels
+        _raises(ValueError, rule, _meta, name, resize_kernels=True, img_size=1)

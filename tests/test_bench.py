@@ -1,6 +1,7 @@
 """The benchmark library (backbones.bench, tools/benchmark.py): contenders, the table, parity; never timings."""
 import copy
 import json
+import os
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -180,13 +181,21 @@ def test_readme_block_round_trip():
 
 
 
-def test_tool_markdown_store_and_update(tmp_path):
-    """tools/benchmark.py --markdown writes README's block and the stored rows; --update re-measures one group."""
+TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'benchmark.py'
+
+
+@pytest.fixture(scope='module')
+def tool():
+    """tools/benchmark.py as a module (its main runs in this process)."""
     import importlib.util
-    path = Path(__file__).resolve().parents[1] / 'tools' / 'benchmark.py'
-    spec = importlib.util.spec_from_file_location('benchmark_tool', path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    spec = importlib.util.spec_from_file_location('benchmark_tool', TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tool_markdown_store_and_update(tool, tmp_path):
+    """tools/benchmark.py --markdown writes README's block and the stored rows; --update re-measures one group."""
     readme, store = tmp_path / 'README.md', tmp_path / 'speed.json'
     readme.write_text(f'# x\n{SPEED_START}\n{SPEED_END}\n')
     fast = ['--ref', 'none', '--batch', '1', '--img-size', '64', '--rounds', '1', '--warmup', '0', '--no-memory',
@@ -210,3 +219,52 @@ def test_readme_speed_table_is_the_tools_format():
     assert not missing, f'README speed table lacks {sorted(missing)}: run python tools/benchmark.py --markdown'
     stored = rows_from_dicts(json.loads((Path(__file__).resolve().parents[1] / 'benchmarks/speed.json').read_text()))
     assert rows_markdown(stored).strip() in readme  # the table renders the stored rows, nothing edited by hand
+
+
+@pytest.mark.parametrize('argv,needle', [
+    (['--models', 'rednet27'], "'rednet27' is not a zoo model (did you mean rednet26"),
+    (['--models', 'rednet26', '--threads', '-2'], '--threads -2: expected a whole number >= 1'),
+    (['--models', 'rednet26', '--threads', '1', '0'], '--threads 0: expected a whole number >= 1'),  # measured nothing
+    (['--models', 'rednet26', '--device', 'cuda:99'], "device 'cuda:99': this machine has "),
+    (['--models', 'rednet26', '--device', 'gpu0'], "'gpu0' is not a torch device"),
+    (['--models', 'rednet26', '--batch', '0'], '--batch 0: expected a whole number >= 1'),
+    (['--models', 'rednet26', '--rounds', '0'], '--rounds 0: expected a whole number >= 1'),
+    (['--models', 'rednet26', '--ref', 'resnet5O'], "reference 'resnet5O' is not auto, twin, official, none or a timm"),
+    (['--models', 'rednet26', '--ref', 'twin'], 'rednet26 has no timm twin'),
+    (['--models', 'se_resnet50', 'crossvit_tiny', '--img-size', '64'],
+     'crossvit_tiny cannot take 64x64 inputs: CrossViT takes input sides that are multiples of 12'),
+    (['--models', 'rednet26', '--img-size', '0'], '--img-size 0: expected a whole number >= 1'),
+    ([], 'give --models (or --markdown for the README suite)'),
+])
+def test_tool_checks_every_argument_before_measuring(tool, argv, needle, capsys, monkeypatch):
+    """Each bad argument is one ``error:`` line and exit status 2, before anything is built or measured."""
+    monkeypatch.setattr(tool, 'benchmark', lambda *a, **k: pytest.fail('measured despite a bad argument'))
+    with pytest.raises(SystemExit) as stopped:  # argparse's exit, as every tool's bad argument
+        tool.main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('error: ') and needle in err, err
+
+
+def test_memory_pass_prints_no_device_error_lines(monkeypatch):
+    """tools/benchmark.py's peak-memory pass (the torch profiler) prints nothing, in particular no "ERROR: ...
+    gpuGetDeviceCount failed" from the profiler's library (kineto) on a machine without a GPU (the test machine):
+    ``peak_memory_mb`` sets kineto's log level before the profiler starts, and at that level a fresh process that
+    imported torch first, as the tool does, profiles without a line on stderr."""
+    import subprocess
+    import sys
+
+    from backbones.bench import runner
+    monkeypatch.delenv('KINETO_LOG_LEVEL', raising=False)
+    assert runner.peak_memory_mb(lambda: torch.ones(64, 64) @ torch.ones(64, 64), torch.device('cpu')) > 0
+    level = os.environ['KINETO_LOG_LEVEL']
+    assert level == str(runner._KINETO_SILENT)
+    code = ('import os, torch; from torch.profiler import ProfilerActivity, profile; '
+            f'os.environ.setdefault("KINETO_LOG_LEVEL", "{level}"); '
+            'p = profile(activities=[ProfilerActivity.CPU], profile_memory=True); p.start(); torch.ones(8) + 1; '
+            'p.stop(); print(len(p.events()))')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    env.pop('KINETO_LOG_LEVEL')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and int(out.stdout) > 0, out.stderr  # the profiler did record
+    assert out.stderr == '', out.stderr

@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 from _oracle import random_model, timm_twin
+from conftest import max_diff_f32
 from safetensors.torch import load_file, save_file
 
 import backbones
@@ -95,7 +96,7 @@ def test_timm_family_checkpoint(tmp_path, name):
         expected = oracle(x)
     del oracle
     got = _local_dir_logits(out, x)
-    assert (got - expected).abs().max().item() <= 1e-5
+    assert max_diff_f32(got, expected) <= 1e-5
     config = json.loads((out / 'config.json').read_text())
     assert config['num_classes'] == 1000 and config['model_args']['depths'] == list(DEPTHS)
 

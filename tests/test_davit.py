@@ -6,6 +6,7 @@ import pytest
 import timm
 import torch
 from _oracle import assert_same_layout, flop_counter_macs, load_converted, random_model, timm_twin
+from conftest import max_diff_f32
 from timm.models.davit import checkpoint_filter_fn as timm_filter_fn
 
 import backbones
@@ -27,7 +28,7 @@ def _max_diff(oracle, model, size):
     with torch.no_grad():
         expected, got = oracle(x), model(x)
     assert expected.shape == got.shape
-    return (expected - got).abs().max().item()
+    return max_diff_f32(got, expected)
 
 
 # ---------------------------------------------------------------- parity with timm's davit_* (timm layout)

@@ -266,6 +266,21 @@ def test_unregistered_architecture(hub, tmp_path, small_model):
         timm.create_model('hf-hub:org/foreign', pretrained=True)
 
 
+def test_model_args_the_architecture_does_not_take(hub, tmp_path):
+    """pull refuses a repo whose config.json model_args its entrypoint does not take, naming the file (timm's
+    hf-hub: path fails later with a TypeError that names neither)."""
+    export = tmp_path / 'export'
+    save_for_hf(timm.create_model(MODEL, num_classes=3, **TINY), export, safe_serialization=True)
+    cfg = json.loads((export / 'config.json').read_text())
+    cfg['model_args']['no_such_arg'] = 1
+    (export / 'config.json').write_text(json.dumps(cfg))
+    hub.put_files('org/odd-args', {p.name: p.read_bytes() for p in export.iterdir()})
+    with pytest.raises(bhub.HubError, match=r"config\.json of 'org/odd-args' \(.*config\.json\): model_args .* do "
+                                            r"not build rednet26: .*unexpected keyword argument 'no_such_arg'") as e:
+        bhub.pull('org/odd-args')
+    assert '\n' not in str(e.value)
+
+
 def test_truncated_safetensors(hub, tmp_path, small_model):
     export = tmp_path / 'export'
     save_for_hf(small_model, export, safe_serialization=True)
@@ -347,3 +362,31 @@ def test_head_size_that_the_config_does_not_describe(hub, small_model, tmp_path)
     with pytest.raises(CheckpointMismatchError, match='4-class classifier, the model num_classes=1000'):
         timm.create_model('hf-hub:org/rednet-lying', pretrained=True)
     assert timm.create_model('hf-hub:org/rednet-lying', pretrained=True, num_classes=4).num_classes == 4
+
+
+@pytest.mark.parametrize('how', ['HF_HUB_OFFLINE', 'endpoint unreachable'])
+def test_pretrained_zoo_model_offline_in_one_probe(hub, tmp_path, monkeypatch, how):
+    """``timm.create_model(<zoo name>, pretrained=True)`` whose weights come from the Hub, offline: cached weights
+    load at once, from the cache; missing ones are one line naming the repo, HF_HUB_OFFLINE=1 and a local file (it
+    used to wait ~48 s in huggingface_hub's retries, then say "check your connection" without naming the repo)."""
+    small = _nontrivial(timm.create_model(MODEL, num_classes=3, **TINY))
+    export = tmp_path / 'export'
+    save_for_hf(small, export, safe_serialization=True)
+    hub.put_files('org/rednet-weights', {'model.safetensors': (export / 'model.safetensors').read_bytes()})
+
+    def create(repo):
+        return timm.create_model(MODEL, pretrained=True, num_classes=3, **TINY,
+                                 pretrained_cfg_overlay=dict(hf_hub_id=repo, num_classes=3))
+
+    assert _same_weights(create('org/rednet-weights'), small)  # online: downloaded as usual
+    _go_offline(how, monkeypatch)
+    n, start = len(hub.requests), time.perf_counter()
+    assert _same_weights(create('org/rednet-weights'), small)  # from the cache
+    with pytest.raises(bhub.HubError) as e:
+        create('org/never-pulled')
+    assert time.perf_counter() - start < 5 and len(hub.requests) == n  # no request reached the Hub
+    message = str(e.value)
+    assert message.startswith("rednet26 (pretrained=True): its weights come from the Hugging Face Hub repository "
+                               "'org/never-pulled', which is not in the cache, and the machine is offline"), message
+    assert "HF_HUB_OFFLINE=1" in message and "pretrained_cfg_overlay=dict(file='<weights file>')" in message
+    assert '\n' not in message

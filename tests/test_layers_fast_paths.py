@@ -8,6 +8,7 @@ import timm.layers
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import assert_close_f32
 from timm.layers import create_feature_extractor, get_graph_node_names
 
 import backbones.layers.mlp as mlp_mod
@@ -39,9 +40,9 @@ def test_blocked_mlp_equals_timm_mlp(monkeypatch, act):
     x = torch.randn(3, 7, 29, 16)  # 609 tokens: 4 full blocks and a partial one
     with torch.no_grad():
         assert ours._block_rows(x) == 128
-        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-5)
+        assert_close_f32(ours(x), ref(x))
     with torch.inference_mode():
-        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-5)
+        assert_close_f32(ours(x), ref(x))
     assert ours._block_rows(x) is None  # autograd on: timm's forward
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         assert ours._block_rows(x) is None  # autocast: timm's forward (the blocked loop writes into a float32 buffer)
@@ -81,9 +82,9 @@ def test_mbconv_eval_path_equals_op_by_op(stride, se_ratio, size, channels_last)
         with torch.no_grad():
             ref = block.forward_unfused(x)
             out = block(x)
-            torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+            assert_close_f32(out, ref)
             block.fuse()
-            torch.testing.assert_close(block(x), ref, rtol=0, atol=1e-5)
+            assert_close_f32(block(x), ref)
 
 
 def test_mbconv_eval_path_gradients():
@@ -111,7 +112,7 @@ def test_mbconv_training_and_fx_use_the_op_by_op_block():
     assert not calls and any('conv1' in n for n in nodes)
     del block._forward_eval
     with torch.no_grad():
-        torch.testing.assert_close(graph(x)['out'], block(x), rtol=0, atol=1e-5)
+        assert_close_f32(graph(x)['out'], block(x))
 
 
 @pytest.mark.parametrize('shape,kernel,stride', [((2, 3, 8, 8), 3, 2), ((2, 3, 7, 9), 3, 2), ((1, 4, 5, 6), 3, 1),
@@ -144,11 +145,11 @@ def test_pointwise_conv_is_the_conv():
     x = torch.randn(2, 6, 5, 7)
     for xx in (x, x.contiguous(memory_format=torch.channels_last), torch.randn(2, 6, 1, 1)):
         out = conv(xx)
-        torch.testing.assert_close(out, ref(xx), rtol=0, atol=1e-5)
+        assert_close_f32(out, ref(xx))
     out = conv(x.contiguous(memory_format=torch.channels_last))
     assert out.is_contiguous(memory_format=torch.channels_last)  # the matmul path ran (channels-last out)
     traced = create_feature_extractor(nn.Sequential(conv), return_nodes={'0': 'out'})  # an FX leaf
-    torch.testing.assert_close(traced(x)['out'], ref(x), rtol=0, atol=1e-5)
+    assert_close_f32(traced(x)['out'], ref(x))
 
 
 def _conv_norm_act(in_chs, out_chs, stride, first, **kwargs):
@@ -170,7 +171,7 @@ def test_bottleneck_sums_in_place_without_touching_its_input(gated):
         branch = block.conv3(block.conv2(block.conv1(x)))
         ref = torch.relu(x + (branch * block.attn.excitation(branch) if gated else branch))
     assert torch.equal(x, before)
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    assert_close_f32(out, ref)
     y = x.clone().requires_grad_()
     block(y).sum().backward()
     assert y.grad is not None and torch.equal(x, before)

@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 from _oracle import assert_same_layout, redraw_, timm_twins
+from conftest import max_diff_f32
 from timm.layers import RelPosBiasTf
 from timm.models import get_pretrained_cfg
 from timm.models._manipulate import reinit_non_persistent_buffers
@@ -60,7 +61,7 @@ def _compare(oracle, model, size, batch=1):
         for pre_logits in (False, True):  # logits, and the tanh layer's output
             expected, got = (m.forward_head(f, pre_logits=pre_logits) for m, f in zip((oracle, model), features))
             assert expected.shape == got.shape
-            diffs.append((expected - got).abs().max().item())
+            diffs.append(max_diff_f32(got, expected))
     return max(diffs)
 
 

@@ -1,9 +1,13 @@
-"""backbones.optimize_for_inference: the same logits as the eval-mode model, BatchNorms folded, on every family."""
+"""backbones.optimize_for_inference: the same logits as the eval-mode model, BatchNorms folded, on every family; the
+result (and RapidNet's ``reparameterize``) is a marked deploy form: training it warns, saving it is refused."""
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
 from _oracle import random_model
-from conftest import SMALL_MODELS, input_side
+from _reduced import reduced_model
+from conftest import SMALL_MODELS, assert_close_f32, input_side
 from timm.utils.model import reparameterize_model
 
 import backbones
@@ -40,7 +44,18 @@ def test_same_logits(name):
         assert sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) < n_bn
     with torch.no_grad():
         expected, got = model.eval()(x), fast(x)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert_close_f32(got, expected)
+    # a deploy form exactly when something was folded away (its state dict lost keys): training it warns, once
+    folded = set(fast.state_dict()) != set(model.state_dict())
+    assert getattr(fast, 'deploy_form', None) == ('optimize_for_inference' if folded else None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        fast.train()
+        fast.train()
+        fast.eval()
+    assert [str(w.message).split(':')[0] for w in caught] == ([f'{name} is a deploy form (optimize_for_inference)']
+                                                              if folded else [])
+    assert 'trains another network, without BatchNorm' in str(caught[0].message) if folded else True
 
 
 def test_inplace_idempotent_and_timm_walker():
@@ -50,11 +65,11 @@ def test_inplace_idempotent_and_timm_walker():
         expected = model(x)
         via_timm = reparameterize_model(model)  # timm's own walker reaches the same fuse() methods
         assert not _foldable(via_timm)
-        torch.testing.assert_close(via_timm(x), expected, atol=1e-5, rtol=1e-5)
+        assert_close_f32(via_timm(x), expected)
         same = backbones.optimize_for_inference(model, inplace=True)
         assert same is model and not _foldable(model)
         again = backbones.optimize_for_inference(model, inplace=True)  # nothing left to fold: a no-op
-        torch.testing.assert_close(again(x), expected, atol=1e-5, rtol=1e-5)
+        assert_close_f32(again(x), expected)
 
 
 def test_leaves_unfoldable_norms():
@@ -76,7 +91,23 @@ def test_fold_bn_into_following_pointwise_conv():
     x = torch.randn(2, 6, 5, 7)
     with torch.no_grad():
         expected = conv(bn(x))
-        torch.testing.assert_close(fuse_bn_conv_(bn, conv)(x), expected, atol=1e-5, rtol=1e-5)
+        assert_close_f32(fuse_bn_conv_(bn, conv)(x), expected)
     for bad in (nn.Conv2d(6, 4, 3, padding=1), nn.Conv2d(6, 4, 1, padding=1), nn.Conv2d(6, 4, 1, groups=2)):
         with pytest.raises(ValueError, match='fold'):
             fuse_bn_conv_(bn, bad)
+
+
+def test_deploy_forms_are_not_saved(tmp_path):
+    """A re-parameterised RapidNet (the official deploy form) and an optimized model: ``save_for_hf`` refuses them in
+    one line (their folded state dicts would not load back: "missing keys (300)"), and their ``.train()`` warns."""
+    from backbones import hub
+    rapid = reduced_model('rapidnet_ti').reparameterize()
+    assert rapid.deploy_form == 'RapidNet.reparameterize'
+    with pytest.warns(UserWarning, match='rapidnet_ti is a deploy form'):
+        rapid.train()
+    fast = backbones.optimize_for_inference(reduced_model('se_resnext50_32x4d'))
+    for model, how in ((rapid, 'RapidNet.reparameterize'), (fast, 'optimize_for_inference')):
+        with pytest.raises(ValueError, match=rf'is a deploy form \({how}: .* save the model before folding') as e:
+            hub.save_for_hf(model, tmp_path / 'x')
+        assert '\n' not in str(e.value) and not (tmp_path / 'x').exists()
+    hub.save_for_hf(reduced_model('rapidnet_ti'), tmp_path / 'plain')  # the model as built saves as before

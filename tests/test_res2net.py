@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from _oracle import load_converted, random_model, redraw_, timm_twins
+from conftest import assert_close_f32
 
 from backbones import list_models
 from backbones._checkpoint import CheckpointMismatchError
@@ -54,7 +55,7 @@ def test_parity_timm(name):
             x = torch.randn(shape, generator=g)
             expected = ref(x)
             assert expected.std() > 0.1  # the re-draw keeps the signal alive
-            torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
+            assert_close_f32(model(x), expected)
 
 
 def test_pretrained_loading_through_timm():

@@ -70,6 +70,28 @@ def test_corrupt_image(earlier_run, tiny_data, tmp_path, capsys, one_thread):
     assert snapshot(out) == before
 
 
+def test_a_corrupt_image_found_in_the_first_epoch_leaves_nothing(tiny_data, tmp_path, capsys, one_thread):
+    """Into a fresh output folder: the run fails before its first checkpoint, and nothing it created stays (no run
+    directory holding only args.yaml, no output folder, no lock)."""
+    data = copy_dataset(tiny_data, tmp_path / 'data')
+    (data / 'train' / 'star' / 'star_00001.png').write_bytes(b'\x89PNG\r\n\x1a\n this is not an image')
+    _fails(tiny_argv(data, tmp_path / 'out', 'exp'), capsys, 'cannot read image')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_images_not_in_class_folders(tiny_data, tmp_path, capsys):
+    """A split whose images lie directly in it (no class folders) would train a 1-class model to 100 % top-1."""
+    data = copy_dataset(tiny_data, tmp_path / 'data')
+    for split in ('train', 'val'):
+        for image in list((data / split).glob('*/*.png')):
+            image.rename(data / split / f'{image.parent.name}_{image.name}')
+        for folder in [p for p in (data / split).iterdir() if p.is_dir()]:
+            folder.rmdir()
+    _fails(tiny_argv(data, tmp_path / 'out', 'exp'), capsys, f'lie directly in {data / "train"} (train split, e.g. ',
+           'not in class folders', f'expected {data / "train"}/<class name>/<image files>')
+    assert not (tmp_path / 'out').exists()
+
+
 def test_config_for_a_model_that_does_not_exist(earlier_run, tiny_data, tmp_path, capsys):
     out, exp = earlier_run
     cfg = tmp_path / 'cfg.yaml'

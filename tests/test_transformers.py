@@ -14,7 +14,7 @@ import pytest
 import timm
 import torch
 from _reduced import reduced_kwargs, reduced_model
-from conftest import SMALL_MODELS, input_side
+from conftest import SMALL_MODELS, assert_close_f32, input_side
 from safetensors.torch import save_file
 from transformers import AutoModelForImageClassification, TimmWrapperForImageClassification
 
@@ -53,11 +53,11 @@ def _check_folder(folder, x, expected_logits, labels=None):
     with torch.no_grad():
         hf_logits = hf_model(pixel_values=x).logits
         timm_logits = timm_model(x)
-    torch.testing.assert_close(timm_logits, expected_logits, rtol=0, atol=1e-5)
-    torch.testing.assert_close(hf_logits, timm_logits, rtol=0, atol=1e-5)
+    assert_close_f32(timm_logits, expected_logits)
+    assert_close_f32(hf_logits, timm_logits)
     direct = TimmWrapperForImageClassification.from_pretrained(folder).eval()
     with torch.no_grad():
-        torch.testing.assert_close(direct(pixel_values=x).logits, timm_logits, rtol=0, atol=1e-5)
+        assert_close_f32(direct(pixel_values=x).logits, timm_logits)
 
 
 def _logits(model):

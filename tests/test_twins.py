@@ -4,6 +4,7 @@ import pytest
 import timm
 import torch
 from _oracle import assert_same_layout, load_converted, random_model, timm_twins
+from conftest import max_diff_f32
 
 import backbones
 from backbones._checkpoint import CheckpointMismatchError
@@ -30,7 +31,7 @@ def _pair(name, **kwargs):
 
 def _max_diff(a, b, x):
     with torch.no_grad():
-        return (a(x) - b(x)).abs().max().item()
+        return max_diff_f32(b(x), a(x))
 
 
 # ---------------------------------------------------------------- parity with timm (= the official code)

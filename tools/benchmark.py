@@ -30,10 +30,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import backbones  # noqa: E402, F401  (registers the zoo)
+from backbones import _cli  # noqa: E402
 from backbones.bench import (  # noqa: E402
     README_SUITE,
+    SPEED_END,
+    SPEED_START,
     BenchConfig,
     benchmark,
+    check_benchmark,
     machine_summary,
     merge_rows,
     official_notes,
@@ -48,8 +52,8 @@ README = ROOT / 'README.md'
 STORE = ROOT / 'benchmarks' / 'speed.json'
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> _cli.ArgumentParser:
+    ap = _cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--models', nargs='+', help='zoo model names (default with --markdown: the README suite)')
     ap.add_argument('--ref', default='auto',
                     help="reference: auto (timm twin, else official operator, else none), twin, official, none, "
@@ -76,31 +80,69 @@ def parse_args(argv=None):
                     help='with --markdown: re-measure --models only, keep the other stored rows')
     ap.add_argument('--rows', type=Path,
                     help='take the rows from this --json file (written on this machine) instead of measuring')
+    return ap
+
+
+def parse_args(argv=None):
+    """The arguments, every one checked before anything is measured: a bad one is one ``error:`` line, exit 2."""
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.update and not (args.markdown and (args.models or args.rows)):
         ap.error('--update needs --markdown and --models (or --rows)')
+    if not (args.models or args.markdown or args.rows):
+        ap.error('give --models (or --markdown for the README suite)')
+    for flag, values, lowest in (('--threads', args.threads, 1), ('--batch', [args.batch], 1),
+                                 ('--rounds', [args.rounds], 1), ('--warmup', [args.warmup], 0),
+                                 ('--img-size', [args.img_size] if args.img_size is not None else [], 1)):
+        bad = [v for v in values if v < lowest]
+        if bad:
+            ap.error(f'{flag} {bad[0]}: expected a whole number >= {lowest}')
+    for flag, path in (('--rows', args.rows), ('--store', args.store if args.update else None),
+                       ('--readme', args.readme if args.markdown else None)):
+        if path is not None and not path.is_file():
+            ap.error(f'{flag} {path}: no such file')
+    if args.rows:
+        try:
+            args.loaded_rows = rows_from_dicts(json.loads(args.rows.read_text()))
+        except (ValueError, TypeError, KeyError, RecursionError) as e:
+            ap.error(f'--rows {args.rows}: not rows written by --json ({_cli.one_line(e)})')
+    if args.markdown and not all(m in args.readme.read_text() for m in (SPEED_START, SPEED_END)):
+        ap.error(f'--readme {args.readme}: no speed section (the lines {SPEED_START} and {SPEED_END})')
+    if args.json is not None and not args.json.parent.is_dir():
+        ap.error(f'--json {args.json}: the folder {args.json.parent} does not exist')
+    args.names, args.refs = _names_and_refs(args)
+    try:
+        check_benchmark(args.names, args.refs, device=args.device, img_size=args.img_size)
+    except ValueError as e:  # the message names the model, reference, device or size
+        ap.error(str(e))
     return args
 
 
+def _names_and_refs(args):
+    if args.rows:
+        return [], []
+    if args.models:
+        suite = dict(README_SUITE) if args.markdown and args.ref == 'auto' else {}  # README's rows keep their refs
+        return args.models, [suite.get(n, args.ref) for n in args.models]
+    return [n for n, _ in README_SUITE], [r for _, r in README_SUITE]
+
+
 def main(argv=None) -> int:
+    """0 on success; any error is one line on stderr (exit 2 for bad arguments, 1 for anything else)."""
+    return _cli.run(_main, argv)
+
+
+def _main(argv=None) -> int:
     args = parse_args(argv)
     if torch.get_num_interop_threads() != 1:
         try:
             torch.set_num_interop_threads(1)
         except RuntimeError:  # parallel work has started (a second call in one process): keep what is set
             pass
-    if args.rows:
-        names, refs = [], []
-    elif args.models:
-        suite = dict(README_SUITE) if args.markdown and args.ref == 'auto' else {}  # README's rows keep their refs
-        names, refs = args.models, [suite.get(n, args.ref) for n in args.models]
-    elif args.markdown:
-        names, refs = [n for n, _ in README_SUITE], [r for _, r in README_SUITE]
-    else:
-        raise SystemExit('give --models (or --markdown for the README suite)')
+    names, refs = args.names, args.refs
     load = os.getloadavg() if hasattr(os, 'getloadavg') else None
     modes = ['infer', 'train'] if args.mode == 'both' else [args.mode]
-    rows = rows_from_dicts(json.loads(args.rows.read_text())) if args.rows else []
+    rows = list(args.loaded_rows) if args.rows else []
     for mode in modes if names else []:
         for threads in args.threads:
             cfg = BenchConfig(

@@ -22,6 +22,7 @@ from .references import (
     random_timm_model,
     recorded_official_note,
     redraw_,
+    resolve_reference,
     timm_twin,
     zoo_model_from,
 )
@@ -40,7 +41,8 @@ from .report import (
 from .runner import BenchConfig, Row, peak_memory_mb, run_group
 
 __all__ = [
-    'benchmark', 'model_input', 'README_SUITE', 'BenchConfig', 'Row', 'Contender', 'run_group', 'peak_memory_mb',
+    'benchmark', 'check_benchmark', 'check_device', 'model_input', 'README_SUITE', 'resolve_reference',
+    'BenchConfig', 'Row', 'Contender', 'run_group', 'peak_memory_mb',
     'build_contenders', 'calibrate_bn_', 'timm_twin', 'OFFICIAL_OPS', 'RECORDED_OFFICIAL', 'RecordedRatio', 'redraw_',
     'random_timm_model', 'zoo_model_from', 'recorded_official_note', 'rows_markdown', 'machine_summary',
     'render_readme_speed', 'readme_speed_block', 'check_readme_speed', 'official_notes',
@@ -77,6 +79,50 @@ def model_input(model: torch.nn.Module, batch: int, img_size: Optional[int] = No
         h = w = img_size
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, c, h, w, generator=g)
+
+
+def check_device(device: str) -> torch.device:
+    """``torch.device(device)``, after checking it exists here: ``ValueError`` (one line) for a string that is not a
+    device, or a device this machine does not have (``cuda`` without a GPU, ``cuda:3`` on a 2-GPU machine)."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"'{device}' is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if d.type in ('cpu', 'meta'):
+        return d
+    backend = getattr(torch, d.type, None)
+    if backend is None or not backend.is_available():
+        raise ValueError(f"device '{device}': this machine has no {d.type} device (use cpu)")
+    count = backend.device_count() if hasattr(backend, 'device_count') else 1
+    if d.index is not None and d.index >= count:
+        raise ValueError(f"device '{device}': this machine has {count} {d.type} device(s), numbered from 0")
+    return d
+
+
+def check_benchmark(names: Sequence[str], references: Sequence[str], device: str = 'cpu',
+                    img_size: Optional[int] = None) -> None:
+    """Raise ``ValueError`` (one line) for what would otherwise stop a benchmark midway, before anything is measured:
+    a name that is not a zoo model, a reference the model does not have (:func:`resolve_reference`), a device this
+    machine lacks (:func:`check_device`), an input side a model cannot take (one forward on the meta device)."""
+    import difflib
+
+    import timm
+
+    from .._registry import list_models
+    from ..train.model import input_size_problem
+    check_device(device)
+    zoo = list_models()
+    for name, reference in zip(names, references):
+        if name not in zoo:
+            close = difflib.get_close_matches(name, zoo, n=3, cutoff=0.6)
+            hint = f'did you mean {", ".join(close)}?' if close else 'zoo models: backbones.list_models()'
+            raise ValueError(f"'{name}' is not a zoo model ({hint})")
+        resolve_reference(name, reference)
+        if img_size is not None:
+            model = timm.create_model(name, device='meta')
+            problem = input_size_problem(model, (model.pretrained_cfg['input_size'][0], img_size, img_size))
+            if problem:
+                raise ValueError(f'{name} cannot take {img_size}x{img_size} inputs: {problem}')
 
 
 def benchmark(

@@ -24,7 +24,8 @@ import torch.nn as nn
 from .._registry import get_family, get_variant_info, list_models
 
 __all__ = [
-    'Contender', 'timm_twin', 'OFFICIAL_OPS', 'RECORDED_OFFICIAL', 'RecordedRatio', 'redraw_', 'calibrate_bn_',
+    'Contender', 'resolve_reference', 'timm_twin', 'OFFICIAL_OPS', 'RECORDED_OFFICIAL', 'RecordedRatio', 'redraw_',
+    'calibrate_bn_',
     'random_timm_model', 'zoo_model_from', 'build_contenders',
 ]
 
@@ -192,6 +193,24 @@ class Contender:
     train: bool = True
 
 
+def resolve_reference(name: str, reference: str = 'auto') -> str:
+    """The reference kind for zoo model ``name``: ``'auto'`` resolved (the timm twin, else the official operator,
+    else ``'none'``), any other kind checked: ``ValueError`` (one line) for a twin or official operator the model
+    does not have, or a name that is neither a kind nor a timm model."""
+    import timm
+
+    family = get_variant_info(name).family
+    if reference == 'auto':
+        return 'twin' if timm_twin(name) else 'official' if family in OFFICIAL_OPS else 'none'
+    if reference == 'twin' and not timm_twin(name):
+        raise ValueError(f'{name} has no timm twin (models with one: {", ".join(filter(timm_twin, list_models()))})')
+    if reference == 'official' and family not in OFFICIAL_OPS:
+        raise ValueError(f'no official-operator reference for family {family!r} (families: {sorted(OFFICIAL_OPS)})')
+    if reference not in ('twin', 'official', 'none') and not timm.is_model(reference):
+        raise ValueError(f"reference '{reference}' is not auto, twin, official, none or a timm model name")
+    return reference
+
+
 def build_contenders(
         name: str,
         reference: str = 'auto',
@@ -214,13 +233,8 @@ def build_contenders(
 
     from ..optimize import optimize_for_inference
     family = get_variant_info(name).family
+    reference = resolve_reference(name, reference)
     twin = timm_twin(name)
-    if reference == 'auto':
-        reference = 'twin' if twin else 'official' if family in OFFICIAL_OPS else 'none'
-    if reference == 'twin' and not twin:
-        raise ValueError(f'{name} has no timm twin (models with one: {", ".join(filter(timm_twin, list_models()))})')
-    if reference == 'official' and family not in OFFICIAL_OPS:
-        raise ValueError(f'no official-operator reference for family {family!r} (families: {sorted(OFFICIAL_OPS)})')
 
     contenders: List[Contender] = []
     if reference == 'twin':

@@ -23,6 +23,8 @@ from .references import Contender
 
 __all__ = ['BenchConfig', 'Row', 'run_group', 'peak_memory_mb']
 
+_KINETO_SILENT = 6  # kineto's log levels: 0 verbose ... 4 error, 5 USDT (trace start / stop); 6 shows none
+
 
 @dataclass
 class BenchConfig:
@@ -65,6 +67,10 @@ class BenchConfig:
             raise ValueError(f"clock must be 'auto', 'cpu' or 'wall', got {self.clock!r}")
         if self.rounds < 1 or self.warmup < 0 or self.batch < 1:
             raise ValueError('rounds and batch must be >= 1, warmup >= 0')
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f'threads must be >= 1 (or None: leave the setting), got {self.threads}')
+        if self.img_size is not None and self.img_size < 1:
+            raise ValueError(f'img_size must be >= 1 (or None: the model\'s default), got {self.img_size}')
 
     @property
     def resolved_clock(self) -> str:
@@ -144,6 +150,11 @@ def peak_memory_mb(step: Callable[[], object], device: torch.device) -> Optional
         return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
     if device.type != 'cpu':
         return None
+    # The profiler's library (kineto) logs its own lines to stderr: a trace start / stop, and, when a profile stops
+    # on a CUDA build of torch that finds no GPU, "ERROR: ... gpuGetDeviceCount failed" from its device-properties
+    # query, which runs even for CPU-only profiles. None of it concerns this measurement: silence kineto's log unless
+    # the user set its level (read when the profiler first starts in the process).
+    os.environ.setdefault('KINETO_LOG_LEVEL', str(_KINETO_SILENT))
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()

@@ -8,7 +8,8 @@ from timm.layers import register_notrace_function
 from timm.models._features import feature_take_indices
 from torch.fx.node import has_side_effect
 
-__all__ = ['check_input', 'check_model_kwargs', 'check_feature_indices', 'check_img_size', 'refuse_img_size']
+__all__ = ['check_input', 'check_model_kwargs', 'check_num_classes', 'check_img_size', 'refuse_img_size',
+           'check_feature_indices']
 
 
 @has_side_effect  # FX dead-code elimination (timm / torchvision feature extraction) must keep the unused call
@@ -102,11 +103,47 @@ def _check_dtype(x: torch.Tensor, weight: torch.Tensor, model: str):
             f'x.to(torch.{expected}), or the model with model.to(torch.{got}), or run under torch.autocast)')
 
 
+def check_num_classes(model: str, num_classes: Any) -> None:
+    """``num_classes`` must be a whole number >= 0 (0: no classifier). ``TypeError`` / ``ValueError`` naming the
+    model: a negative count would otherwise build a headless model in some families and fail at the first forward in
+    others."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise TypeError(f'{model}: num_classes must be a whole number >= 0 (0: no classifier), got {num_classes!r}')
+    if num_classes < 0:
+        raise ValueError(f'{model}: num_classes must be >= 0 (0: no classifier), got {num_classes}')
+
+
+def check_img_size(img_size: Any, model: str = 'model', min_size: int = 1, divisor: int = 1,
+                   name: str = 'img_size') -> Optional[Tuple[int, int]]:
+    """``img_size`` (a side, or ``(H, W)``; None passes through as None) as an ``(H, W)`` pair, after checking that
+    both sides are whole numbers of at least ``max(min_size, divisor)`` (the smallest input the model's strides and
+    windows take) and multiples of ``divisor``: ``TypeError`` / ``ValueError`` naming the model and ``name``, before
+    anything is resized or resampled with it (torch's own error would come from deep inside an interpolation). The
+    one place every zoo model that takes ``img_size`` (at construction or in ``set_input_size``) reads it."""
+    if img_size is None:
+        return None
+    sides = (img_size, img_size) if isinstance(img_size, numbers.Integral) else img_size
+    try:
+        sides = tuple(sides)
+    except TypeError:
+        sides = ()
+    if len(sides) != 2 or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in sides):
+        raise TypeError(f'{model}: {name} must be a whole number or a (height, width) pair of them, got {img_size!r}')
+    smallest = max(min_size, divisor)
+    if min(sides) < smallest or any(s % divisor for s in sides):
+        rule = f' and multiples of {divisor}' if divisor > 1 else ''
+        raise ValueError(f'{model}: {name} sides must be at least {smallest}{rule}, got {img_size!r}')
+    return int(sides[0]), int(sides[1])
+
+
 def check_model_kwargs(model: str, kwargs: Dict[str, Any]) -> None:
     """Check timm's generic model arguments before anything is built (``register_zoo_model`` calls it for every zoo
-    entrypoint): ``in_chans`` an int >= 1 and ``drop_path_rate`` a number in [0, 1). ``TypeError`` for a wrong
-    type, ``ValueError`` for a wrong value; arguments not given are not checked. (``global_pool`` is checked by the
-    head, which knows its pooling types; ``drop_rate`` by ``nn.Dropout``.)"""
+    entrypoint): ``in_chans`` an int >= 1, ``num_classes`` an int >= 0 (:func:`check_num_classes`) and
+    ``drop_path_rate`` a number in [0, 1). ``TypeError`` for a wrong type, ``ValueError`` for a wrong value;
+    arguments not given are not checked. (``global_pool`` is checked by the head, which knows its pooling types;
+    ``drop_rate`` by ``nn.Dropout``.)"""
+    if kwargs.get('num_classes') is not None:
+        check_num_classes(model, kwargs['num_classes'])
     in_chans = kwargs.get('in_chans')
     if in_chans is not None:
         if isinstance(in_chans, bool) or not isinstance(in_chans, numbers.Integral):
@@ -159,25 +196,6 @@ def check_feature_indices(
                 f'the features come out in; {valid}')
         indices = levels
     return feature_take_indices(num_levels, indices)
-
-
-def check_img_size(
-        img_size: Optional[Union[int, Sequence[int]]],
-        model: str = 'model',
-        divisor: int = 1,
-) -> Optional[Tuple[int, int]]:
-    """timm's ``img_size`` argument (an int, an ``(H, W)`` pair, or None) as ``(H, W)``, checked: two ints >= 1 that
-    are multiples of ``divisor`` (the model's input rule), else one ``ValueError``. The one place every zoo model
-    that takes ``img_size`` (at construction or in ``set_input_size``) reads it."""
-    if img_size is None:
-        return None
-    size = (img_size, img_size) if isinstance(img_size, numbers.Integral) else tuple(img_size)
-    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in size):
-        raise ValueError(f'{model}: img_size must be an int or an (H, W) pair of ints >= 1, got {img_size!r}')
-    if size[0] % divisor or size[1] % divisor:
-        raise ValueError(
-            f'{model} takes input sides that are multiples of {divisor}, got img_size {size[0]}x{size[1]}')
-    return int(size[0]), int(size[1])
 
 
 def refuse_img_size(img_size: Any, model: str, why: str) -> None:

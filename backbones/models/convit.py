@@ -48,7 +48,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import calculate_drop_path_rates, to_2tuple, trunc_normal_, use_fused_attn
+from timm.layers import calculate_drop_path_rates, trunc_normal_, use_fused_attn
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict, unwrap_state_dict
@@ -56,6 +56,7 @@ from .._features import feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from .._token import TokenFeatureMixin, check_global_pool, token_feature_info
 from ..layers.attention import Attention
+from ..layers.helpers import check_img_size
 from ..layers.mlp import Mlp
 from ..layers.patch_embed import PatchEmbed
 from ..layers.pos_embed import resize_pos_embed_in_state_dict
@@ -242,9 +243,7 @@ class ConViT(TokenFeatureMixin, nn.Module):
         if not 0 <= local_up_to_layer < depth:
             raise ValueError(f'local_up_to_layer ({local_up_to_layer}) must lie in [0, depth={depth}): the class '
                              f'token joins after the GPSA blocks')
-        img_size = tuple(to_2tuple(img_size))
-        if img_size[0] % patch_size or img_size[1] % patch_size:
-            raise ValueError(f'img_size {img_size} must be a multiple of patch_size ({patch_size})')
+        img_size = check_img_size(img_size, type(self).__name__, divisor=patch_size)  # a grid of >= 1 patch
         check_global_pool(global_pool, 1)
         self.num_classes = num_classes
         self.in_chans = in_chans

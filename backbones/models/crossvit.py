@@ -54,7 +54,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import calculate_drop_path_rates, to_2tuple, trunc_normal_
+from timm.layers import calculate_drop_path_rates, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict, unwrap_state_dict
@@ -64,6 +64,7 @@ from .._token import BRANCH_POOL_TYPES, MultiBranchTokenMixin, branch_feature_in
 from ..layers.activation import InplaceGELU
 from ..layers.attention import Attention
 from ..layers.cross_attention import CrossAttention
+from ..layers.helpers import check_img_size
 from ..layers.mlp import Mlp
 from ..layers.patch_embed import PatchEmbed
 from ..layers.pos_embed import pos_embed_for_grid, resize_pos_embed_in_state_dict
@@ -254,9 +255,7 @@ class CrossViT(MultiBranchTokenMixin, nn.Module):
         self.scales: List[Tuple[int, int]] = [(s.numerator, s.denominator) for s in scales]
         # the branches of scale 1 see the image itself: its sides must be multiples of their patches
         self.input_divisor = math.lcm(*[p for p, s in zip(patch_size, scales) if s == 1])
-        self.img_size = tuple(to_2tuple(img_size))
-        if self.img_size[0] % self.input_divisor or self.img_size[1] % self.input_divisor:
-            raise ValueError(f'img_size {self.img_size} must be a multiple of {self.input_divisor}')
+        self.img_size = check_img_size(img_size, type(self).__name__, divisor=self.input_divisor)
         self.grid_size: List[Tuple[int, int]] = self.branch_grid_sizes(self.img_size)
         self.num_features = self.head_hidden_size = sum(embed_dim)
         self._model_name = type(self).__name__  # for error messages (TorchScript cannot read self.__class__)

@@ -56,7 +56,7 @@ from ..layers.activation import InplaceGELU
 from ..layers.attention import Attention
 from ..layers.conv import create_conv2d_same
 from ..layers.head import check_pool_type
-from ..layers.helpers import check_img_size
+from ..layers.helpers import check_img_size, check_num_classes
 from ..layers.mbconv import MBConv
 from ..layers.mlp import Mlp
 from ..layers.relpos import RelPosBias, resize_rel_pos_table
@@ -314,7 +314,7 @@ class MaxViT(StageFeatureMixin, nn.Module):
         self.drop_rate = drop_rate
         self.input_divisor = 1  # any size: TF-SAME strided convs / pools, padded attention partitions
         self.partition_ratio = 32
-        self.img_size = check_img_size(img_size, 'MaxViT')
+        self.img_size = check_img_size(img_size, 'MaxViT') if img_size is not None else None
         self.window_size = to_2tuple(window_size)
         self.grid_size = to_2tuple(grid_size) if grid_size is not None else self.window_size
         self._model_name = 'MaxViT'
@@ -374,11 +374,15 @@ class MaxViT(StageFeatureMixin, nn.Module):
             partition_ratio: Optional[int] = None,
     ):
         """Change the window / grid partition sizes (as timm's MaxViT): each one not given is ``img_size //
-        partition_ratio`` (32), e.g. 12 for 384; the relative position tables are resized bilinearly."""
-        if img_size is not None:
-            self.img_size = check_img_size(img_size, self._model_name)
+        partition_ratio`` (32), e.g. 12 for 384; the relative position tables are resized bilinearly. Every size is
+        checked first: a derived partition must hold at least one position."""
         if partition_ratio is not None:
-            self.partition_ratio = partition_ratio
+            self.partition_ratio = check_img_size(partition_ratio, 'MaxViT', name='partition_ratio')[0]
+        if img_size is not None:
+            derived = window_size is None or grid_size is None
+            self.img_size = check_img_size(img_size, 'MaxViT', min_size=self.partition_ratio if derived else 1)
+        window_size = check_img_size(window_size, 'MaxViT', name='window_size') if window_size is not None else None
+        grid_size = check_img_size(grid_size, 'MaxViT', name='grid_size') if grid_size is not None else None
         if window_size is None or grid_size is None:
             size = self.img_size or tuple(getattr(self, 'pretrained_cfg', {}).get('input_size', (3, 224, 224))[-2:])
             derived = (size[0] // self.partition_ratio, size[1] // self.partition_ratio)
@@ -393,6 +397,7 @@ class MaxViT(StageFeatureMixin, nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False):
         """New classifier; ``reset_other`` also drops the head's norm and pre-logits layer (pooling + fc remain)."""
+        check_num_classes('MaxViT', num_classes)
         if global_pool is not None:
             check_pool_type(global_pool, width_preserving=True)
         self.num_classes = num_classes

@@ -55,6 +55,7 @@ from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.conv import PointwiseConv2d, same_padding, strided_conv2d
 from ..layers.head import Head
+from ..layers.helpers import check_img_size
 from ..layers.oversize_conv import OversizeConv2d, resize_kernel_1d
 from ..layers.stage import Stage, drop_path_schedule, stage_strides
 from ..layers.tracing import eager_channels_last
@@ -271,10 +272,10 @@ class ParCNetV2(StageFeatureMixin, nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
-        self.img_size = to_2tuple(img_size) if img_size is not None else None
-        self.resize_kernels = resize_kernels
         self.input_divisor = 1
         self.min_input_size = 3  # any side >= 3, the official code's limit (the 7x7 stride-4 stem pads by 2)
+        self.img_size = check_img_size(img_size, 'ParCNetV2', self.min_input_size) if img_size is not None else None
+        self.resize_kernels = resize_kernels
         self._model_name = 'ParCNetV2'
         self.grad_checkpointing = False
         if resize_kernels:
@@ -329,8 +330,8 @@ class ParCNetV2(StageFeatureMixin, nn.Module):
         axis; linear, ``align_corners=True``, as the official ``OversizeConv2d`` resize mode), and remember the
         size (``resize_kernels=True``, ``img_size``) so that a saved model rebuilds with these kernels. Every input
         size keeps working; only the kernels change."""
-        if img_size is not None:
-            self.img_size = to_2tuple(img_size)
+        if img_size is not None:  # checked before any kernel is resized (a 1-pixel map would need a -1 kernel)
+            self.img_size = check_img_size(img_size, 'ParCNetV2', self.min_input_size)
         self.resize_kernels = True
         kernel_sizes = self._kernel_sizes(self.img_size or (224, 224), len(self.stages))
         for stage, k in zip(self.stages, kernel_sizes):

@@ -68,6 +68,7 @@ from ..layers.fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
 from ..layers.head import check_pool_type
 from ..layers.helpers import refuse_img_size
 from ..layers.stage import Stage, stage_strides
+from ..optimize import mark_deploy_form
 
 __all__ = ['RapidNet']
 
@@ -548,11 +549,12 @@ class RapidNet(StageFeatureMixin, nn.Module):
         """Fold for inference, in place: each RepCPE identity into its kernel, each BatchNorm into the conv before
         it and each layer scale into the last conv of its branch. Same logits within float rounding; the state
         dict layout changes (no ``bn`` / ``ls`` entries, ``cpe.reparam_conv``). Load weights before calling it;
-        the result is meant for inference (training it would train without BatchNorm)."""
+        the result is a deploy form (:func:`~backbones.optimize.mark_deploy_form`): ``.train()`` warns (training it
+        would train without BatchNorm) and ``backbones.hub.save_for_hf`` refuses it (save before folding)."""
         for m in list(self.modules()):  # parents before children; every fold is a no-op once done
             if m is not self and hasattr(m, 'reparameterize'):
                 m.reparameterize()
-        return self
+        return mark_deploy_form(self, 'RapidNet.reparameterize')  # .train() warns; save_for_hf refuses it
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

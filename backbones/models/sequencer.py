@@ -261,7 +261,7 @@ class Sequencer2d(StageFeatureMixin, nn.Module):
         self.drop_rate = drop_rate
         self.input_divisor = math.prod(patch_sizes)  # every patch conv must tile its input exactly
         self._model_name = type(self).__name__
-        self.img_size = check_img_size(img_size, self._model_name, self.input_divisor)
+        self.img_size = check_img_size(img_size, self._model_name, divisor=self.input_divisor)
         check_output_stride(
             output_stride, self.input_divisor, self._model_name, 'its stride is set by a 7x7 patch embedding and one '
             '2x2 merge, 14 in all, so 16 and 8 do not exist; and its BiLSTMs read whole rows and columns, which '

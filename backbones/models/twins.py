@@ -207,7 +207,7 @@ class Twins(StageFeatureMixin, nn.Module):
         # feature levels: the four stages, as timm's Twins (the first patch embedding is the stem)
         layout = stage_strides([patch_size] + [2] * (num_stages - 1), output_stride, 1, self._model_name)
         self.input_divisor = layout[-1].reduction  # every patch embedding that strides tiles its input exactly
-        self.img_size = check_img_size(img_size, self._model_name, self.input_divisor)
+        self.img_size = check_img_size(img_size, self._model_name, divisor=self.input_divisor)
 
         self.stem = nn.Identity()  # stage 0's patch embedding is the stem (group_matcher names it so)
         dprs = drop_path_schedule(drop_path_rate, depths)

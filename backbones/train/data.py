@@ -2,8 +2,9 @@
 
 What is added to timm here is checking and determinism:
 
-* **Checks before anything runs** (:func:`build_datasets`): a missing data directory, a class folder without images
-  (timm's folder reader would silently drop that class and renumber the others), train/validation splits with
+* **Checks before anything runs** (:func:`build_datasets`): a missing data directory, images that are not in class
+  folders (timm's folder reader would make them one class: a 1-class model that scores 100 %), a class folder without
+  images (timm's folder reader would silently drop that class and renumber the others), train/validation splits with
   different classes and a ``--num-classes`` smaller than the dataset's class count are :class:`DataError`\\ s that name
   the path or the classes.
 * **Unreadable images** are an error naming the file (:class:`StrictImageDataset`), where timm would log a warning
@@ -125,12 +126,26 @@ def _why_unreadable(path: str) -> Optional[str]:
     return None
 
 
-def check_folder_split(root: str, class_to_idx: Dict[str, int], split: str) -> None:
-    """Raise :class:`DataError` when a class folder directly under ``root`` holds no image.
+def check_folder_split(root: str, class_to_idx: Dict[str, int], split: str, check_empty: bool = True) -> None:
+    """Raise :class:`DataError` when images lie directly in ``root`` (not in class folders), or (``check_empty``) a
+    class folder directly under ``root`` holds no image.
 
-    timm builds the class list from the folders that contain images, so an empty class folder would silently remove
+    timm's folder reader labels an image by the folder it is in: images directly in ``root`` become one class named
+    ``''``, so a split without class folders would train a 1-class model (100 % top-1, having learned nothing). And
+    it builds the class list from the folders that contain images, so an empty class folder would silently remove
     that class and shift the index of every class after it (and differently in train and validation)."""
     exts = get_img_extensions(as_set=True)
+    if '' in class_to_idx:
+        try:
+            loose = sorted(f for f in os.listdir(root) if os.path.splitext(f)[1].lower() in exts)
+        except OSError:
+            loose = []
+        example = f', e.g. {loose[0]}' if loose else ''
+        raise DataError(
+            f'{len(loose) or "some"} image(s) lie directly in {root} ({split} split{example}), not in class folders: '
+            f'expected {root}/<class name>/<image files>, one folder per class')
+    if not check_empty:
+        return
     try:
         subdirs = sorted((e for e in os.scandir(root) if e.is_dir() and not e.name.startswith('.')),
                          key=lambda e: e.name)
@@ -207,8 +222,7 @@ def build_datasets(args, need_train: bool = True, need_eval: bool = True, log: b
         split_root = getattr(ds.reader, 'root', None)
         if split_root and os.path.isdir(split_root):
             roots[name] = split_root
-            if not args.class_map:
-                check_folder_split(split_root, c2i, split)
+            check_folder_split(split_root, c2i, split, check_empty=not args.class_map)
         classes[name] = c2i
     if 'train' in classes and 'eval' in classes and classes['train'] != classes['eval']:
         a, b = set(classes['train']), set(classes['eval'])

@@ -7,9 +7,11 @@
 ``AverageMeter`` and the distributed helpers (``init_distributed_device``, ``distribute_bn``).
 
 Order of work, chosen so that bad input never damages an output directory: arguments -> datasets (checked) -> model
-(and its starting weights) -> resume checkpoint (checked against the model) -> only then the output directory. A
-fresh run into a directory that holds an earlier run replaces that run's ``summary.csv`` / ``args.yaml`` only when
-its own first checkpoint is written.
+(and its starting weights) -> resume checkpoint (checked against the model) -> only then the output directory, which
+the run locks (one writer) and writes into from its first checkpoint on (:mod:`backbones.train.rundir`). A run that
+ends before its first checkpoint leaves nothing it created; one stopped by Ctrl-C or by a failure to save a
+checkpoint (a full disk, a file-size limit, a read-only file system) says, in one line, which epoch is the last
+good one and the command that continues from it.
 
 Exact resume: every epoch's data order is a function of ``(seed, epoch)`` (:func:`~backbones.train.data.
 set_loader_epoch`) and every checkpoint holds the RNG states of every rank at the end of its epoch, so a run killed
@@ -19,13 +21,11 @@ ends with bit-identical weights.
 import contextlib
 import errno
 import logging
-import os
 import shlex
 import time
-from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -33,7 +33,7 @@ import torch.nn as nn
 from timm.data import AugMixDataset, FastCollateMixup, Mixup, resolve_data_config
 from timm.layers import convert_splitbn_model, convert_sync_batchnorm, set_fast_norm
 from timm.loss import BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.models import model_parameters, safe_model_name
+from timm.models import model_parameters
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import (
@@ -49,12 +49,10 @@ from timm.utils import (
     unwrap_model,
 )
 
-from .._files import remove_stale_temps
 from .args import args_to_yaml, check_values, resolve_lr
 from .checkpoint import (
     CHECKPOINT_VERSION,
     TrainCheckpointSaver,
-    atomic_write_text,
     capture_rng_state,
     export_for_hf,
     load_model_state,
@@ -67,91 +65,16 @@ from .checkpoint import (
 )
 from .data import build_datasets, create_eval_loader, create_train_loader, data_config_summary, set_loader_epoch
 from .defaults import configure_cpu_threads
-from .errors import CheckpointError, TrainError, TrainInterrupted
+from .errors import CheckpointError, TrainError, TrainInterrupted, one_line
 from .model import check_model_input, create_train_model
 from .plot import plot_summary
 from .progress import Progress, format_duration
+from .rundir import BEST_DIR, PLOT, SUMMARY, RunDir, run_dir_of
 from .validate import evaluate
 
 __all__ = ['train', 'train_one_epoch', 'run_dir_of', 'BEST_DIR', 'SUMMARY', 'PLOT']
 
 _logger = logging.getLogger('backbones.train')
-
-BEST_DIR = 'best'  # save_for_hf export of the best weights: config.json + model.safetensors
-SUMMARY = 'summary.csv'
-PLOT = 'summary.png'
-_RUN_FILES = ('args.yaml', SUMMARY, PLOT, 'last.pth.tar', 'model_best.pth.tar')
-
-
-def run_dir_of(args, input_size: Optional[int] = None) -> Path:
-    """The experiment directory: ``<output>/<experiment>``, or timm's ``<output>/<date-time>-<model>-<size>``."""
-    base = Path(args.output or './output/train')
-    if args.experiment:
-        return base / args.experiment
-    name = '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model), str(input_size)])
-    return base / name
-
-
-def _holds_run(path: Path) -> bool:
-    """Whether ``path`` holds files of a training run (this trainer's or timm's)."""
-    return path.is_dir() and (any((path / f).exists() for f in _RUN_FILES + (BEST_DIR,))
-                              or any(path.glob('checkpoint-*.pth.tar')))
-
-
-def _aside(path: Path) -> Path:
-    """A free sibling name for an earlier run: ``<name>.earlier-<date-time>[-N]``."""
-    stem = f'{path.name}.earlier-{datetime.now().strftime("%Y%m%d-%H%M%S")}'
-    aside, n = path.with_name(stem), 1
-    while aside.exists():
-        aside, n = path.with_name(f'{stem}-{n}'), n + 1
-    return aside
-
-
-class _OutputDir:
-    """The experiment directory, written by the primary process only. A run never mixes its files with another's.
-
-    Resuming from this directory's own checkpoint continues the run in it. A fresh run (or one resumed from a
-    checkpoint elsewhere) into a directory that holds an earlier run moves that run aside, whole, to
-    ``<name>.earlier-<date-time>`` and logs where; it does so at :meth:`commit`, just before its own first
-    checkpoint, so a run that fails before then leaves the earlier one exactly as it was. ``summary.csv`` is always
-    written from the rows held in the latest checkpoint: it never lists an epoch whose checkpoint was not written."""
-
-    def __init__(self, path: Path, args_text: str, continues: bool, rows: List[Dict[str, Any]]):
-        self.path = path
-        self.args_text = args_text
-        self.continues = continues
-        self.rows = rows  # the summary rows; the trainer appends one per epoch and the checkpoints hold them
-        self.committed = False
-
-    def prepare(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        if self.continues or not _holds_run(self.path):
-            self.commit()
-        else:
-            _logger.info(f'{self.path} holds an earlier run: it is moved aside, whole, when this run writes its '
-                         f'first checkpoint (--resume auto continues it instead)')
-
-    def commit(self) -> None:
-        if self.committed:
-            return
-        if not self.continues and _holds_run(self.path):
-            aside = _aside(self.path)
-            os.replace(self.path, aside)
-            self.path.mkdir()
-            _logger.warning(f'{self.path} held an earlier run: moved it to {aside}')
-        stale = remove_stale_temps(self.path) + remove_stale_temps(self.path / BEST_DIR)
-        staging = self.path / 'tmp.pth.tar'  # timm's CheckpointSaver stages last.pth.tar under this name
-        if staging.is_file():
-            staging.unlink()
-            stale.append(staging)
-        if stale:
-            _logger.info(f'removed {len(stale)} temporary file(s) an interrupted run left in {self.path}: '
-                         f'{", ".join(p.name for p in stale[:3])}')
-        atomic_write_text(self.path / 'args.yaml', self.args_text)
-        if self.rows or (self.path / SUMMARY).exists():
-            write_summary(self.path / SUMMARY, self.rows)
-        self.committed = True
-
 
 def _resume_command(run_dir: Path) -> str:
     q = shlex.quote
@@ -168,6 +91,48 @@ def _stopped(why: str, epoch: int, saver: Optional['TrainCheckpointSaver'], run_
                 f'the same command again to start over)')
     return (f'{why} in epoch {epoch}: the last good checkpoint is epoch {saver.last_epoch} '
             f'({run_dir / "last.pth.tar"}); {then}continue with: {_resume_command(run_dir)}')
+
+
+class _SaveFailed(Exception):
+    """Writing the run's files failed; ``why`` and ``then`` complete :func:`_stopped`'s line."""
+
+    def __init__(self, why: str, then: str):
+        super().__init__(why)
+        self.why, self.then = why, then
+
+
+# torch.save's zip writer reports a failed write (a full disk, a file-size limit) as a RuntimeError like
+# "[enforce fail at inline_container.cc:672] . unexpected pos 1234 vs 1200" or "... file write failed"
+_TORCH_WRITE_FAILED = ('inline_container', 'unexpected pos', 'file write failed', 'PytorchStreamWriter')
+
+
+def _save_failure(e: BaseException) -> Tuple[str, str]:
+    """``(why, then)`` for an error raised while writing a checkpoint or the files beside it."""
+    where = f' writing {e.filename}' if isinstance(e, OSError) and e.filename else ''
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f'no space left on device{where}', 'free some space, then '
+    if isinstance(e, OSError) and e.errno == errno.EFBIG:
+        return (f'file too large{where} (the file system or the file-size limit, ulimit -f)',
+                'raise the limit or use another --output, then ')
+    if isinstance(e, OSError) and e.errno == errno.EROFS:
+        return f'the file system is read-only{where}', 'make it writable, then '
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM):
+        return f'permission denied{where}', 'fix the permissions, then '
+    first = one_line(e)
+    if isinstance(e, RuntimeError) and any(s in first for s in _TORCH_WRITE_FAILED):
+        return (f'the checkpoint could not be written (torch.save: {first}; a full disk or a file-size limit?)',
+                'free some space, then ')
+    return f'saving failed ({type(e).__name__}: {first})', 'fix the cause, then '
+
+
+@contextlib.contextmanager
+def _saving() -> Iterator[None]:
+    """Around the writes of an epoch's files: an OSError / RuntimeError there (but not Ctrl-C) ends the run like
+    Ctrl-C does, naming the last good epoch (:class:`_SaveFailed`)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        raise _SaveFailed(*_save_failure(e)) from e
 
 
 def _resumed_summary(ck: Dict[str, Any], run_dir: Path, start_epoch: int, continues: bool) -> List[Dict[str, Any]]:
@@ -349,13 +314,14 @@ def train(args, args_text: Optional[str] = None) -> Dict[str, Any]:
     if device.type == 'cpu':
         configure_cpu_threads(args.workers, log=args.rank == 0)
     try:
-        return _train(args, device, args_text)
+        with contextlib.ExitStack() as cleanup:  # the output directory is closed (lock, leftovers) however it ends
+            return _train(args, device, args_text, cleanup)
     finally:
         if args.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(args, device: torch.device, args_text: str) -> Dict[str, Any]:
+def _train(args, device: torch.device, args_text: str, cleanup: contextlib.ExitStack) -> Dict[str, Any]:
     primary = args.rank == 0
     if not primary:
         logging.getLogger('backbones').setLevel(logging.WARNING)
@@ -531,8 +497,9 @@ def _train(args, device: torch.device, args_text: str) -> Dict[str, Any]:
 
     out, saver = None, None
     if primary:
-        out = _OutputDir(run_dir, args_text, continues, rows)
+        out = RunDir(run_dir, args_text, continues, rows)
         out.prepare()
+        cleanup.callback(out.close)
         saver = TrainCheckpointSaver(state_fn, str(run_dir), max_history=args.checkpoint_hist, decreasing=decreasing)
         if ck is not None:
             saver.last_epoch = start_epoch - 1
@@ -586,10 +553,12 @@ def _train(args, device: torch.device, args_text: str) -> Dict[str, Any]:
             row = summary_row(epoch, {'loss': train_metrics['loss']}, eval_metrics, lr=sum(lrs) / len(lrs))
             history.append(row)
             if primary:
-                out.commit()
-                rows.append(row)  # into the checkpoint first, then into summary.csv
-                saver.save_checkpoint(epoch, metric=metric)
-                write_summary(run_dir / SUMMARY, rows)
+                with _saving():
+                    out.commit()
+                    rows.append(row)  # into the checkpoint first, then into summary.csv
+                    saver.save_checkpoint(epoch, metric=metric)
+                    out.saved = out.saved or saver.last_epoch == epoch
+                    write_summary(run_dir / SUMMARY, rows)
                 new_best = metric is not None and saver.best_epoch == epoch
                 if new_best:
                     best_model = model_ema if ema_eval else model
@@ -603,12 +572,13 @@ def _train(args, device: torch.device, args_text: str) -> Dict[str, Any]:
                                          time.perf_counter() - t0))
     except KeyboardInterrupt:
         raise TrainInterrupted(_stopped('interrupted (Ctrl-C)', epoch, saver, run_dir)) from None
+    except _SaveFailed as e:
+        raise TrainError(_stopped(e.why, epoch, saver, run_dir, then=e.then)) from None
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        where = f' writing {e.filename}' if e.filename else ''
-        raise TrainError(_stopped(f'no space left on device{where}', epoch, saver, run_dir,
-                                  then='free some space, then ')) from None
+        why, then = _save_failure(e)
+        raise TrainError(_stopped(why, epoch, saver, run_dir, then=then)) from None
     result = {'output_dir': str(run_dir), 'last_epoch': num_epochs - 1, 'history': history,
               'best_metric': saver.best_metric if saver else None, 'best_epoch': saver.best_epoch if saver else None}
     if primary and saver.best_metric is not None:
@@ -655,7 +625,7 @@ def _repair_best_export(run_dir: Path, best_epoch: Optional[int], model: nn.Modu
         return
     try:
         done = json.loads((run_dir / BEST_DIR / 'config.json').read_text()).get('training', {}).get('epoch')
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # missing, or not JSON we can read: export again
         done = None
     if done == best_epoch:
         return

@@ -32,7 +32,10 @@ from .._checkpoint import (
 from .checkpoint import load_model_state
 from .errors import CheckpointError, ModelError, one_line
 
-__all__ = ['create_train_model', 'load_pretrained_path', 'check_model_name', 'check_model_input', 'classifier_keys']
+__all__ = [
+    'create_train_model', 'load_pretrained_path', 'check_model_name', 'check_model_input', 'input_size_problem',
+    'classifier_keys',
+]
 
 _logger = logging.getLogger('backbones.train')
 _WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'open_clip_pytorch_model.bin')
@@ -203,14 +206,22 @@ def check_model_input(args) -> None:
     except (RuntimeError, ValueError, OSError, AssertionError) as e:
         raise ModelError(f"cannot build model '{args.model}': {one_line(e)}") from None
     c, h, w = resolve_data_config(vars(args), model=model, verbose=False)['input_size']
+    problem = input_size_problem(model, (c, h, w))
+    if problem:
+        raise ModelError(f'{_size_flag(args, c, h, w)}: {args.model} cannot take {c}x{h}x{w} inputs: {problem}')
+
+
+def input_size_problem(model: nn.Module, input_size: Tuple[int, int, int]) -> Optional[str]:
+    """Why ``model`` (built on the meta device) cannot take ``(C, H, W)`` inputs, in one line, or None: one forward
+    of a meta batch (no memory, no compute) meets the model's input checks (its size rule, its minimum)."""
     try:
         with torch.no_grad():
-            model.eval()(torch.empty(2, c, h, w, device='meta'))
+            model.eval()(torch.empty(2, *input_size, device='meta'))
     except NotImplementedError:
-        return  # an op without a meta kernel: the real forward will tell
+        return None  # an op without a meta kernel: the real forward will tell
     except (ValueError, RuntimeError, TypeError, AssertionError) as e:
-        raise ModelError(f'{_size_flag(args, c, h, w)}: {args.model} cannot take {c}x{h}x{w} inputs: '
-                         f'{one_line(e)}') from None
+        return one_line(e)
+    return None
 
 
 def create_train_model(args, log: bool = True) -> Tuple[nn.Module, Dict[str, Any]]:
