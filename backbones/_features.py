@@ -24,9 +24,13 @@ import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
 
-from .layers.helpers import check_feature_indices, check_input
+from .layers.helpers import check_feature_indices, check_input, input_dtype_ref
 
 __all__ = ['StageFeatureMixin', 'stage_feature_info']
+
+# a call_function leaf for every FX tracer (plain ``torch.fx.symbolic_trace``, torchvision's feature extraction,
+# ``torch.ao``'s ``prepare_fx``), not only timm's: ``torch.fx.wrap`` patches the globals of the module it is called in
+torch.fx.wrap('check_input')
 
 
 def stage_feature_info(chs: List[int], reductions: List[int]) -> List[Dict]:
@@ -122,12 +126,12 @@ class StageFeatureMixin:
         return take_indices
 
     def _input_weight(self) -> Optional[torch.Tensor]:
-        """The first parameter (the input layer's weight), whose dtype ``check_input`` expects of the input. Passed
-        as a tensor, so an FX graph reads it at run time (it follows ``.half()``); None in TorchScript, which skips
-        the dtype check."""
+        """The first parameter (the input layer's weight), whose dtype ``check_input`` expects of the input
+        (:func:`~backbones.layers.helpers.input_dtype_ref`: an FX graph reads it at run time, so it follows
+        ``.half()``); None in TorchScript, which skips the dtype check."""
         weight: Optional[torch.Tensor] = None
         if not torch.jit.is_scripting():
-            weight = next(self.parameters(), None)
+            weight = input_dtype_ref(self)
         return weight
 
     def _check_input(self, x: torch.Tensor):

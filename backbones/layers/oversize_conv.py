@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, to_2tuple
 
-from .tracing import eager_channels_last
+from .tracing import eager_channels_last, is_symbolic_tracing
 from .window import contiguous_reshape
 
 __all__ = ['OversizeConv2d', 'toeplitz_taps', 'oversize_conv_matmul', 'resize_kernel_1d']
@@ -115,7 +115,9 @@ class OversizeConv2d(nn.Module):
             conv.padding = (k // 2, 0) if axis == 0 else (0, k // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or self.conv_h.weight.requires_grad
-                                        or self.conv_w.weight.requires_grad):
+        # an FX graph (which cannot branch on autograd) records the convolution modules, the form FX quantization and
+        # feature extraction know
+        if not is_symbolic_tracing() and torch.is_grad_enabled() and (
+                x.requires_grad or self.conv_h.weight.requires_grad or self.conv_w.weight.requires_grad):
             return oversize_conv_matmul(x, self.conv_h.weight.flatten(1), self.conv_w.weight.flatten(1))
         return self.conv_w(self.conv_h(eager_channels_last(x)))
