@@ -116,6 +116,10 @@ def padded_attn_bias(
     return (bias.unsqueeze(0) + key_bias).repeat(batch, 1, 1, 1)
 
 
+# a leaf for every FX tracer, not only timm's: torch.ao's prepare_fx then leaves the bias float (int8 has no -inf)
+torch.fx.wrap('padded_attn_bias')
+
+
 class PartitionAttention(nn.Module):
     """Pre-norm transformer unit over windows (``grid=False``) or a dilated grid (``grid=True``) of a ``[B, H, W, C]``
     map: ``x + attn(partition(norm1(x)))``, then ``x + mlp(norm2(x))``.
