@@ -9,9 +9,8 @@ Every tool runs on one input (``X``: batch 1, 96x160, maps padded to every windo
 eager forward of it (``_reference``), which also records the feature modules' outputs with forward hooks:
 
 - ``torch.fx.symbolic_trace`` (no example input: nothing is specialised, the graph holds every size) equals eager
-  within float32 rounding and keeps the input checks: the graph refuses a wrong channel count, a 3-D input and,
-  after ``.half()``, a float32 input, with the eager messages (``check_input`` is one call_function leaf that reads
-  the traced module's weights at run time);
+  within float32 rounding (that FX graphs keep the input checks, ``.half()`` included, is
+  ``tests/test_bad_input_models.py``'s);
 - torchvision's ``create_feature_extractor`` on the ``feature_info`` modules returns their eager outputs, and its
   dead-code elimination keeps the (side-effecting) input check;
 - int8 on random non-trivial weights, so only the agreement with float is meaningful (README's int8 table, from
@@ -29,10 +28,9 @@ import warnings
 from typing import Dict, List, NamedTuple
 
 import pytest
-import timm
 import torch
 import torch.nn as nn
-from _reduced import reduced_kwargs, reduced_model
+from _reduced import reduced_model
 from conftest import SMALL_MODELS, input_side
 from test_export import ATOL
 
@@ -113,20 +111,11 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 @pytest.mark.parametrize('name', SMALL_MODELS)
 def test_fx_symbolic_trace(name):
-    """Plain ``torch.fx.symbolic_trace``: the eager numbers, and the input checks kept (on a graph of the model on
-    the meta device, which computes nothing: ``.half()`` there costs nothing either)."""
+    """Plain ``torch.fx.symbolic_trace`` gives the eager numbers (that its graphs keep the input checks:
+    ``tests/test_bad_input_models.py``)."""
     ref = _reference(name)
     with torch.no_grad():
         _assert_close(torch.fx.symbolic_trace(ref.model)(ref.x), ref.logits)
-
-    def meta(c=3, dtype=torch.float32, dims=4):
-        return torch.empty((1, c, 64, 64)[4 - dims:], device='meta', dtype=dtype)
-    graph = torch.fx.symbolic_trace(timm.create_model(name, device='meta', **reduced_kwargs(name)).eval())
-    _raises(ValueError, r'expects 3 input channels \(in_chans=3\), got 4', graph, meta(c=4))
-    _raises(ValueError, 'expects a 4-D image batch', graph, meta(dims=3))
-    _raises(TypeError, 'expected float32 input for a float32 model, got float16', graph, meta(dtype=torch.float16))
-    graph.half()
-    _raises(TypeError, 'expected float16 input for a float16 model, got float32', graph, meta())
 
 
 @pytest.mark.parametrize('name', SMALL_MODELS)
@@ -141,7 +130,8 @@ def test_torchvision_feature_extractor(name):
     assert list(got) == list(ref.features)
     for node, expected in ref.features.items():
         _assert_close(got[node], expected, node)
-    _raises(ValueError, r'expects 3 input channels \(in_chans=3\), got 4', extractor, ref.x[:, :1].expand(-1, 4, -1, -1))
+    four_channels = ref.x[:, :1].expand(-1, 4, -1, -1)
+    _raises(ValueError, r'expects 3 input channels \(in_chans=3\), got 4', extractor, four_channels)
 
 
 # ---------------------------------------------------------------------------------------------- int8

@@ -3,6 +3,7 @@
 
     python tools/bench_int8.py                                  # every family's smallest variant (README's table)
     python tools/bench_int8.py --models rednet26 sknet50 --json int8.json
+    python tools/bench_int8.py --rows int8.json --markdown             # (re)write README's int8 table from a run
 
 Each model is the full-size network at its default input size with random non-trivial weights (``redraw_``;
 BatchNorm statistics from 16 images). Three versions of it:
@@ -36,6 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / 'README.md'
+INT8_START, INT8_END = '<!-- int8-table:start -->', '<!-- int8-table:end -->'
 sys.path.insert(0, str(ROOT))
 
 import backbones  # noqa: E402, F401  (registers the zoo)
@@ -154,6 +157,8 @@ def parse_args(argv=None):
     ap.add_argument('--calib-images', type=int, default=32, help='calibration images of the static model')
     ap.add_argument('--images', type=int, default=96, help='held-out images of the comparison')
     ap.add_argument('--json', type=Path, help='write the results to this file (updated after every model)')
+    ap.add_argument('--rows', type=Path, help='take the results from this --json file instead of measuring')
+    ap.add_argument('--markdown', action='store_true', help="write the table into README.md's int8 section")
     return ap.parse_args(argv)
 
 
@@ -164,16 +169,32 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in _VARIANTS]
     if unknown:
         raise SystemExit(f'error: not zoo models: {", ".join(unknown)}')
-    load = os.getloadavg() if hasattr(os, 'getloadavg') else None
-    images = shapes_images(args.calib_images, args.images)
-    results: Dict[str, Dict] = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
-    for name in names:
-        results[name] = measure(name, images, args)
-        print(name, json.dumps(results[name]), flush=True)
+    if args.rows:
+        results: Dict[str, Dict] = json.loads(args.rows.read_text())
+        names = [n for n in names if n in results] if args.models else list(results)
+    else:
+        load = os.getloadavg() if hasattr(os, 'getloadavg') else None
+        images = shapes_images(args.calib_images, args.images)
+        results = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
+        for name in names:
+            results[name] = measure(name, images, args)
+            print(name, json.dumps(results[name]), flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1) + '\n')
+        results['_machine'] = machine_summary(load) + f'; quantized engine {torch.backends.quantized.engine}'
         if args.json:
             args.json.write_text(json.dumps(results, indent=1) + '\n')
-    print(markdown({n: results[n] for n in names}))
-    print(machine_summary(load) + f'; quantized engine {torch.backends.quantized.engine}')
+    table = markdown({n: results[n] for n in names if not n.startswith('_')})
+    print(table)
+    print(results.get('_machine', ''))
+    if args.markdown:
+        text = README.read_text()
+        head, rest = text.split(INT8_START, 1)
+        _, tail = rest.split(INT8_END, 1)
+        machine = results.get('_machine')
+        block = f'{INT8_START}\n{table}\n' + (f'\nMeasured on: {machine}.\n' if machine else '') + INT8_END
+        README.write_text(head + block + tail)
+        print(f'wrote the int8 table into {README}')
     return 0
 
 
