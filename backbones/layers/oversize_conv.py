@@ -30,7 +30,7 @@ from timm.layers import register_notrace_module, to_2tuple
 from .tracing import eager_channels_last, is_symbolic_tracing
 from .window import contiguous_reshape
 
-__all__ = ['OversizeConv2d', 'toeplitz_taps', 'oversize_conv_matmul', 'resize_kernel_1d']
+__all__ = ['OversizeConv2d', 'toeplitz_taps', 'oversize_conv', 'oversize_conv_matmul', 'resize_kernel_1d']
 
 
 def toeplitz_taps(weight: torch.Tensor, n: int) -> torch.Tensor:
@@ -115,9 +115,21 @@ class OversizeConv2d(nn.Module):
             conv.padding = (k // 2, 0) if axis == 0 else (0, k // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # an FX graph (which cannot branch on autograd) records the convolution modules, the form FX quantization and
-        # feature extraction know
-        if not is_symbolic_tracing() and torch.is_grad_enabled() and (
+        if is_symbolic_tracing():  # an FX graph (which cannot branch on autograd): one leaf call, see oversize_conv
+            return oversize_conv(x, self.conv_h.weight, self.conv_w.weight)
+        if torch.is_grad_enabled() and (
                 x.requires_grad or self.conv_h.weight.requires_grad or self.conv_w.weight.requires_grad):
             return oversize_conv_matmul(x, self.conv_h.weight.flatten(1), self.conv_w.weight.flatten(1))
         return self.conv_w(self.conv_h(eager_channels_last(x)))
+
+
+def oversize_conv(x: torch.Tensor, weight_h: torch.Tensor, weight_w: torch.Tensor) -> torch.Tensor:
+    """:class:`OversizeConv2d` as its two depth-wise convolutions (``weight_h`` ``[C, 1, K_h, 1]``, ``weight_w``
+    ``[C, 1, 1, K_w]``), for FX graphs. An FX leaf: ``torch.ao``'s FX quantization leaves it float, as int8 has no
+    fast kernel for depth-wise kernels this long (fbgemm's cover 3x3 / 5x5; ParCNetV2-XT's int8 model ran 20x
+    slower than float with them quantized)."""
+    x = F.conv2d(x, weight_h, None, 1, (weight_h.shape[2] // 2, 0), 1, weight_h.shape[0])
+    return F.conv2d(x, weight_w, None, 1, (0, weight_w.shape[3] // 2), 1, weight_w.shape[0])
+
+
+torch.fx.wrap('oversize_conv')
