@@ -19,8 +19,8 @@ __all__ = ['is_tracing', 'is_symbolic_tracing', 'is_exporting', 'contiguous_for_
 
 def is_tracing() -> bool:
     """True under ``torch.compile`` / ``torch.export`` (dynamo or non-strict), ``torch.jit.trace`` and FX symbolic
-    tracing (``is_fx_symbolic_tracing``: not also true under ``torch.export`` as ``torch.fx``'s older
-    ``is_fx_tracing``); False in TorchScript, which compiles every path."""
+    tracing (torch.fx's ``is_fx_symbolic_tracing``, which unlike its ``is_fx_tracing`` is false under
+    ``torch.export``); False in TorchScript, which compiles every path."""
     if torch.jit.is_scripting():
         return False
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or is_fx_symbolic_tracing()
