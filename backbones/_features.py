@@ -30,9 +30,13 @@ import torch.nn as nn
 from timm.layers import get_device_dtype
 from timm.models._features import FeatureGetterNet
 
-from .layers.helpers import check_feature_indices, check_input, check_num_classes
+from .layers.helpers import check_feature_indices, check_input, check_num_classes, input_dtype_ref
 
 __all__ = ['StageFeatureMixin', 'stage_feature_info', 'FeatureGetter', 'feature_cfg']
+
+# a call_function leaf for every FX tracer (plain ``torch.fx.symbolic_trace``, torchvision's feature extraction,
+# ``torch.ao``'s ``prepare_fx``), not only timm's: ``torch.fx.wrap`` patches the globals of the module it is called in
+torch.fx.wrap('check_input')
 
 
 def stage_feature_info(
@@ -181,12 +185,12 @@ class StageFeatureMixin:
         return take_indices, max_index
 
     def _input_weight(self) -> Optional[torch.Tensor]:
-        """The first parameter (the input layer's weight), whose dtype ``check_input`` expects of the input. Passed
-        as a tensor, so an FX graph reads it at run time (it follows ``.half()``); None in TorchScript, which skips
-        the dtype check."""
+        """The first parameter (the input layer's weight), whose dtype ``check_input`` expects of the input
+        (:func:`~backbones.layers.helpers.input_dtype_ref`: an FX graph reads it at run time, so it follows
+        ``.half()``); None in TorchScript, which skips the dtype check."""
         weight: Optional[torch.Tensor] = None
         if not torch.jit.is_scripting():
-            weight = next(self.parameters(), None)
+            weight = input_dtype_ref(self)
         return weight
 
     def _check_input(self, x: torch.Tensor):

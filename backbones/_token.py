@@ -39,7 +39,7 @@ from timm.layers import get_device_dtype, global_pool_nlc, resample_abs_pos_embe
 from timm.models import checkpoint
 from timm.models._input import update_model_input_size
 
-from .layers.helpers import check_feature_indices, check_img_size, check_input, check_num_classes
+from .layers.helpers import check_feature_indices, check_img_size, check_input, check_num_classes, input_dtype_ref
 from .layers.pos_embed import pos_embed_for_grid
 
 __all__ = [
@@ -50,6 +50,11 @@ __all__ = [
 POOL_TYPES = ('', 'token', 'avg', 'max', 'avgmax')
 # multi-branch models always pool: the branches differ in width and token count (no '')
 BRANCH_POOL_TYPES = POOL_TYPES[1:]
+
+# call_function leaves for every FX tracer (plain ``torch.fx.symbolic_trace``, torchvision's feature extraction,
+# ``torch.ao``'s ``prepare_fx``), not only timm's: ``torch.fx.wrap`` patches the globals of the module it is called in
+torch.fx.wrap('check_input')
+torch.fx.wrap('pos_embed_for_grid')
 
 
 def token_feature_info(depth: int, dim: int, reduction: int) -> List[Dict]:
@@ -170,7 +175,7 @@ class TokenFeatureMixin(_TokenContract):
     def _check_input(self, x: torch.Tensor):
         weight: Optional[torch.Tensor] = None
         if not torch.jit.is_scripting():  # TorchScript cannot read the autocast state; torch's own error applies
-            weight = next(self.patch_embed.parameters())  # the input layer's dtype is the one the input must have
+            weight = input_dtype_ref(self.patch_embed)  # the input layer's dtype is the one the input must have
         check_input(x, self.in_chans, self.patch_size, self._model_name, weight=weight)
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -347,7 +352,7 @@ class MultiBranchTokenMixin(_TokenContract):
     def _check_input(self, x: torch.Tensor):
         weight: Optional[torch.Tensor] = None
         if not torch.jit.is_scripting():  # TorchScript cannot read the autocast state; torch's own error applies
-            weight = next(self.patch_embed.parameters())  # the input layers' dtype is the one the input must have
+            weight = input_dtype_ref(self.patch_embed)  # the input layers' dtype is the one the input must have
         check_input(x, self.in_chans, self.input_divisor, self._model_name, weight=weight)
 
     def forward_intermediates(

@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 from _oracle import random_model
+from _reduced import reduced_kwargs
 from conftest import SMALL_MODELS, input_side
 
 import backbones  # noqa: F401
@@ -138,12 +139,19 @@ def test_autocast_still_runs(name, one_thread):
         _raises(TypeError, 'got uint8', model, x.to(torch.uint8))
 
 
-@pytest.mark.parametrize('name', [n for n in SMALL_MODELS if n in ('rednet26', 'tiny_moat_0_no_pe', 'sknet50')])
-def test_checks_kept_in_fx_graphs(name):
-    """timm's FX feature extraction drops calls whose result is unused: the checks are marked side-effecting, so a
-    traced model still refuses bad input, and its dtype check follows the weights (``.half()`` after tracing).
-    RedNet and MOAT have their own check functions; the others share StageFeatureMixin's."""
-    model = timm.create_model(name, features_only=True, feature_cls='fx', device='meta').eval()
+@pytest.mark.parametrize('name,tracer', [
+    (n, 'timm') for n in SMALL_MODELS if n in ('rednet26', 'tiny_moat_0_no_pe', 'sknet50')] + [
+    (n, 'torch.fx') for n in SMALL_MODELS])
+def test_checks_kept_in_fx_graphs(name, tracer):
+    """FX graphs keep the checks, with the eager messages: timm's FX feature extraction (which drops calls whose
+    result is unused: the checks are marked side-effecting) and plain ``torch.fx.symbolic_trace`` (the tracer of
+    torchvision and torch.ao; ``check_input`` is a leaf for it too). The dtype check follows the weights
+    (``.half()`` after tracing). RedNet and MOAT have their own check functions; the others share the mixins'."""
+    if tracer == 'timm':
+        model = timm.create_model(name, features_only=True, feature_cls='fx', device='meta').eval()
+    else:
+        model = torch.fx.symbolic_trace(timm.create_model(name, device='meta', **reduced_kwargs(name)).eval())
+        _raises(ValueError, 'expects a 4-D image batch', model, _x()[0])
     _raises(ValueError, 'expects 3 input channels', model, _x(c=4))
     _raises(TypeError, 'expected float32 input for a float32 model, got float16', model, _x(dtype=torch.float16))
     model.half()

@@ -15,9 +15,10 @@ Every family's smallest variant (``conftest.SMALL_MODELS``, so new families join
 The compile and export tests use each family's smallest variant with fewer blocks (``_reduced.REDUCED_KWARGS``;
 every block type of the family is kept): tracing visits every block, so depth only costs time.
 
-What runs by default: empty batches, compile, ``torch.export`` and the TorchScript ONNX exporter (the cheap one).
-``-m slow`` adds the dynamo ONNX exporter (5-25 s per family) and every export of MOAT with its relative position
-bias (``tiny_moat_0``: the table is resized to the traced map size).
+What runs by default: empty batches, compile, ``torch.export``, the TorchScript ONNX exporter (the cheap one) and
+the dynamo ONNX exporter for the families that need ``optimize=False`` (``ONNX_NO_OPTIMIZE``). ``-m slow`` adds the
+dynamo ONNX exporter for the other families (5-25 s each), those two at full size, and every export of MOAT with its
+relative position bias (``tiny_moat_0``: the table is resized to the traced map size).
 
 Fixed height / width (``FIXED_SIZE``): Sequencer2D's LSTMs run one time step per row / column, and tracing an LSTM
 (``aten.lstm`` under ``torch.export`` and the dynamo exporter, as any LSTM in PyTorch 2.x) unrolls its time steps:
@@ -33,12 +34,14 @@ import pytest
 import timm
 import torch
 import torch.fx.experimental._config as fx_config
+from _oracle import random_model
 from _reduced import reduced_model
 from conftest import F32_ATOL, SMALL_MODELS, assert_close_f32, input_side
 from torch.export import Dim
 from torch.utils._pytree import tree_map
 
 from backbones._registry import _VARIANTS
+from backbones.bench import calibrate_bn_
 
 # variants that add a block type the smallest one lacks: MOAT's relative position bias, resized to every map size
 EXPORT_MODELS = SMALL_MODELS + [pytest.param('tiny_moat_0', marks=pytest.mark.slow)]
@@ -47,6 +50,18 @@ EXPORT_MODELS = SMALL_MODELS + [pytest.param('tiny_moat_0', marks=pytest.mark.sl
 FIXED_SIZE = {
     'sequencer': 'its LSTMs run one time step per row / column, and tracing an LSTM unrolls its time steps',
 }
+# families whose dynamo ONNX export is run with optimize=False, and why (README's deployment section says the same)
+ONNX_NO_OPTIMIZE = {
+    'involution': "at full size (rednet26) onnxscript's graph optimisation did not finish in 290 s (twice), the "
+                  "export itself takes about 2 min: every involution is 49 window taps of slices and multiply-adds",
+    'tic': 'the same for tic_tiny: every MSA-Conv attention is its window taps of slices and dot products',
+}
+
+
+def _optimize(name: str) -> bool:
+    return _VARIANTS[name].family not in ONNX_NO_OPTIMIZE
+
+
 # families whose TorchScript-exported ONNX holds at one height and width only: why, and that size
 TORCHSCRIPT_FIXED_SIZE = {
     'convit': ("its position table is resampled to the patch grid with antialiased bicubic interpolation, an op the "
@@ -216,15 +231,34 @@ def test_onnx_torchscript_dynamic_size(name, tmp_path):
     _check_onnx(path, name, model, _inputs(sizes))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('name', EXPORT_MODELS)
+def _export_dynamo(model, name, example, dynamic_size, path):
+    program = torch.onnx.export(
+        model, (torch.randn(example),), dynamo=True, dynamic_shapes=_dynamic_shapes(model, dynamic_size),
+        input_names=['x'], output_names=['logits'], optimize=_optimize(name))
+    program.save(str(path))
+
+
+@pytest.mark.parametrize('name', [n if not _optimize(n) else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in SMALL_MODELS] + EXPORT_MODELS[len(SMALL_MODELS):])
 def test_onnx_dynamo_dynamic_size(name, tmp_path):
+    """The dynamo exporter; by default for ``ONNX_NO_OPTIMIZE`` only (``optimize=False``), the others (which it
+    optimises) under ``-m slow``."""
     model = reduced_model(name)
     dynamic_size = not _fixed_size(name)
     example, sizes = _sizes(model, dynamic_size)
     path = tmp_path / f'{name}.onnx'
-    program = torch.onnx.export(
-        model, (torch.randn(example),), dynamo=True, dynamic_shapes=_dynamic_shapes(model, dynamic_size),
-        input_names=['x'], output_names=['logits'])
-    program.save(str(path))
+    _export_dynamo(model, name, example, dynamic_size, path)
+    _check_onnx(path, name, model, _inputs(sizes))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', [n for n in SMALL_MODELS if not _optimize(n)])
+def test_onnx_dynamo_full_size(name, tmp_path):
+    """The full-size models whose export needs ``optimize=False`` export (in 2-3 min each) and equal eager at the
+    example's size and another one (BatchNorm statistics calibrated: a deep random network's logits grow large)."""
+    model = random_model(name)
+    example, sizes = _sizes(model)
+    calibrate_bn_(model, _inputs([example])[0])
+    path = tmp_path / f'{name}.onnx'
+    _export_dynamo(model, name, example, True, path)
     _check_onnx(path, name, model, _inputs(sizes))

@@ -10,13 +10,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
+from .tracing import is_tracing
+
 __all__ = ['InplaceGELU', 'gelu_maybe_inplace']
 
 
 def gelu_maybe_inplace(x: torch.Tensor, approximate: str = 'none') -> torch.Tensor:
     """``F.gelu(x, approximate)``, computed in ``x``'s memory when autograd does not record it (``x`` must be a fresh
-    buffer that nothing else reads)."""
-    if torch.is_grad_enabled() and x.requires_grad:
+    buffer that nothing else reads). Out of place while traced (:func:`~backbones.layers.tracing.is_tracing`): a
+    graph records the functional op, which FX quantization and exporters know."""
+    if is_tracing() or (torch.is_grad_enabled() and x.requires_grad):
         return F.gelu(x, approximate=approximate)
     return torch._C._nn.gelu_(x, approximate=approximate)
 

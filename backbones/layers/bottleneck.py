@@ -17,7 +17,7 @@ from timm.layers import DropPath
 
 from .conv import ConvNormAct, LayerType
 from .shortcut import Shortcut
-from .tracing import is_tracing
+from .tracing import is_symbolic_tracing, is_tracing
 
 __all__ = ['Bottleneck', 'MixerFn']
 
@@ -104,6 +104,8 @@ class Bottleneck(nn.Module):
         x = self.conv1(x)
         x = self.conv2(x)
         x = self.conv3(x)
+        if is_symbolic_tracing():
+            return self._residual_traced(x, shortcut)
         if self.gated:
             gate = self.drop_path(self.attn.excitation(x))
             if torch.jit.is_scripting() or _records_grad(x, gate, shortcut):
@@ -111,3 +113,12 @@ class Bottleneck(nn.Module):
             return self.act(torch.addcmul(shortcut, x, gate, out=x))  # into conv3's fresh output: no new buffer
         # in place on the branch output (a fresh buffer that autograd does not need), as timm's ResNets do
         return self.act(self.drop_path(self.attn(x)).add_(shortcut))
+
+    @torch.jit.unused
+    def _residual_traced(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """The residual sum as an FX graph records it: out of place (a graph node may be read as a feature) and as
+        a separate product and sum, which FX quantization has int8 ops for (the sum fused with the ReLU after it);
+        ``addcmul`` would run in float between a dequantize and a quantize node."""
+        if self.gated:
+            return self.act(shortcut + x * self.drop_path(self.attn.excitation(x)))
+        return self.act(shortcut + self.drop_path(self.attn(x)))

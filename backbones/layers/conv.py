@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 from .fuse import fuse_conv_bn
-from .tracing import is_exporting, is_tracing
+from .tracing import is_exporting, is_symbolic_tracing, is_tracing
 
 __all__ = [
     'ConvNormAct', 'PointwiseConv2d', 'pointwise_matmul', 'same_padding', 'same_pads', 'pad_same', 'fill_border_',
@@ -240,7 +240,9 @@ class ConvNormAct(nn.Module):
         return self.matmul_1x1
 
     def forward(self, x):
-        if self.matmul_1x1 and not is_exporting():  # exported: the conv (channels-last maps guard on B > 1)
+        # exported: the conv (channels-last maps guard on B > 1); an FX graph records the conv module, which FX
+        # quantization fuses with the BatchNorm and activation into one int8 convolution
+        if self.matmul_1x1 and not is_exporting() and not is_symbolic_tracing():
             x = pointwise_matmul(x, self.conv.weight.flatten(1), self.conv.bias)
         else:
             x = self.conv(x)

@@ -22,7 +22,9 @@ as the query rows of one attention call), and ``W_v,h`` is applied to the mixed 
 ``2 heads N C`` MACs instead of ``2 N C^2 + 2 N C``. The numbers are the official ones to float rounding. Training
 (``train()``) and ``fused_attn = False`` use the formula above as written: with attention dropout the weights no
 longer sum to one, and every parameter (``b_k`` included, whose gradient is zero) takes part as in the official
-code. The counter (:mod:`backbones.flops`) counts the layer as the paper defines it, i.e. the formula above.
+code. The counter (:mod:`backbones.flops`) counts the layer as the paper defines it, i.e. the formula above. So
+does a model whose ``wk`` / ``wv`` ``torch.ao`` replaced by quantized Linear layers (``quantize_dynamic``), which keep
+their weights packed: the folding needs them as float matrices, and the int8 layers run as they are.
 """
 from typing import Optional
 
@@ -117,7 +119,8 @@ class CrossAttention(nn.Module):
         return out if self.wv.bias is None else out + self.wv.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_attn and not self.training:
+        # (a quantized Linear is not an nn.Linear; TorchScript resolves the isinstance when it compiles)
+        if self.fused_attn and not self.training and isinstance(self.wk, nn.Linear) and isinstance(self.wv, nn.Linear):
             x = self.attend_folded(x)
         else:
             x = self.attend(x)

@@ -4,12 +4,15 @@ import numbers
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn as nn
 from timm.layers import register_notrace_function
 from timm.models._features import feature_take_indices
 from torch.fx.node import has_side_effect
 
-__all__ = ['check_input', 'check_model_kwargs', 'check_num_classes', 'check_img_size', 'refuse_img_size',
-           'check_feature_indices']
+from .tracing import is_symbolic_tracing
+
+__all__ = ['check_input', 'input_dtype_ref', 'check_model_kwargs', 'check_num_classes', 'check_img_size',
+           'refuse_img_size', 'check_feature_indices']
 
 
 @has_side_effect  # FX dead-code elimination (timm / torchvision feature extraction) must keep the unused call
@@ -41,8 +44,15 @@ def check_input(
        embeddings that are not resized.
 
     An empty batch (B = 0) passes. Only shapes and dtypes are compared (no ``.item()``, no data access): free at
-    run time, a leaf for timm's FX tracer (kept in the graph, whose dtype check reads the weight at run time),
-    constant conditions for ``torch.compile(fullgraph=True)`` and ``torch.export``, and scriptable.
+    run time, constant conditions for ``torch.compile(fullgraph=True)`` and ``torch.export``, and scriptable.
+
+    For FX it is a leaf: one ``call_function`` node that runs these checks, messages included, on every input the
+    traced graph gets (whatever its size), marked side-effecting so that dead-code elimination (feature extraction)
+    keeps it. timm's tracer knows it from ``register_notrace_function``; plain ``torch.fx.symbolic_trace`` and the
+    tracers built on it (torchvision's ``create_feature_extractor``, ``torch.ao``'s ``prepare_fx``) from
+    ``torch.fx.wrap('check_input')``, which each module calling it in a forward declares (``torch.fx.wrap`` patches
+    the caller's globals). Checks written as ``torch._assert`` ops on the traced sizes would be recorded too, but
+    with fixed messages (a traced graph cannot format the size it gets) and without the dtype check.
 
     Example, a token model with a fixed grid::
 
@@ -55,7 +65,8 @@ def check_input(
         divisor: ``H`` and ``W`` must be multiples of it (the model's size rule; 1 = any size).
         model: model name used in the messages.
         min_size: smallest ``H`` / ``W`` the model can take.
-        weight: a parameter of the input layer, whose dtype the input must have (None: dtype not checked).
+        weight: a parameter of the input layer, whose dtype the input must have (None: dtype not checked); in a
+            traced graph the module holding it (see :func:`input_dtype_ref`).
         img_size: the only ``(H, W)`` the model takes, if it has one.
     Returns:
         ``(H, W)``.
@@ -88,7 +99,27 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace('torch.', '')
 
 
-def _check_dtype(x: torch.Tensor, weight: torch.Tensor, model: str):
+def input_dtype_ref(module: nn.Module) -> Optional[Union[torch.Tensor, nn.Module]]:
+    """What ``check_input`` compares the input's dtype with: the first parameter of ``module`` (a model or its input
+    layer: that layer's weight), or None when it has none.
+
+    While FX traces symbolically it is the submodule holding that parameter instead, which the graph records as a
+    ``get_attr`` of the module, read at run time: the check follows ``.half()`` after tracing and survives what
+    ``torch.ao``'s ``prepare_fx`` / ``convert_fx`` do to the input layer (a convolution fused with its BatchNorm and
+    ReLU, then swapped for an int8 one, at the same path; a ``get_attr`` of the weight itself would no longer
+    resolve). A quantized module has no floating parameter: its float input is not checked for dtype. Not called in
+    TorchScript (no dtype check there)."""
+    if is_symbolic_tracing():
+        name = next((n for n, _ in module.named_parameters()), None)
+        return None if name is None else module.get_submodule(name.rpartition('.')[0])
+    return next(module.parameters(), None)
+
+
+def _check_dtype(x: torch.Tensor, weight: Union[torch.Tensor, nn.Module], model: str):
+    if isinstance(weight, nn.Module):  # a traced graph's input layer (input_dtype_ref)
+        weight = next((p for p in weight.parameters() if p.is_floating_point()), None)
+        if weight is None:  # quantized
+            return
     if x.dtype == weight.dtype:
         return
     expected, got = _dtype_name(weight.dtype), _dtype_name(x.dtype)

@@ -38,9 +38,12 @@ class Mlp(_TimmMlp):
     @torch.jit.unused
     def _block_rows(self, x: torch.Tensor) -> Optional[int]:
         """Tokens per block, or None to run unblocked."""
-        if (self.training or x.device.type != 'cpu' or isinstance(self.fc1, nn.Conv2d) or x.dim() < 2
+        # plain nn.Linear layers only (not the 1x1-conv form, not a quantized or QAT Linear): the blocks run fc2 as
+        # addmm on its float weight
+        if (is_tracing() or self.training or type(self.fc1) is not nn.Linear or type(self.fc2) is not nn.Linear
+                or x.device.type != 'cpu' or x.dim() < 2
                 or (torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad))
-                or is_tracing() or torch.is_autocast_enabled(x.device.type) or x.dtype != self.fc2.weight.dtype):
+                or torch.is_autocast_enabled(x.device.type) or x.dtype != self.fc2.weight.dtype):
             return None
         hidden = self.fc1.out_features
         tokens = x.numel() // x.shape[-1] if x.shape[-1] else 0

@@ -1,18 +1,38 @@
-"""Is this forward being traced into a graph (``torch.compile`` / ``torch.export`` / ``torch.jit.trace``)?
+"""Is this forward being traced into a graph (``torch.compile`` / ``torch.export`` / ``torch.jit.trace`` /
+``torch.fx.symbolic_trace``)?
 
 Shape-dependent shortcuts ("nothing to pad, skip the pad") are free in eager mode but, under tracing, each one is a
 guard on the traced sizes: the graph would only hold for inputs that take the same branch (``torch.export`` with
 dynamic height / width, ONNX with dynamic axes). Layers take the general path while :func:`is_tracing` is true; it
 gives the same numbers (padding by zero rows is a copy, a zero additive bias adds nothing).
+
+``torch.fx.symbolic_trace`` (and the tracers built on it: torchvision's ``create_feature_extractor``, ``torch.ao``'s
+``prepare_fx``, timm's FX feature extraction) runs forward on ``Proxy`` objects, where a Python branch on a size, a
+dtype or a device raises ``TraceError``: under :func:`is_tracing` the layers take the path that only records ops, so a
+condition must test ``is_tracing()`` before it reads anything of the input.
 """
 import torch
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-__all__ = ['is_tracing', 'is_exporting', 'contiguous_for_export', 'eager_channels_last']
+__all__ = ['is_tracing', 'is_symbolic_tracing', 'is_exporting', 'contiguous_for_export', 'eager_channels_last']
 
 
 def is_tracing() -> bool:
-    """True under ``torch.compile`` / ``torch.export`` (dynamo or non-strict) and ``torch.jit.trace``."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+    """True under ``torch.compile`` / ``torch.export`` (dynamo or non-strict), ``torch.jit.trace`` and FX symbolic
+    tracing (torch.fx's ``is_fx_symbolic_tracing``, which unlike its ``is_fx_tracing`` is false under
+    ``torch.export``); False in TorchScript, which compiles every path."""
+    if torch.jit.is_scripting():
+        return False
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or is_fx_symbolic_tracing()
+
+
+def is_symbolic_tracing() -> bool:
+    """True while ``torch.fx`` traces symbolically (plain ``symbolic_trace`` and the tracers built on it), where
+    tensors are ``Proxy`` objects: a branch that must not depend on :func:`is_tracing` (e.g. an autograd-only path
+    that ``torch.compile`` should keep) tests this before it reads ``requires_grad``, ``is_meta`` and the like."""
+    if torch.jit.is_scripting():
+        return False
+    return is_fx_symbolic_tracing()
 
 
 def is_exporting() -> bool:

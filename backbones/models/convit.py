@@ -125,6 +125,9 @@ class GPSA(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim, **dd)
         self.pos_proj = nn.Linear(3, num_heads, **dd)
+        # its weights are the coefficients of a closed-form positional attention (positional_attention), never a
+        # matmul on activations: torch.ao's eager quantization (quantize_dynamic) leaves it float
+        self.pos_proj.qconfig = None
         self.proj_drop = nn.Dropout(proj_drop)
         self.gating_param = nn.Parameter(torch.ones(num_heads, **dd))
 

@@ -99,6 +99,17 @@ EPS = 1e-6  # every LayerNorm of the official models
 torch.fx.wrap('pos_embed_for_grid')
 
 
+def resize_image(x: torch.Tensor, size: List[int]) -> torch.Tensor:
+    """The official resize of the image for a branch of another scale: bicubic, ``align_corners=False``, no
+    antialiasing. An FX leaf: int8 tensors have no bicubic kernel, and ``torch.ao``'s ``prepare_fx`` would otherwise
+    quantize the image before the resize (it takes ``F.interpolate`` for a shape op that keeps its input's
+    quantization); as an unknown call it gets the float image."""
+    return F.interpolate(x, size=size, mode='bicubic', align_corners=False)
+
+
+torch.fx.wrap('resize_image')
+
+
 def _projection(in_dim: int, out_dim: int, dd: dict) -> nn.Sequential:
     """A class token from one branch's width to the other's: LN -> GELU -> Linear (official ``projs`` /
     ``revert_projs``; keys ``0`` and ``2``)."""
@@ -316,9 +327,8 @@ class CrossViT(MultiBranchTokenMixin, nn.Module):
             scale, p = self.scales[b], self.patch_size[b]
             if scale[0] == scale[1]:
                 x_b = patch_embed(x)
-            else:  # the official resize: bicubic, align_corners False, no antialiasing
-                size = [_scaled_side(H, scale, p), _scaled_side(W, scale, p)]
-                x_b = patch_embed(F.interpolate(x, size=size, mode='bicubic', align_corners=False))
+            else:
+                x_b = patch_embed(resize_image(x, [_scaled_side(H, scale, p), _scaled_side(W, scale, p)]))
             grid = (x_b.shape[1], x_b.shape[2])
             prefix_pos, pos = pos_embed_for_grid(pos_embed, grid, self.grid_size[b], 1)
             xs.append(self.pos_drop(join_prefix(x_b + pos, cls_token.expand(B, -1, -1) + prefix_pos)))

@@ -34,7 +34,6 @@ from typing import List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath,
@@ -52,7 +51,7 @@ from timm.models._input import update_model_input_size
 from .._checkpoint import check_state_dict, rename_keys, unwrap_state_dict
 from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
-from ..layers.activation import InplaceGELU
+from ..layers.activation import InplaceGELU, gelu_maybe_inplace
 from ..layers.attention import Attention
 from ..layers.conv import create_conv2d_same
 from ..layers.head import check_pool_type
@@ -96,9 +95,7 @@ class GELUTanh(InplaceGELU):
         nn.GELU.__init__(self, approximate='tanh')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad:
-            return F.gelu(x, approximate='tanh')
-        return torch._C._nn.gelu_(x, approximate='tanh')
+        return gelu_maybe_inplace(x, approximate='tanh')
 
 
 
@@ -121,9 +118,13 @@ def padded_attn_bias(
     valid = (rows[:, None] & cols[None, :]).view(1, padded[0], padded[1], 1)
     groups = grid_partition(valid, partition) if grid else window_partition(valid, partition)  # [G, N, 1]
     num_groups, n = groups.shape[0], groups.shape[1]
-    key_bias = torch.zeros(num_groups, 1, 1, n, device=bias.device, dtype=bias.dtype)
+    key_bias = bias.new_zeros((num_groups, 1, 1, n))  # (a method: FX records it with traced sizes, torch.zeros not)
     key_bias = key_bias.masked_fill(~groups.view(num_groups, 1, 1, n), float('-inf'))
     return (bias.unsqueeze(0) + key_bias).repeat(batch, 1, 1, 1)
+
+
+# a leaf for every FX tracer, not only timm's: torch.ao's prepare_fx then leaves the bias float (int8 has no -inf)
+torch.fx.wrap('padded_attn_bias')
 
 
 class PartitionAttention(nn.Module):

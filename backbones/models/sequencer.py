@@ -56,7 +56,7 @@ from ..layers.head import Head
 from ..layers.helpers import check_img_size
 from ..layers.mlp import Mlp
 from ..layers.stage import Stage, check_output_stride, drop_path_schedule
-from ..layers.tracing import contiguous_for_export
+from ..layers.tracing import contiguous_for_export, is_symbolic_tracing
 from ..layers.window import contiguous_reshape
 
 __all__ = ['Sequencer2d', 'BiLSTM2d', 'BiLSTM']
@@ -119,7 +119,7 @@ class BiLSTM(nn.RNNBase):
         super().__init__('LSTM', input_size, hidden_size, bidirectional=True, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_meta:
+        if not is_symbolic_tracing() and x.is_meta:
             return x.new_empty(x.shape[0], x.shape[1], 2 * self.hidden_size)
         h0 = x.new_zeros(2, x.shape[1], self.hidden_size)
         weights = [  # the parameters themselves, not nn.LSTM's _flat_weights list (export lifts the list as constants)
