@@ -6,9 +6,11 @@ import torch
 import backbones
 from backbones._registry import _VARIANTS
 
-# two threads (CI's cores) unless OMP_NUM_THREADS says otherwise: the suite is checked at 1 and 2 threads, where
-# float32 sums are split and rounded differently (every float comparison has a tolerance that allows for it)
-torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS') or 0) or min(2, os.cpu_count() or 1))
+# Threads: OMP_NUM_THREADS when set; else the cores shared out among pytest-xdist's workers (CI's 2 cores, 2 workers:
+# one each), at most two per process. The suite is checked at 1 and 2 threads, where float32 sums are split and
+# rounded differently (every float comparison has a tolerance that allows for it).
+_workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT') or 1)
+torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS') or 0) or max(1, min(2, (os.cpu_count() or 1) // _workers)))
 
 
 def smallest_per_family():
