@@ -33,6 +33,10 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 import torch
 import torch.nn as nn
 
+from ._errors import CheckpointMismatchError, UnreadableCheckpointError
+from ._registry import get_family
+from .formats import foreign_kind, read_foreign, to_torch
+
 __all__ = [
     'unwrap_state_dict', 'rename_keys', 'convert_state_dict', 'check_state_dict', 'check_finite',
     'read_checkpoint_file', 'read_safetensors_header', 'check_safetensors', 'family_filter_fn', 'caller_adapts',
@@ -47,14 +51,6 @@ Rule = Tuple[str, Union[str, Callable[[re.Match], str]]]
 _CONTAINER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model', 'module')
 _PREFIXES = ('module.', '_orig_mod.')
 _MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint does not fit the model: wrong family, wrong variant, other head size, missing keys."""
-
-
-class UnreadableCheckpointError(ValueError):
-    """The checkpoint file is truncated / corrupt / not a checkpoint, or would need to unpickle code."""
 
 
 # ---------------------------------------------------------------------------------------------- reading a file
@@ -138,11 +134,10 @@ def read_checkpoint_file(path: Union[str, Path], workdir: Union[str, Path, None]
     plain containers (timm's ``CheckpointSaver`` stores its arguments as one). Raises ``FileNotFoundError`` or
     :class:`UnreadableCheckpointError` (empty, truncated, not a checkpoint, or needing code to unpickle).
     """
-    from . import formats
     path = Path(path)
-    foreign = formats.foreign_kind(path)
+    foreign = foreign_kind(path)
     if foreign is not None:
-        return formats.to_torch(formats.read_foreign(path, foreign, workdir=workdir))
+        return to_torch(read_foreign(path, foreign, workdir=workdir))
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint file not found: {path}')
     with path.open('rb') as f:
@@ -179,7 +174,6 @@ def read_checkpoint_file(path: Union[str, Path], workdir: Union[str, Path, None]
 
 def family_filter_fn(arch: str) -> Callable:
     """The ``checkpoint_filter_fn`` of the family that zoo model ``arch`` belongs to."""
-    from ._registry import get_family
     return importlib.import_module(get_family(arch).module).checkpoint_filter_fn
 
 

@@ -242,9 +242,9 @@ def read_label_names(label_names: Union[str, Path, Sequence[str], None]) -> Opti
 @functools.cache
 def _measured(arch: str) -> dict:
     """The card's measured figures: from model_cards/measured.json when it is current (a checkout), else measured."""
-    from . import cards
-    cached = cards.load_measured(Path(__file__).resolve().parents[1] / 'model_cards')
-    return cards.update_measured(cached, [arch])[arch]
+    from .cards import load_measured, update_measured  # on use: only a push writes a card
+    cached = load_measured(Path(__file__).resolve().parents[1] / 'model_cards')
+    return update_measured(cached, [arch])[arch]
 
 
 def _render_card(model_name: str, repo_id: str, details: Dict[str, str]) -> str:
