@@ -23,6 +23,7 @@ import yaml
 from timm.utils import ParseKwargs
 
 from .. import _cli
+from .quickstart import EMBEDDED_DEFAULTS
 
 __all__ = [
     'build_parser', 'parse_args', 'resolve_lr', 'load_config', 'args_to_yaml', 'check_values', 'ConfigError',
@@ -287,8 +288,6 @@ def _float_default(kwargs: dict) -> dict:
 def _quick_start_epilog() -> str:
     """The quick-start values (``defaults.EMBEDDED_DEFAULTS``) as the flags that would set them."""
     import textwrap
-
-    from .defaults import EMBEDDED_DEFAULTS
 
     def flag(key: str, value: Any) -> str:
         name = '--' + key.replace('_', '-')
