@@ -64,7 +64,7 @@ from .._checkpoint import CheckpointMismatchError, convert_state_dict, rename_ke
 from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.conv import ConvNormAct, same_padding
-from ..layers.fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
+from ..layers.fuse import fuse_conv_bn, scale_conv_
 from ..layers.head import check_pool_type
 from ..layers.helpers import refuse_img_size
 from ..layers.stage import Stage, stage_strides
@@ -121,7 +121,7 @@ class ConvBN(ConvNormAct):
             norm_layer=nn.BatchNorm2d, act_layer=GELU if act else None, device=device, dtype=dtype)
 
     def reparameterize(self):
-        fuse_conv_norm_act_(self)
+        self.fuse()
 
 
 def _fold_layer_scale(conv_bn: ConvBN, layer_scale: nn.Module) -> nn.Module:
