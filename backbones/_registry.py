@@ -47,6 +47,9 @@ class Family:
     oracle: str = ''  # what parity is verified against
     weights: str = ''  # where the released weights come from
     reconstruction: str = ''  # only for a network the paper does not give: what is official, what is ours and why
+    # the container entry of the official checkpoints that the official evaluation reads, where it is not the EMA
+    # weights first (timm's rule): e.g. 'state_dict' beside 'state_dict_ema' (see _checkpoint.select_state_dict)
+    checkpoint_key: str = ''
 
     def __post_init__(self):
         object.__setattr__(self, 'bibtex', textwrap.dedent(self.bibtex).strip())
@@ -213,6 +216,12 @@ def get_family(name: str) -> Family:
     if name in _VARIANTS:
         return _FAMILIES[_VARIANTS[name].family]
     raise KeyError(f"unknown zoo family or model '{name}'; known families: {', '.join(_FAMILIES)}")
+
+
+def family_of_module(module: str) -> Optional[Family]:
+    """The family registered by the python module ``module`` (a zoo model's ``type(model).__module__``), or None."""
+    name = _MODULE_TO_FAMILY.get(module)
+    return _FAMILIES[name] if name is not None else None
 
 
 def get_variant_info(name: str) -> VariantInfo:

@@ -59,9 +59,9 @@ from timm.models import is_model
 from timm.models import save_for_hf as timm_save_for_hf
 
 from ._checkpoint import (
-    CheckpointMismatchError,
     UnreadableCheckpointError,
     caller_adapts,
+    check_state_dict,
     classifier_names,
     family_filter_fn,
     read_checkpoint_file,
@@ -167,18 +167,9 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, Mapping]) -> 
     """Load ``checkpoint`` (a file or a state dict, in any layout the family's filter accepts) strictly."""
     sd = _read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
     sd = family_filter_fn(_arch(model))(sd, model)
-    own = model.state_dict()
-    shapes = [f'{k} {tuple(v.shape)} != {tuple(own[k].shape)}' for k, v in sd.items()
-              if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if shapes:  # a head or input channels the filter leaves to timm's adaptation: here the load is strict
-        raise CheckpointMismatchError(
-            f'checkpoint does not fit {_arch(model)} as built (num_classes={model.num_classes}): '
-            f'{", ".join(shapes[:4])}')
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.endswith('num_batches_tracked')]
-    if missing or unexpected:
-        raise CheckpointMismatchError(
-            f'checkpoint does not fit {_arch(model)}: missing {missing[:8]}, unexpected {unexpected[:8]}')
+    # the filter leaves a head or input channels to timm's adaptation; here the model is loaded as built
+    check_state_dict(sd, model, strict=True)
+    model.load_state_dict(sd, strict=False)  # only BN counters may be missing (older checkpoints)
     return model
 
 

@@ -86,6 +86,7 @@ FAMILY = register_family(Family(
     repo='mmunir127/RapidNet-Official',
     license='unknown',
     module=__name__,
+    checkpoint_key='state_dict',  # beside 'state_dict_ema': what the official evaluation reads
     oracle='official models/rapidnet.py RapidNet (with and without the distillation head, odd input sizes), '
            'fixtures in tests/fixtures/rapidnet',
     weights='official ImageNet-1k weights (distilled from RegNetY-16GF) on the Hugging Face Hub, SLDGroup/RapidNet '
@@ -641,9 +642,7 @@ def checkpoint_filter_fn(state_dict, model):
     A model that has been through :meth:`RapidNet.reparameterize` takes only its own (folded) layout: load the
     weights first, then re-parameterise.
     """
-    if isinstance(state_dict, Mapping) and isinstance(state_dict.get('state_dict'), Mapping):
-        state_dict = state_dict['state_dict']
-    sd = unwrap_state_dict(state_dict)
+    sd = unwrap_state_dict(state_dict, prefer=FAMILY.checkpoint_key)
     if any(k.startswith(_OFFICIAL_PREFIXES) for k in sd):
         sd = _from_official(sd)
     model_keys = model.state_dict().keys()

@@ -50,6 +50,7 @@ from timm.utils import (
     unwrap_model,
 )
 
+from .._checkpoint import select_state_dict
 from .args import args_to_yaml, check_values, resolve_lr
 from .checkpoint import (
     CHECKPOINT_VERSION,
@@ -716,9 +717,9 @@ def _repair_best_export(run_dir: Path, best_epoch: Optional[int], model: nn.Modu
     if done == best_epoch:
         return
     ck = load_training_checkpoint(best_ck, args.model)
-    which = 'ema' if isinstance(ck.get('state_dict_ema'), dict) else 'model'
+    sd, which = select_state_dict(ck)  # the EMA weights when the run kept them, as _save_epoch exported
     clone = copy.deepcopy(unwrap_model(model)).cpu()
-    load_model_state(clone, ck['state_dict_ema' if which == 'ema' else 'state_dict'], str(best_ck))
+    load_model_state(clone, sd, str(best_ck))
     _export_best(clone, run_dir, data_config, class_names, args, int(ck['epoch']), ck.get('metric', float('nan')),
                  which)
     _logger.info(f'exported the best weights of {best_ck} (epoch {ck["epoch"]}) to {run_dir / BEST_DIR}')

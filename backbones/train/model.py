@@ -27,7 +27,7 @@ from .._checkpoint import (
     check_finite,
     family_filter_fn,
     read_checkpoint_file,
-    unwrap_state_dict,
+    select_state_dict,
 )
 from .checkpoint import load_model_state
 from .errors import CheckpointError, ModelError, one_line
@@ -96,11 +96,8 @@ def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
         ck = read_checkpoint_file(path)
     except UnreadableCheckpointError as e:
         raise CheckpointError(one_line(e)) from None
-    for key in ('state_dict_ema', 'state_dict'):  # a training checkpoint: EMA weights preferred, as timm does
-        if isinstance(ck, dict) and isinstance(ck.get(key), dict):
-            return unwrap_state_dict(ck[key])
-    try:
-        return unwrap_state_dict(ck)
+    try:  # the zoo's container policy: a training checkpoint's EMA weights first, as timm does
+        return select_state_dict(ck)[0]
     except CheckpointMismatchError as e:
         raise CheckpointError(f'{path}: {one_line(e)}') from None
 

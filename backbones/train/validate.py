@@ -31,7 +31,7 @@ from .._checkpoint import (
     caller_adapts,
     family_filter_fn,
     read_checkpoint_file,
-    unwrap_state_dict,
+    select_state_dict,
 )
 from .._registry import list_models
 from .args import check_values
@@ -147,18 +147,13 @@ def _ck_args(ck: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _select_weights(ck: Mapping[str, Any], ema: str, path: str) -> tuple:
-    """``(state_dict, 'ema' | 'model' | 'weights')`` from a checkpoint; EMA weights when present unless ``ema='no'``."""
-    has_ema = isinstance(ck.get('state_dict_ema'), Mapping)
-    if ema == 'yes' and not has_ema:
-        raise CheckpointError(f'--use-ema: {path} holds no EMA weights (state_dict_ema)')
-    if has_ema and ema != 'no':
-        return dict(ck['state_dict_ema']), 'ema'
-    if isinstance(ck.get('state_dict'), Mapping):
-        return dict(ck['state_dict']), 'model'
+    """``(state_dict, 'ema' | 'model' | 'weights')``: the zoo's container policy
+    (:func:`~backbones._checkpoint.select_state_dict`: EMA weights when present, unless ``--no-ema``)."""
     try:
-        return unwrap_state_dict(ck), 'weights'
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f'{path}: {one_line(e)}') from None
+        return select_state_dict(ck, ema=ema, what=f'--use-ema: {path}')
+    except CheckpointMismatchError as e:
+        msg = one_line(e)
+        raise CheckpointError(msg if msg.startswith('--use-ema') else f'{path}: {msg}') from None
 
 
 def _device(name: Optional[str]) -> torch.device:
