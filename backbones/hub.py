@@ -26,13 +26,14 @@ makes its header unreadable).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import os
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -138,21 +139,27 @@ def save_for_hf(
 
 # -- checkpoints ------------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _corrupt_weights() -> Iterator[None]:
+    """The zoo reader's :class:`UnreadableCheckpointError` as this module's :class:`CorruptWeightsError` (a
+    :class:`HubError`, so a caller catches every Hub problem as one family); the one place hub translates it."""
+    try:
+        yield
+    except UnreadableCheckpointError as e:
+        raise CorruptWeightsError(str(e)) from e
+
+
 def check_safetensors(path: Union[str, Path]) -> None:
     """Raise :class:`CorruptWeightsError` unless ``path`` is a complete safetensors file (reads the header only):
     "truncated" for a cut safetensors file, "not a safetensors file" for anything else (a torch pickle, text)."""
-    try:
+    with _corrupt_weights():
         _check_safetensors(path)
-    except UnreadableCheckpointError as e:
-        raise CorruptWeightsError(str(e)) from e
 
 
 def _read_checkpoint(path: Union[str, Path]) -> Mapping:
     """Read a safetensors file or a torch checkpoint WITHOUT executing pickled code."""
-    try:
+    with _corrupt_weights():
         return read_checkpoint_file(path)
-    except UnreadableCheckpointError as e:
-        raise CorruptWeightsError(str(e)) from e
 
 
 def _arch(model: nn.Module) -> str:
@@ -567,10 +574,8 @@ def _check_head(cfg: Dict, weights: Path, where: str) -> None:
     classifier = pcfg.get('classifier')
     if not isinstance(num_classes, int) or not isinstance(classifier, str):
         return
-    try:
+    with _corrupt_weights():
         header = read_safetensors_header(weights)
-    except UnreadableCheckpointError as e:
-        raise CorruptWeightsError(str(e)) from None
     entry = header.get(f'{classifier}.weight')
     n = int(entry['shape'][0]) if isinstance(entry, dict) and entry.get('shape') else 0
     if n != num_classes:

@@ -40,8 +40,8 @@ from .errors import CheckpointError, one_line
 
 __all__ = [
     'atomic_save', 'atomic_write_text', 'TrainCheckpointSaver', 'capture_rng_state', 'restore_rng_state',
-    'load_training_checkpoint', 'load_model_state', 'export_for_hf', 'plain_args', 'summary_row', 'write_summary',
-    'rewrite_summary', 'CHECKPOINT_VERSION',
+    'read_checkpoint', 'load_training_checkpoint', 'load_model_state', 'export_for_hf', 'plain_args', 'summary_row',
+    'write_summary', 'rewrite_summary', 'CHECKPOINT_VERSION',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -177,17 +177,24 @@ def plain_args(args) -> Dict[str, Any]:
     return {k: _plain(v) for k, v in vars(args).items()}
 
 
-def load_training_checkpoint(path, arch: Optional[str] = None) -> Dict[str, Any]:
-    """Read a training checkpoint with ``torch.load(weights_only=True)`` and check it is one of model ``arch``.
-
-    Raises :class:`CheckpointError` (one line) for an unreadable file, a file that is not a training checkpoint, or a
-    checkpoint of another model."""
+def read_checkpoint(path) -> Any:
+    """``path`` read by the zoo's reader (:func:`~backbones._checkpoint.read_checkpoint_file`: never unpickling
+    code), a missing or unreadable file as one :class:`CheckpointError` line: training and validation read every
+    checkpoint through it."""
     try:
-        ck = read_checkpoint_file(path)
+        return read_checkpoint_file(path)
     except FileNotFoundError:
         raise CheckpointError(f'checkpoint not found: {path}') from None
     except UnreadableCheckpointError as e:
         raise CheckpointError(str(e).splitlines()[0]) from None
+
+
+def load_training_checkpoint(path, arch: Optional[str] = None) -> Dict[str, Any]:
+    """Read a training checkpoint (:func:`read_checkpoint`) and check it is one of model ``arch``.
+
+    Raises :class:`CheckpointError` (one line) for an unreadable file, a file that is not a training checkpoint, or a
+    checkpoint of another model."""
+    ck = read_checkpoint(path)
     if not isinstance(ck, Mapping) or not isinstance(ck.get('state_dict'), Mapping):
         raise CheckpointError(
             f'{path} is not a training checkpoint (no state_dict/optimizer/epoch); to start from its weights use '

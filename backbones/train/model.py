@@ -22,14 +22,12 @@ import torch.nn as nn
 
 from .._checkpoint import (
     CheckpointMismatchError,
-    UnreadableCheckpointError,
     caller_adapts,
     check_finite,
     family_filter_fn,
-    read_checkpoint_file,
     select_state_dict,
 )
-from .checkpoint import load_model_state
+from .checkpoint import load_model_state, read_checkpoint
 from .errors import CheckpointError, ModelError, one_line
 
 __all__ = [
@@ -92,10 +90,7 @@ def _weights_file(path: Path) -> Path:
 
 
 def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    try:
-        ck = read_checkpoint_file(path)
-    except UnreadableCheckpointError as e:
-        raise CheckpointError(one_line(e)) from None
+    ck = read_checkpoint(path)
     try:  # the zoo's container policy: a training checkpoint's EMA weights first, as timm does
         return select_state_dict(ck)[0]
     except CheckpointMismatchError as e:

@@ -27,15 +27,13 @@ from timm.utils import ParseKwargs
 from .. import _cli
 from .._checkpoint import (
     CheckpointMismatchError,
-    UnreadableCheckpointError,
     caller_adapts,
     family_filter_fn,
-    read_checkpoint_file,
     select_state_dict,
 )
 from .._registry import list_models
 from .args import check_values
-from .checkpoint import atomic_write_text, load_model_state
+from .checkpoint import atomic_write_text, load_model_state, read_checkpoint
 from .data import build_datasets, create_eval_loader, data_config_summary, resolve_data_root
 from .defaults import configure_cpu_threads
 from .errors import CheckpointError, DataError, ModelError, TrainError, one_line
@@ -126,12 +124,7 @@ def _read_checkpoint(path: str) -> Dict[str, Any]:
     p = Path(path)
     if p.is_dir():
         raise CheckpointError(f'{path} is a folder: pass it as --model local-dir:{path}')
-    try:
-        ck = read_checkpoint_file(p)
-    except FileNotFoundError:
-        raise CheckpointError(f'checkpoint not found: {path}') from None
-    except UnreadableCheckpointError as e:
-        raise CheckpointError(str(e).splitlines()[0]) from None
+    ck = read_checkpoint(p)
     if not isinstance(ck, Mapping):
         raise CheckpointError(f'{path} holds a {type(ck).__name__}, not a checkpoint (a dict of weights)')
     return dict(ck)
