@@ -27,6 +27,7 @@ from .._checkpoint import (
     family_filter_fn,
     select_state_dict,
 )
+from .._registry import list_models
 from .checkpoint import load_model_state, read_checkpoint
 from .errors import CheckpointError, ModelError, one_line
 
@@ -41,13 +42,12 @@ _WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'open_clip_pytorch_mo
 
 def check_model_name(name: str) -> None:
     """Raise :class:`ModelError` unless ``name`` is a zoo / timm model (or an ``hf-hub:`` / ``local-dir:`` spec)."""
-    import backbones
     if name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')):
         check_hub_model(name)
         return
-    if timm.is_model(name.split('.')[0]) or name in backbones.list_models():
+    if timm.is_model(name.split('.')[0]) or name in list_models():
         return
-    names = sorted(set(backbones.list_models()) | set(timm.list_models()))
+    names = sorted(set(list_models()) | set(timm.list_models()))
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     hint = f'; did you mean {", ".join(close)}?' if close else ' (zoo models: backbones.list_models())'
     raise ModelError(f"unknown model '{name}'{hint}")
@@ -105,8 +105,7 @@ def load_pretrained_path(model: nn.Module, path, log: bool = True) -> Dict[str, 
     file = _weights_file(Path(path))
     sd = _read_state_dict(file)
     arch = _arch(model)
-    import backbones
-    if arch in backbones.list_models():
+    if arch in list_models():
         try:  # the family's filter converts official / timm layouts to ours and checks every non-head key
             with caller_adapts():  # the head and the input channels are fitted below
                 sd = family_filter_fn(arch)(sd, model)
@@ -252,8 +251,7 @@ def create_train_model(args, log: bool = True) -> Tuple[nn.Module, Dict[str, Any
             raise CheckpointError(f'--initial-checkpoint not found: {path}')
         sd = _read_state_dict(path)
         arch = _arch(model)
-        import backbones
-        if arch in backbones.list_models():
+        if arch in list_models():
             try:
                 sd = family_filter_fn(arch)(sd, model)
             except CheckpointMismatchError as e:
