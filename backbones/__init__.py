@@ -3,10 +3,20 @@
 ``import backbones`` registers every zoo model with timm, so ``timm.create_model('<zoo name>', ...)`` works.
 """
 from . import models  # noqa: F401  (registers the zoo with timm)
-from ._registry import get_family, get_variant_info, list_families, list_models
+from ._registry import get_family, get_variant_info, list_families, list_models, set_pretrained_loader
+from .hub import pretrained_kwargs_offline
 from .optimize import optimize_for_inference
 from .version import __version__
-from .weights import list_pretrained
+from .weights import create_pretrained, list_pretrained
+
+
+def _load_pretrained(fn, name: str, kwargs: dict):
+    """``pretrained=True`` of every zoo entrypoint: Hub weights on an offline machine (one probe, then the cache or
+    one line naming the repo), then other frameworks' formats and the no-weights answer."""
+    return create_pretrained(fn, name, pretrained_kwargs_offline(name, kwargs))
+
+
+set_pretrained_loader(_load_pretrained)
 
 __all__ = [
     'list_models', 'list_families', 'get_family', 'get_variant_info', 'list_pretrained', 'count',

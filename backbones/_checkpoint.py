@@ -1,5 +1,9 @@
 """Checkpoint reading and checking shared by every family's ``checkpoint_filter_fn`` and by every loading path.
 
+Two policies live here and nowhere else: which weights of a container to use (:func:`select_state_dict`: EMA weights
+first, as timm, a family's ``checkpoint_key`` where its official evaluation reads another entry) and whether a state
+dict fits a model (:func:`check_state_dict`, whose messages every loading path shares).
+
 A family describes how a foreign layout (official code, timm) maps onto ours as an ordered list of
 ``(regex, replacement)`` rules; :func:`convert_state_dict` unwraps the usual containers, renames every key that is
 not already ours, and checks the result against the model (:func:`check_state_dict`), raising a
@@ -33,10 +37,14 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 import torch
 import torch.nn as nn
 
+from ._errors import CheckpointMismatchError, UnreadableCheckpointError
+from ._registry import family_of_module, get_family
+from .formats import foreign_kind, read_foreign, to_torch
+
 __all__ = [
-    'unwrap_state_dict', 'rename_keys', 'convert_state_dict', 'check_state_dict', 'check_finite',
-    'read_checkpoint_file', 'read_safetensors_header', 'check_safetensors', 'family_filter_fn', 'caller_adapts',
-    'classifier_names',
+    'select_state_dict', 'unwrap_state_dict', 'strip_prefixes', 'rename_keys', 'convert_state_dict',
+    'check_state_dict', 'check_finite', 'read_checkpoint_file', 'read_safetensors_header', 'check_safetensors',
+    'family_filter_fn', 'caller_adapts', 'classifier_names',
     'CheckpointMismatchError', 'UnreadableCheckpointError',
 ]
 
@@ -44,17 +52,11 @@ _logger = logging.getLogger(__name__)
 
 Rule = Tuple[str, Union[str, Callable[[re.Match], str]]]
 
-_CONTAINER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model', 'module')
+_EMA_KEYS = ('state_dict_ema', 'model_ema')
+_RAW_KEYS = ('state_dict', 'model', 'module')
+_CONTAINER_KEYS = _EMA_KEYS + _RAW_KEYS
 _PREFIXES = ('module.', '_orig_mod.')
 _MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint does not fit the model: wrong family, wrong variant, other head size, missing keys."""
-
-
-class UnreadableCheckpointError(ValueError):
-    """The checkpoint file is truncated / corrupt / not a checkpoint, or would need to unpickle code."""
 
 
 # ---------------------------------------------------------------------------------------------- reading a file
@@ -138,11 +140,10 @@ def read_checkpoint_file(path: Union[str, Path], workdir: Union[str, Path, None]
     plain containers (timm's ``CheckpointSaver`` stores its arguments as one). Raises ``FileNotFoundError`` or
     :class:`UnreadableCheckpointError` (empty, truncated, not a checkpoint, or needing code to unpickle).
     """
-    from . import formats
     path = Path(path)
-    foreign = formats.foreign_kind(path)
+    foreign = foreign_kind(path)
     if foreign is not None:
-        return formats.to_torch(formats.read_foreign(path, foreign, workdir=workdir))
+        return to_torch(read_foreign(path, foreign, workdir=workdir))
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint file not found: {path}')
     with path.open('rb') as f:
@@ -179,40 +180,69 @@ def read_checkpoint_file(path: Union[str, Path], workdir: Union[str, Path, None]
 
 def family_filter_fn(arch: str) -> Callable:
     """The ``checkpoint_filter_fn`` of the family that zoo model ``arch`` belongs to."""
-    from ._registry import get_family
     return importlib.import_module(get_family(arch).module).checkpoint_filter_fn
 
 
 # ---------------------------------------------------------------------------------------------- state dicts
 
-def unwrap_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
-    """Return the tensor dict inside ``{'state_dict_ema'|'model_ema'|'state_dict'|'model': ...}`` containers.
+def select_state_dict(checkpoint: Any, ema: str = 'auto', prefer: str = '',
+                      what: str = 'the checkpoint') -> Tuple[Dict[str, torch.Tensor], str]:
+    """The zoo's one container policy: which weights of a checkpoint to use. Returns ``(state_dict, kind)``.
 
-    EMA weights are preferred when present, as timm does. ``module.`` / ``_orig_mod.`` prefixes are stripped.
-    Anything that is not a mapping (a bare tensor, a list, a whole pickled model) is refused.
+    A bare state dict is used as it is (kind ``'weights'``). A container -- timm ``CheckpointSaver``'s
+    ``{'state_dict', 'state_dict_ema', ...}``, the official codes' ``{'model': ..., 'model_ema': ...}``, mmcls's
+    ``{'meta', 'state_dict'}`` -- gives, with ``ema``:
+
+    * ``'auto'``: its EMA weights (``state_dict_ema`` / ``model_ema``, kind ``'ema'``) when it holds them, as timm
+      does, else its raw weights (``state_dict`` / ``model`` / ``module``, kind ``'model'``); ``prefer`` names the
+      entry a family's official evaluation reads instead (:attr:`backbones._registry.Family.checkpoint_key`), used
+      when present;
+    * ``'yes'``: its EMA weights, or :class:`CheckpointMismatchError` ("``what`` holds no EMA weights");
+    * ``'no'``: its raw weights even when it holds EMA weights (EMA weights only when it holds nothing else).
+
+    Containers nest (a container in a container); ``module.`` / ``_orig_mod.`` prefixes (DDP, ``torch.compile``) are
+    stripped. Anything that is not a mapping (a bare tensor, a list, a whole pickled model) is refused.
     """
+    if ema not in ('auto', 'yes', 'no'):
+        raise ValueError(f"ema={ema!r}: expected 'auto', 'yes' or 'no'")
     if not isinstance(checkpoint, Mapping):
         raise CheckpointMismatchError(
             f'the checkpoint is a {type(checkpoint).__name__}, not a state dict (a mapping of names to tensors) '
             f'or a container holding one')
-    sd = checkpoint
+    order = _RAW_KEYS + _EMA_KEYS if ema == 'no' else _EMA_KEYS + _RAW_KEYS
+    if prefer and ema == 'auto':
+        order = (prefer,) + tuple(k for k in order if k != prefer)
+    sd, kind = checkpoint, 'weights'
     while isinstance(sd, Mapping) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
-        for key in _CONTAINER_KEYS:
+        for key in order:
             if isinstance(sd.get(key), Mapping):
-                sd = sd[key]
+                sd, kind = sd[key], 'ema' if key in _EMA_KEYS else 'model'
                 break
         else:
             raise CheckpointMismatchError(
                 f'no tensors found in the checkpoint; top-level keys: {sorted(map(str, sd))[:10]} '
                 f'(expected a state dict or one of the containers {list(_CONTAINER_KEYS)})')
+    if ema == 'yes' and kind != 'ema':
+        raise CheckpointMismatchError(f'{what} holds no EMA weights (state_dict_ema)')
+    return strip_prefixes(sd), kind
+
+
+def strip_prefixes(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
+    """``state_dict`` without the ``module.`` (DistributedDataParallel) / ``_orig_mod.`` (``torch.compile``) key
+    prefixes a wrapped model's state dict has."""
     out = {}
-    for k, v in sd.items():
+    for k, v in state_dict.items():
         k = str(k)
         for p in _PREFIXES:
             if k.startswith(p):
                 k = k[len(p):]
         out[k] = v
     return out
+
+
+def unwrap_state_dict(checkpoint: Any, prefer: str = '') -> Dict[str, torch.Tensor]:
+    """The tensor dict :func:`select_state_dict` picks (EMA weights first, as timm; ``prefer``: a family's entry)."""
+    return select_state_dict(checkpoint, prefer=prefer)[0]
 
 
 def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: Sequence[Rule], keep: Iterable[str] = ()) -> Dict:
@@ -305,28 +335,36 @@ def check_state_dict(
         model: nn.Module,
         what: str = 'checkpoint',
         ignore_shapes: Sequence[str] = (),
+        strict: bool = False,
+        header: str = '',
+        hint: str = '',
 ) -> None:
-    """Raise :class:`CheckpointMismatchError` unless ``state_dict`` has exactly the model's keys and shapes.
+    """The zoo's one fit check: raise :class:`CheckpointMismatchError` unless ``state_dict`` has exactly the model's
+    keys and shapes (and finite values). Every loading path runs it, so a checkpoint that does not fit reads the same
+    wherever it is loaded: missing, unexpected and mis-shaped keys, the head sizes and what to build instead.
 
-    BN ``num_batches_tracked`` counters are exempt (older checkpoints lack them; torch fills them in). The first conv
-    (``pretrained_cfg['first_conv']`` and the weights under the prefixes in ``ignore_shapes``) may differ in its input
-    channels only where timm adapts it; the classifier may differ in size only where timm drops it (the model was
-    built with a ``num_classes`` other than ``pretrained_cfg['num_classes']``) -- see the module docstring. Inside
-    :func:`caller_adapts` both are left to the caller.
+    BN ``num_batches_tracked`` counters are exempt (older checkpoints lack them; torch fills them in). Unless
+    ``strict`` (loading into the model as built, as a resume or :func:`backbones.hub.load_checkpoint` does), the first
+    conv (``pretrained_cfg['first_conv']`` and the weights under the prefixes in ``ignore_shapes``) may differ in its
+    input channels only where timm adapts it, and the classifier may differ in size only where timm drops it (the
+    model was built with a ``num_classes`` other than ``pretrained_cfg['num_classes']``) -- see the module docstring;
+    inside :func:`caller_adapts` both are left to the caller. ``header`` replaces the first line ("``what`` does not
+    fit <model>:"); ``hint`` ends the message.
     """
     expected = model.state_dict()
     cfg = getattr(model, 'pretrained_cfg', None) or {}
-    adapting = _ADAPTING.get()
+    adapting = _ADAPTING.get() and not strict
     heads = _classifier_prefixes(model)
     model_classes = getattr(model, 'num_classes', None)
     weights_classes = cfg.get('num_classes', model_classes)
-    timm_drops_head = model_classes != weights_classes
+    timm_drops_head = model_classes != weights_classes and not strict
     ckpt_classes = _head_classes(state_dict, heads)
     is_head = lambda k: any(k.startswith(p) for p in heads)
     head_exempt = adapting or timm_drops_head
     exempt = lambda k: k.endswith('num_batches_tracked') or (head_exempt and is_head(k))
     input_convs = {f'{n}.weight' for n in _names(cfg.get('first_conv'))}
     input_convs |= {k for k in expected if any(k.startswith(p) for p in ignore_shapes) and k.endswith('weight')}
+    may_adapt = set() if strict else input_convs
 
     missing = [k for k in expected if k not in state_dict and not exempt(k)]
     unexpected = [k for k in state_dict if k not in expected and not exempt(k)]
@@ -337,7 +375,7 @@ def check_state_dict(
         want = expected[k]
         if isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(want.shape):
             continue
-        if k in input_convs and isinstance(v, torch.Tensor) and _input_conv_ok(k, v, want, model, adapting):
+        if k in may_adapt and isinstance(v, torch.Tensor) and _input_conv_ok(k, v, want, model, adapting):
             continue
         mismatched.append(f'{k} (checkpoint {_shape(v)}, model {tuple(want.shape)})')
         if k in input_convs and isinstance(v, torch.Tensor) and v.ndim == want.ndim >= 2 \
@@ -346,10 +384,10 @@ def check_state_dict(
                             f'{want.shape[1]} in the model: build it with in_chans={v.shape[1]}')
     if missing or unexpected or mismatched:
         name = cfg.get('architecture') or model.__class__.__name__
-        lines = [f'{what} does not fit {name}:']
+        lines = [header or f'{what} does not fit {name}:']
         head_only = all(is_head(k) for k in missing + unexpected + [m.split(' ')[0] for m in mismatched])
         if head_only and not head_exempt:
-            lines.append('  ' + _head_message(ckpt_classes, model_classes))
+            lines.append('  ' + _head_message(ckpt_classes, model_classes, as_built=strict))
         if missing:
             lines.append(f'  missing keys ({len(missing)}): {_listing(missing)}')
         if unexpected:
@@ -360,6 +398,8 @@ def check_state_dict(
             lines.append(channel_hint)
         if not head_only:
             lines.append('  expected keys look like: ' + _listing([k for k in expected if not exempt(k)], 4))
+        if hint:
+            lines.append('  ' + hint)
         raise CheckpointMismatchError('\n'.join(lines))
     check_finite({k: v for k, v in state_dict.items() if k in expected}, what)
     if timm_drops_head and not adapting and ckpt_classes is not None and ckpt_classes == model_classes \
@@ -382,7 +422,10 @@ def classifier_names(model: nn.Module) -> Tuple[str, ...]:
     return (classifier,) if isinstance(classifier, str) else tuple(classifier)
 
 
-def _head_message(ckpt_classes: Optional[int], model_classes: Optional[int]) -> str:
+def _head_message(ckpt_classes: Optional[int], model_classes: Optional[int], as_built: bool = False) -> str:
+    if as_built:  # the model is what the run or the caller built: say what differs, not how to rebuild it
+        return (f'the checkpoint has a {ckpt_classes}-class classifier, the model {model_classes or 0} classes'
+                if ckpt_classes else f'the checkpoint has no classifier, the model a {model_classes}-class one')
     if ckpt_classes is None:
         return (f'the checkpoint has no classifier (a headless export) and the model has a {model_classes}-class '
                 f'one: build it with num_classes=0 (no head), or another num_classes for a new head')
@@ -394,6 +437,12 @@ def _head_message(ckpt_classes: Optional[int], model_classes: Optional[int]) -> 
             f'num_classes={ckpt_classes}) for a file), or another num_classes for a new head')
 
 
+def _checkpoint_key(model: nn.Module) -> str:
+    """The container entry the official evaluation of ``model``'s family reads (``Family.checkpoint_key``), if any."""
+    family = family_of_module(type(model).__module__)
+    return family.checkpoint_key if family is not None else ''
+
+
 def convert_state_dict(
         checkpoint: Mapping,
         model: nn.Module,
@@ -403,9 +452,10 @@ def convert_state_dict(
 ) -> Dict[str, torch.Tensor]:
     """Unwrap, rename foreign keys to ours with ``rules`` and verify the result fits ``model``.
 
-    Keys already in our layout pass through untouched, so our own exported checkpoints load as they are.
+    Keys already in our layout pass through untouched, so our own exported checkpoints load as they are. A container
+    gives the weights :func:`select_state_dict` picks, the family's ``checkpoint_key`` first.
     """
-    sd = unwrap_state_dict(checkpoint)
+    sd = unwrap_state_dict(checkpoint, prefer=_checkpoint_key(model))
     sd = rename_keys(sd, rules, keep=model.state_dict().keys())
     check_state_dict(sd, model, what=f'{family} checkpoint', ignore_shapes=(first_conv,) if first_conv else ())
     return sd

@@ -2,14 +2,15 @@
 
 :class:`ArgumentParser` is argparse's, with errors printed as one line (no usage block, exit status 2);
 :func:`run` calls a script's ``main`` and turns any exception into that line (exit status 1; 130 for Ctrl-C).
-``BACKBONES_TRACEBACK=1`` re-raises instead, for a bug report.
+``BACKBONES_TRACEBACK=1`` re-raises instead, for a bug report. :func:`setup_logging` is the scripts' logging.
 """
 import argparse
+import logging
 import os
 import sys
 from typing import Callable, Optional, Sequence
 
-__all__ = ['ArgumentParser', 'one_line', 'run']
+__all__ = ['ArgumentParser', 'one_line', 'run', 'setup_logging']
 
 _LIMIT = 1000  # characters: a long key listing is cut, the line stays readable
 
@@ -52,3 +53,10 @@ def run(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[
     except Exception as e:  # noqa: BLE001 - the one place where any failure becomes one line
         print(f'error: {one_line(e)}', file=sys.stderr)
         return 1
+
+
+def setup_logging() -> None:
+    """timm's default logging (INFO to stderr), once per process."""
+    if not logging.getLogger().handlers:
+        from timm.utils import setup_default_logging
+        setup_default_logging()

@@ -28,8 +28,8 @@ from typing import Dict, Final, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
-from timm.models._features import FeatureGetterNet
 
+from ._timm import FeatureGetterNet
 from .layers.helpers import check_feature_indices, check_input, check_num_classes, input_dtype_ref
 
 __all__ = ['StageFeatureMixin', 'stage_feature_info', 'FeatureGetter', 'feature_cfg']

@@ -17,13 +17,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model
-from timm.models._registry import _model_entrypoints
 
+from ._timm import _model_entrypoints
 from .layers.helpers import check_model_kwargs
 
 __all__ = [
     'Family', 'VariantInfo', 'register_family', 'register_zoo_model', 'list_models', 'list_families',
-    'get_family', 'get_variant_info', 'zoo_cfg', 'NameClashError',
+    'get_family', 'get_variant_info', 'zoo_cfg', 'set_pretrained_loader', 'NameClashError',
 ]
 
 
@@ -47,6 +47,9 @@ class Family:
     oracle: str = ''  # what parity is verified against
     weights: str = ''  # where the released weights come from
     reconstruction: str = ''  # only for a network the paper does not give: what is official, what is ours and why
+    # the container entry of the official checkpoints that the official evaluation reads, where it is not the EMA
+    # weights first (timm's rule): e.g. 'state_dict' beside 'state_dict_ema' (see _checkpoint.select_state_dict)
+    checkpoint_key: str = ''
 
     def __post_init__(self):
         object.__setattr__(self, 'bibtex', textwrap.dedent(self.bibtex).strip())
@@ -126,6 +129,17 @@ _FAMILIES: Dict[str, Family] = {}
 _VARIANTS: Dict[str, VariantInfo] = {}
 _MODULE_TO_FAMILY: Dict[str, str] = {}
 _ours: set = set()  # names we registered (so re-importing a family module is not mistaken for a clash)
+_pretrained_loader: Optional[Callable[[Callable, str, Dict[str, Any]], Any]] = None
+
+
+def set_pretrained_loader(loader: Callable[[Callable, str, Dict[str, Any]], Any]) -> None:
+    """Set what a zoo entrypoint called with ``pretrained=True`` runs: ``loader(fn, name, kwargs)`` builds the model.
+
+    A hook, not an import: the loaders (:mod:`backbones.hub`, :mod:`backbones.weights`) sit above the model files
+    that import this module, so this module must not import them back. ``backbones/__init__.py`` sets it.
+    """
+    global _pretrained_loader
+    _pretrained_loader = loader
 
 
 def register_family(family: Family) -> Family:
@@ -148,10 +162,9 @@ def register_zoo_model(
     The decorated function's module must have registered its family with :func:`register_family` and define
     ``default_cfgs`` above the entrypoints (timm's ``register_model`` reads it). The registered entrypoint checks
     timm's generic arguments (``in_chans``, ``drop_path_rate``: :func:`~backbones.layers.check_model_kwargs`) before
-    anything is built, so every zoo model refuses them with one clear message. With ``pretrained=True`` it checks,
-    in one probe, that Hub weights can be had (:func:`backbones.hub.pretrained_kwargs_offline`: offline, cached
-    weights load from the cache at once and missing ones are one line naming the repo), then goes through
-    :func:`backbones.weights.create_pretrained` (weights in other frameworks' formats, the no-weights answer).
+    anything is built, so every zoo model refuses them with one clear message. With ``pretrained=True`` it runs the
+    loader :func:`set_pretrained_loader` set (the package's: one probe that Hub weights can be had, offline from the
+    cache, then :func:`backbones.weights.create_pretrained` for other frameworks' formats and the no-weights answer).
     ``timm_twin`` names timm's implementation of the same network, built with ``timm_twin_kwargs`` (the parity tests
     and benchmarks read it).
     """
@@ -172,12 +185,10 @@ def register_zoo_model(
         @functools.wraps(fn)
         def entrypoint(pretrained: bool = False, **kwargs):
             check_model_kwargs(name, kwargs)
-            if pretrained:  # imported on use: both modules import this one
-                from .hub import pretrained_kwargs_offline
-                from .weights import create_pretrained
-                # Hub weights on an offline machine: one probe, then the cache or one line; then foreign-format
-                # downloads and the no-weights answer
-                return create_pretrained(fn, name, pretrained_kwargs_offline(name, kwargs))
+            if pretrained:
+                if _pretrained_loader is None:
+                    raise RuntimeError('no pretrained loader set: import backbones (the package) first')
+                return _pretrained_loader(fn, name, kwargs)
             return fn(pretrained=pretrained, **kwargs)
         return register_model(entrypoint)
     return _register
@@ -205,6 +216,12 @@ def get_family(name: str) -> Family:
     if name in _VARIANTS:
         return _FAMILIES[_VARIANTS[name].family]
     raise KeyError(f"unknown zoo family or model '{name}'; known families: {', '.join(_FAMILIES)}")
+
+
+def family_of_module(module: str) -> Optional[Family]:
+    """The family registered by the python module ``module`` (a zoo model's ``type(model).__module__``), or None."""
+    name = _MODULE_TO_FAMILY.get(module)
+    return _FAMILIES[name] if name is not None else None
 
 
 def get_variant_info(name: str) -> VariantInfo:

@@ -37,8 +37,8 @@ import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype, global_pool_nlc, resample_abs_pos_embed, to_2tuple
 from timm.models import checkpoint
-from timm.models._input import update_model_input_size
 
+from ._timm import update_model_input_size
 from .layers.helpers import check_feature_indices, check_img_size, check_input, check_num_classes, input_dtype_ref
 from .layers.pos_embed import pos_embed_for_grid
 

@@ -19,7 +19,7 @@ import json
 import pathlib
 import re
 import warnings
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -216,25 +216,12 @@ def render_card(model_name: str, **extra) -> str:
     if extra:
         raise TypeError(f'render_card() got unexpected keyword arguments: {", ".join(sorted(extra))}')
     arch = model_name.split('.')[0]
-    info = get_variant_info(arch)
     family = get_family(arch)
     full = _full_name(model_name)
     cfg = _cfg(full)
     if measured is None:
         measured = measure(arch)
     dataset = _dataset(cfg.tag or '')
-    has_weights = bool(cfg.has_weights)
-    no_weights_note = ''
-    if repo_id:
-        load, pretrained = f'hf-hub:{repo_id}', 'pretrained=True'
-    elif has_weights:
-        load, pretrained = full, 'pretrained=True'
-    elif _manual_weights(full):
-        load, pretrained = full, "pretrained=True, pretrained_cfg_overlay=dict(file='checkpoint.pth')"
-        no_weights_note = '  # the official checkpoint, downloaded by hand (see Weights)'
-    else:
-        load, pretrained = full, 'pretrained=False'
-        no_weights_note = '  # no weights released: random init'
 
     lines = ['---']
     lines += ['tags:'] + _yaml_list(['image-classification', 'timm', 'backbones', family.name])
@@ -251,10 +238,23 @@ def render_card(model_name: str, **extra) -> str:
     else:
         lines += [f'`{arch}` from Backbone Zoo (python package `backbones`): the model of "{family.paper}" '
                   f'as a timm-compatible backbone, faithful to the paper and the official code.', '']
+    lines += _details(full, cfg, measured, dataset, more_details)
+    lines += _usage(full, cfg, measured, repo_id)
+    recipe = f'configs/{family.name}/{arch}.yaml'
+    lines += ['## Training Recipe', '',
+              f'The training configuration for `tools/train.py` is [`{recipe}`](../{recipe}) in the Backbone Zoo '
+              f'repository.', '']
+    lines += ['## Citation', '', '```bibtex', family.bibtex, '```', '']
+    return '\n'.join(lines)
 
-    lines += ['## Model Details', '', '- **Model Type:** Image classification / feature backbone', '- **Model Stats:**']
+
+def _details(full: str, cfg, measured: Dict[str, Any], dataset, more_details: Dict[str, str]) -> List[str]:
+    """The card's Model Details: measured figures beside the registered (official) ones, papers, sources."""
+    arch = full.split('.')[0]
+    info, family = get_variant_info(arch), get_family(arch)
+    lines = ['## Model Details', '', '- **Model Type:** Image classification / feature backbone', '- **Model Stats:**']
     params_m = measured['params'] / 1e6
-    registered = 'our design' if reconstructed else 'official'
+    registered = 'our design' if family.reconstruction else 'official'
     lines.append(f'  - Params (M): {params_m:.2f} ({registered}: {info.params / 1e6:.2f})')
     paper_macs = f' (reported: {info.gmacs:.2f}' + (f'; {info.gmacs_source}' if info.gmacs_source else '') + ')' \
         if info.gmacs is not None else ''
@@ -281,11 +281,30 @@ def render_card(model_name: str, **extra) -> str:
     for k, v in more_details.items():
         lines.append(f'- **{k}:** {v}')
     lines.append('')
+    return lines
 
+
+def _loading(full: str, cfg, repo_id: Optional[str]) -> Tuple[str, str, str]:
+    """``(name to load, pretrained argument, comment)`` of the usage snippets: the Hub repo, the released weights,
+    the official checkpoint downloaded by hand, or a random init."""
+    if repo_id:
+        return f'hf-hub:{repo_id}', 'pretrained=True', ''
+    if cfg.has_weights:
+        return full, 'pretrained=True', ''
+    if _manual_weights(full):
+        return (full, "pretrained=True, pretrained_cfg_overlay=dict(file='checkpoint.pth')",
+                '  # the official checkpoint, downloaded by hand (see Weights)')
+    return full, 'pretrained=False', '  # no weights released: random init'
+
+
+def _usage(full: str, cfg, measured: Dict[str, Any], repo_id: Optional[str]) -> List[str]:
+    """The card's Model Usage: classification, feature maps and embeddings, each a complete snippet."""
+    load, pretrained, no_weights_note = _loading(full, cfg, repo_id)
     head = ['import backbones  # registers the zoo models with timm: import it before timm.create_model', 'import timm']
-    lines += ['## Model Usage', '',
-              '`import backbones` must run before `timm.create_model(...)` (also for `hf-hub:` / `local-dir:` '
-              'names): timm only knows the architectures registered at that time.', '']
+    lines = ['## Model Usage', '',
+             '`import backbones` must run before `timm.create_model(...)` (also for `hf-hub:` / `local-dir:` '
+             'names): timm only knows the architectures registered at that time.', '']
+
     def snippet(title: str, create: str, body: List[str]) -> List[str]:
         """One usage block: the shared preamble (imports, image, model), then ``body``."""
         return [f'### {title}', '', '```python'] + head + [
@@ -341,13 +360,7 @@ def render_card(model_name: str, **extra) -> str:
             f'{_unpooled(measured["features_shape"])}',
             f'    output = model.forward_head(output, pre_logits=True)  # a {embedding} tensor',
         ])
-
-    recipe = f'configs/{family.name}/{arch}.yaml'
-    lines += ['## Training Recipe', '',
-              f'The training configuration for `tools/train.py` is [`{recipe}`](../{recipe}) in the Backbone Zoo '
-              f'repository.', '']
-    lines += ['## Citation', '', '```bibtex', family.bibtex, '```', '']
-    return '\n'.join(lines)
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------------------------

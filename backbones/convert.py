@@ -35,6 +35,7 @@ from ._checkpoint import (
     unwrap_state_dict,
 )
 from ._files import remove_stale_temps, temp_name
+from ._registry import list_models
 from .formats import foreign_kind
 from .formats.tf_bundle import find_checkpoint
 
@@ -61,9 +62,8 @@ def load_checkpoint_file(path: PathLike) -> Mapping[str, Any]:
 # ---------------------------------------------------------------------------------------------- the model
 
 def _check_model_name(model_name: str) -> str:
-    import backbones
     arch = model_name.split('.')[0]
-    names = backbones.list_models()
+    names = list_models()
     if arch not in names:
         close = difflib.get_close_matches(arch, names, n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; zoo models: {', '.join(names)}"

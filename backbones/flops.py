@@ -52,6 +52,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 import torch.nn as nn
 
+from ._registry import get_variant_info, list_models
+
 with warnings.catch_warnings():  # fvcore's loss modules use torch.jit.script, deprecated in torch 2.x
     warnings.simplefilter('ignore', FutureWarning)
     from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis, flop_count_table
@@ -466,9 +468,7 @@ def _default_input_size(model: nn.Module) -> Tuple[int, ...]:
 
 
 def _build(name: str, device: str = 'meta') -> nn.Module:
-    import timm
-
-    import backbones  # noqa: F401  (registers the zoo with timm)
+    import timm  # the zoo is registered: importing this module imported the package
     if device != 'cpu':
         try:
             return timm.create_model(name, pretrained=False, device=device)
@@ -596,13 +596,12 @@ def count(
 def resolve_names(patterns: Sequence[str] = ()) -> List[str]:
     """Zoo names for fnmatch patterns (all zoo models if none); a plain name that is not a zoo model is kept as is
     (a timm model: counted, with no official figures beside it)."""
-    import backbones
     if not patterns:
-        return backbones.list_models()
+        return list_models()
     names: List[str] = []
     for pattern in patterns:
         if any(c in pattern for c in '*?['):
-            matched = backbones.list_models(pattern)
+            matched = list_models(pattern)
             if not matched:
                 raise ValueError(f"no zoo model matches '{pattern}'")
         else:
@@ -616,12 +615,11 @@ def compare(names: Sequence[str], input_size: Optional[Union[int, Sequence[int]]
 
     The paper GMACs are shown only at the model's default input size (they are not comparable at another).
     """
-    import backbones
     rows = []
     for name in names:
         res = count(name, input_size=input_size)
         try:
-            info = backbones.get_variant_info(name)
+            info = get_variant_info(name)
         except KeyError:
             info = None
         paper = info.gmacs if info is not None else None

@@ -26,13 +26,14 @@ makes its header unreadable).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import os
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -59,9 +60,9 @@ from timm.models import is_model
 from timm.models import save_for_hf as timm_save_for_hf
 
 from ._checkpoint import (
-    CheckpointMismatchError,
     UnreadableCheckpointError,
     caller_adapts,
+    check_state_dict,
     classifier_names,
     family_filter_fn,
     read_checkpoint_file,
@@ -138,21 +139,27 @@ def save_for_hf(
 
 # -- checkpoints ------------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _corrupt_weights() -> Iterator[None]:
+    """The zoo reader's :class:`UnreadableCheckpointError` as this module's :class:`CorruptWeightsError` (a
+    :class:`HubError`, so a caller catches every Hub problem as one family); the one place hub translates it."""
+    try:
+        yield
+    except UnreadableCheckpointError as e:
+        raise CorruptWeightsError(str(e)) from e
+
+
 def check_safetensors(path: Union[str, Path]) -> None:
     """Raise :class:`CorruptWeightsError` unless ``path`` is a complete safetensors file (reads the header only):
     "truncated" for a cut safetensors file, "not a safetensors file" for anything else (a torch pickle, text)."""
-    try:
+    with _corrupt_weights():
         _check_safetensors(path)
-    except UnreadableCheckpointError as e:
-        raise CorruptWeightsError(str(e)) from e
 
 
 def _read_checkpoint(path: Union[str, Path]) -> Mapping:
     """Read a safetensors file or a torch checkpoint WITHOUT executing pickled code."""
-    try:
+    with _corrupt_weights():
         return read_checkpoint_file(path)
-    except UnreadableCheckpointError as e:
-        raise CorruptWeightsError(str(e)) from e
 
 
 def _arch(model: nn.Module) -> str:
@@ -167,18 +174,9 @@ def load_checkpoint(model: nn.Module, checkpoint: Union[str, Path, Mapping]) -> 
     """Load ``checkpoint`` (a file or a state dict, in any layout the family's filter accepts) strictly."""
     sd = _read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
     sd = family_filter_fn(_arch(model))(sd, model)
-    own = model.state_dict()
-    shapes = [f'{k} {tuple(v.shape)} != {tuple(own[k].shape)}' for k, v in sd.items()
-              if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if shapes:  # a head or input channels the filter leaves to timm's adaptation: here the load is strict
-        raise CheckpointMismatchError(
-            f'checkpoint does not fit {_arch(model)} as built (num_classes={model.num_classes}): '
-            f'{", ".join(shapes[:4])}')
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.endswith('num_batches_tracked')]
-    if missing or unexpected:
-        raise CheckpointMismatchError(
-            f'checkpoint does not fit {_arch(model)}: missing {missing[:8]}, unexpected {unexpected[:8]}')
+    # the filter leaves a head or input channels to timm's adaptation; here the model is loaded as built
+    check_state_dict(sd, model, strict=True)
+    model.load_state_dict(sd, strict=False)  # only BN counters may be missing (older checkpoints)
     return model
 
 
@@ -242,9 +240,9 @@ def read_label_names(label_names: Union[str, Path, Sequence[str], None]) -> Opti
 @functools.cache
 def _measured(arch: str) -> dict:
     """The card's measured figures: from model_cards/measured.json when it is current (a checkout), else measured."""
-    from . import cards
-    cached = cards.load_measured(Path(__file__).resolve().parents[1] / 'model_cards')
-    return cards.update_measured(cached, [arch])[arch]
+    from .cards import load_measured, update_measured  # on use: only a push writes a card
+    cached = load_measured(Path(__file__).resolve().parents[1] / 'model_cards')
+    return update_measured(cached, [arch])[arch]
 
 
 def _render_card(model_name: str, repo_id: str, details: Dict[str, str]) -> str:
@@ -576,10 +574,8 @@ def _check_head(cfg: Dict, weights: Path, where: str) -> None:
     classifier = pcfg.get('classifier')
     if not isinstance(num_classes, int) or not isinstance(classifier, str):
         return
-    try:
+    with _corrupt_weights():
         header = read_safetensors_header(weights)
-    except UnreadableCheckpointError as e:
-        raise CorruptWeightsError(str(e)) from None
     entry = header.get(f'{classifier}.weight')
     n = int(entry['shape'][0]) if isinstance(entry, dict) and entry.get('shape') else 0
     if n != num_classes:

@@ -11,6 +11,7 @@ import warnings
 
 import torch
 import torch.nn as nn
+from timm.utils import reparameterize_model
 
 __all__ = ['optimize_for_inference', 'mark_deploy_form']
 
@@ -40,17 +41,17 @@ def _train_deploy_form(self: nn.Module, mode: bool = True) -> nn.Module:
 def optimize_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Fold what only training needs into the weights; returns the model in eval mode.
 
-    Walks the module tree (parents before children) the way timm's ``reparameterize_model`` does: a module with a
-    ``fuse()`` method is replaced by what it returns, one with ``reparameterize()`` is re-parameterised in place.
-    In the zoo that means every BatchNorm that directly follows a convolution (:class:`~backbones.layers.ConvNormAct`,
-    projection shortcuts, the SK attention's reduction) is folded into it with its running statistics, and
-    RapidNet's multi-branch blocks become single convolutions (its ``reparameterize``). The logits are those of the
-    eval-mode model (float rounding apart: the folded weights are computed in float64).
+    Runs timm's ``reparameterize_model`` (parents before children, a module with a ``fuse()`` method is replaced by
+    what it returns, one with ``reparameterize()`` is re-parameterised in place) on the eval-mode model: in the zoo
+    every BatchNorm that directly follows a convolution (:class:`~backbones.layers.ConvNormAct`, projection
+    shortcuts, the SK attention's reduction) is folded into it with its running statistics, and RapidNet's
+    multi-branch blocks become single convolutions (its ``reparameterize``). The logits are those of the eval-mode
+    model (float rounding apart: the folded weights are computed in float64).
 
     The result is for inference (a deploy form, :func:`mark_deploy_form`): its state dict has no folded BatchNorm
     entries, and training it would train without them (``.train()`` warns once). Modules that cannot be folded
-    exactly are left as they are, so any model (zoo or not) can be passed. ``timm.utils.reparameterize_model``
-    reaches the same ``fuse`` / ``reparameterize`` methods (without switching to eval mode).
+    exactly are left as they are, so any model (zoo or not) can be passed. Beyond timm's walk it switches to eval
+    mode first (the folds use the running statistics) and marks the result as a deploy form.
 
     Args:
         model: the model (weights loaded).
@@ -59,19 +60,8 @@ def optimize_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
-
     keys = set(model.state_dict())
-
-    def walk(parent: nn.Module):
-        for name, child in parent.named_children():
-            if hasattr(child, 'fuse'):
-                child = child.fuse()
-                setattr(parent, name, child)
-            elif hasattr(child, 'reparameterize'):
-                child.reparameterize()
-            walk(child)
-
-    walk(model)
+    reparameterize_model(model, inplace=True)
     if set(model.state_dict()) != keys:  # something was folded away: no longer the model its name builds
         mark_deploy_form(model, 'optimize_for_inference')
     return model.eval()

@@ -31,9 +31,11 @@ import torch
 from timm.models import get_arch_pretrained_cfgs, get_pretrained_cfg, resolve_pretrained_cfg
 
 from ._checkpoint import CheckpointMismatchError, UnreadableCheckpointError, family_filter_fn, read_checkpoint_file
+from ._cli import one_line
 from ._download import DownloadError, download, partial_path
 from ._files import remove_stale_temps, temp_name
 from ._registry import list_models
+from .formats import foreign_kind
 
 __all__ = [
     'WeightsInfo', 'list_pretrained', 'weights_info', 'create_pretrained', 'converted_path',
@@ -200,14 +202,6 @@ def converted_path(model: str, cache_dir: Optional[Path] = None) -> Path:
     return root / 'backbones' / f'{model}.safetensors'
 
 
-def _one_line(e: Exception) -> str:
-    """A multi-line message (``check_state_dict``'s "does not fit X:" + one line per problem) as one line."""
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].endswith(':'):
-        return f'{lines[0]} ' + '; '.join(lines[1:])
-    return '; '.join(lines)
-
-
 def _probe(arch: str, cfg: Dict[str, Any], kwargs: Dict[str, Any]) -> torch.nn.Module:
     """The architecture the weights are for, on the meta device: the caller's architecture kwargs, the weights'
     class count and input channels, the resolved cfg without its weight location."""
@@ -271,7 +265,7 @@ def _fetch_converted(arch: str, cfg: Dict[str, Any], kwargs: Dict[str, Any]) -> 
     except (UnreadableCheckpointError, CheckpointMismatchError) as e:
         archive.unlink(missing_ok=True)
         raise PretrainedWeightsError(f'{arch}: the file downloaded from {url} cannot be used and was removed from the '
-                                     f'cache ({_one_line(e)})') from e
+                                     f'cache ({one_line(e)})') from e
     return out
 
 
@@ -287,7 +281,6 @@ def create_pretrained(fn: Callable[..., torch.nn.Module], arch: str, kwargs: Dic
     if cfg.get('source') in ('hf-hub', 'local-dir') or cfg.get('state_dict') is not None:
         return fn(pretrained=True, **kwargs)
     if cfg.get('file'):
-        from .formats import foreign_kind
         user_file = Path(cfg['file'])
         if foreign_kind(user_file) is None:
             return fn(pretrained=True, **kwargs)  # a PyTorch / safetensors file: timm's own

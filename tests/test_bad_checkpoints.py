@@ -27,6 +27,8 @@ from backbones._checkpoint import (
     classifier_names,
     family_filter_fn,
     read_checkpoint_file,
+    select_state_dict,
+    unwrap_state_dict,
 )
 from backbones.convert import ConversionError, convert_checkpoint
 
@@ -318,3 +320,32 @@ def test_validate_names_a_head_that_does_not_fit(tmp_path, capsys, ckpt, export,
     assert 'the checkpoint has a 4-class classifier, the model 10 classes' in line
     line = _one_line(capsys, lambda: validate(['--model', f'local-dir:{export}', *data]))
     assert '--num-classes 10: the weights of' in line and '4-class classifier' in line
+
+
+@pytest.mark.parametrize('keys', [('state_dict',), ('state_dict', 'state_dict_ema'), ('model', 'model_ema'),
+                                  ('model',), ('state_dict', 'model_ema'), ('model_ema',)])
+@pytest.mark.parametrize('ema', ['auto', 'no'])
+def test_container_policy_is_timms(tmp_path, keys, ema):
+    """Which weights of a container: timm's answer (timm.models.load_state_dict, use_ema) is the oracle."""
+    container = {k: {'w': torch.full((1,), float(i))} for i, k in enumerate(keys)}
+    torch.save(container, tmp_path / 'ck.pth')
+    if ema == 'no' and all(k.endswith('_ema') for k in keys):  # timm finds no raw weights; the zoo falls back
+        assert select_state_dict(container, ema='no')[1] == 'ema'
+        return
+    want = timm.models.load_state_dict(str(tmp_path / 'ck.pth'), use_ema=ema == 'auto')
+    got, kind = select_state_dict(container, ema=ema)
+    assert torch.equal(got['w'], want['w'])
+    assert kind == ('ema' if keys[int(got['w'].item())].endswith('_ema') else 'model')
+
+
+def test_container_policy_family_entry_and_ema_flags():
+    """A family's official entry wins over EMA weights (RapidNet's evaluation reads 'state_dict', BiFormer's 'model');
+    --use-ema without EMA weights is one line naming the file."""
+    assert (backbones.get_family('rapidnet').checkpoint_key, backbones.get_family('biformer').checkpoint_key) == \
+        ('state_dict', 'model')
+    ck = {'state_dict': {'w': torch.zeros(1)}, 'state_dict_ema': {'w': torch.ones(1)}}
+    assert select_state_dict(ck, prefer='state_dict')[0]['w'].item() == 0
+    assert select_state_dict(ck)[0]['w'].item() == 1 and select_state_dict(ck, ema='yes')[1] == 'ema'
+    with pytest.raises(CheckpointMismatchError, match=r'^--use-ema: x\.pth holds no EMA weights \(state_dict_ema\)$'):
+        select_state_dict({'state_dict': ck['state_dict']}, ema='yes', what='--use-ema: x.pth')
+    assert unwrap_state_dict({'module.w': torch.zeros(1)}).keys() == {'w'}  # DDP / torch.compile prefixes go

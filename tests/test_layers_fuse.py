@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from backbones.layers import ConvNormAct, fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
+from backbones.layers import ConvNormAct, fuse_conv_bn, scale_conv_
 
 
 def _bn(chs, affine=True):
@@ -33,18 +33,16 @@ def test_fuse_conv_bn_equals_the_pair(kwargs, affine):
     assert conv.weight.shape == fused.weight.shape
 
 
-def test_fuse_conv_norm_act_in_place_and_idempotent():
+def test_conv_norm_act_fuse_in_place_and_idempotent():
     m = ConvNormAct(4, 6, 3, act_layer=nn.ReLU).eval()
     m.bn = _bn(6)
     x = torch.randn(1, 4, 5, 5)
     with torch.no_grad():
         ref = m(x)
-        fuse_conv_norm_act_(m)
-        fuse_conv_norm_act_(m)
+        assert m.fuse() is m and m.fuse() is m
         assert isinstance(m.bn, nn.Identity) and torch.allclose(m(x), ref, atol=1e-5)
-    m.bn = nn.LayerNorm(6)
-    with pytest.raises(TypeError, match='BatchNorm2d'):
-        fuse_conv_norm_act_(m)
+    ln = m.bn = nn.LayerNorm(6)
+    assert m.fuse().bn is ln  # only a BatchNorm folds: another norm is left as it is
     with pytest.raises(ValueError, match='running statistics'):
         fuse_conv_bn(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2, track_running_stats=False))
 

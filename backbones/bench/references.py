@@ -158,7 +158,8 @@ def random_timm_model(name: str, seed: int = 1, **kwargs) -> nn.Module:
     rebuilt: ``to_empty`` leaves them as uninitialised memory (MaxViT's gave NaN logits).
     """
     import timm
-    from timm.models._manipulate import reinit_non_persistent_buffers
+
+    from .._timm import reinit_non_persistent_buffers
     model = timm.create_model(name, device='meta', **kwargs).to_empty(device='cpu')
     reinit_non_persistent_buffers(model)
     return redraw_(model, seed).eval()

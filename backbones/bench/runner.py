@@ -220,30 +220,63 @@ def run_group(
         g = torch.Generator().manual_seed(0)
         target = torch.randint(0, outputs[0].shape[1], (batch,), generator=g).to(device)
 
-    def make_step(runner: nn.Module, model: nn.Module) -> Tuple[Callable[[], None], Callable[[], object]]:
-        if train:
-            def prepare():
-                model.zero_grad(set_to_none=True)
-                for x in inputs:
-                    x.grad = None
+    steps = [_make_step(r, m, inputs, target, train, autocast) for r, m in zip(runners, originals)]
+    cpu, wall = _time_interleaved(steps, cfg, sync)
 
-            def step():
-                with autocast():
-                    out = runner(*inputs)
-                _loss(out, target).backward()
-        else:
-            def prepare():
-                pass
+    r = chosen.index(ref)
+    times = cpu if clock == 'cpu' else wall
+    stamp = datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M'), os.getloadavg()[0] if hasattr(os, 'getloadavg') \
+        else None
+    rows = []
+    for j, i in enumerate(chosen):
+        c = contenders[i]
+        row = _row(c, cfg, group or contenders[0].label, inputs, times, wall, j, r, stamp)
+        # parity: inference only (a training step's outputs differ by dropout draws), same weights only
+        if not train and c.same_weights and contenders[ref].same_weights and j != r:
+            row.max_abs_diff = (outputs[j] - outputs[r]).abs().max().item()
+            row.ref_max_abs = outputs[r].abs().max().item()
+        if cfg.flops:
+            row.gmacs = _gmacs(originals[j], inputs)
+            if row.gmacs is not None:
+                row.gflop_s = 2 * row.gmacs * batch * (3 if train else 1) / (row.ms / 1e3)
+        if cfg.memory:
+            prepare, step = steps[j]
+            prepare()
+            row.peak_mb = peak_memory_mb(step, device)
+        rows.append(row)
+    return rows
 
-            def step():
-                with torch.inference_mode(), autocast():
-                    return runner(*inputs)
-        return prepare, step
 
-    steps = [make_step(r, m) for r, m in zip(runners, originals)]
-    cpu, wall = [[] for _ in chosen], [[] for _ in chosen]
+def _make_step(runner: nn.Module, model: nn.Module, inputs: Sequence[torch.Tensor], target: Optional[torch.Tensor],
+               train: bool, autocast: Callable) -> Tuple[Callable[[], None], Callable[[], object]]:
+    """``(prepare, step)`` of one contender: a forward (inference mode) or a forward + backward of the loss."""
+    if train:
+        def prepare():
+            model.zero_grad(set_to_none=True)
+            for x in inputs:
+                x.grad = None
+
+        def step():
+            with autocast():
+                out = runner(*inputs)
+            _loss(out, target).backward()
+    else:
+        def prepare():
+            pass
+
+        def step():
+            with torch.inference_mode(), autocast():
+                return runner(*inputs)
+    return prepare, step
+
+
+def _time_interleaved(steps: Sequence[Tuple[Callable, Callable]], cfg: BenchConfig,
+                      sync: Callable[[], None]) -> Tuple[List[List[float]], List[List[float]]]:
+    """Per contender, the CPU and the wall seconds of each timed round: the contenders take turns within a round,
+    in alternating order, so a change in the machine's load falls on all of them alike."""
+    cpu, wall = [[] for _ in steps], [[] for _ in steps]
     for rnd in range(cfg.warmup + cfg.rounds):
-        order = range(len(chosen)) if rnd % 2 == 0 else reversed(range(len(chosen)))
+        order = range(len(steps)) if rnd % 2 == 0 else reversed(range(len(steps)))
         for j in order:
             prepare, step = steps[j]
             prepare()
@@ -255,36 +288,22 @@ def run_group(
             if rnd >= cfg.warmup:
                 cpu[j].append(c1 - c0)
                 wall[j].append(w1 - w0)
+    return cpu, wall
 
-    r = chosen.index(ref)
-    times = cpu if clock == 'cpu' else wall
-    when = datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')
-    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
-    rows = []
-    for j, i in enumerate(chosen):
-        c = contenders[i]
-        ms = 1e3 * statistics.median(times[j])
-        row = Row(
-            group=group or contenders[0].label, label=c.label, kind=c.kind, mode=cfg.mode, batch=batch,
-            input_size=tuple(inputs[0].shape[1:]), threads=torch.get_num_threads(), options=cfg.options(),
-            clock=clock, is_reference=j == r, ms=ms, img_s=batch / ms * 1e3, rounds=cfg.rounds, when=when,
-            load=load, times=times[j])
-        if j != r:
-            ratios = [a / b for a, b in zip(times[r], times[j])]
-            row.speedup = statistics.median(ratios)
-            row.speedup_min, row.speedup_max = min(ratios), max(ratios)
-            row.speedup_wall = statistics.median(a / b for a, b in zip(wall[r], wall[j]))
-        # parity: inference only (a training step's outputs differ by dropout draws), same weights only
-        if not train and c.same_weights and contenders[ref].same_weights and j != r:
-            row.max_abs_diff = (outputs[j] - outputs[r]).abs().max().item()
-            row.ref_max_abs = outputs[r].abs().max().item()
-        if cfg.flops:
-            row.gmacs = _gmacs(originals[j], inputs)
-            if row.gmacs is not None:
-                row.gflop_s = 2 * row.gmacs * batch * (3 if train else 1) / (ms / 1e3)
-        if cfg.memory:
-            prepare, step = steps[j]
-            prepare()
-            row.peak_mb = peak_memory_mb(step, device)
-        rows.append(row)
-    return rows
+
+def _row(c: Contender, cfg: BenchConfig, group: str, inputs: Sequence[torch.Tensor], times: List[List[float]],
+         wall: List[List[float]], j: int, r: int, stamp: Tuple[str, Optional[float]]) -> Row:
+    """The timing row of contender ``j`` (``times``: the clock's rounds) with its speed-up over contender ``r``;
+    ``stamp``: when, and the machine's load then."""
+    batch = inputs[0].shape[0]
+    ms = 1e3 * statistics.median(times[j])
+    row = Row(
+        group=group, label=c.label, kind=c.kind, mode=cfg.mode, batch=batch, input_size=tuple(inputs[0].shape[1:]),
+        threads=torch.get_num_threads(), options=cfg.options(), clock=cfg.resolved_clock, is_reference=j == r, ms=ms,
+        img_s=batch / ms * 1e3, rounds=cfg.rounds, when=stamp[0], load=stamp[1], times=times[j])
+    if j != r:
+        ratios = [a / b for a, b in zip(times[r], times[j])]
+        row.speedup = statistics.median(ratios)
+        row.speedup_min, row.speedup_max = min(ratios), max(ratios)
+        row.speedup_wall = statistics.median(a / b for a, b in zip(wall[r], wall[j]))
+    return row

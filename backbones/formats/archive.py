@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import List, Union
 
-from .._checkpoint import UnreadableCheckpointError
+from .._errors import UnreadableCheckpointError
 
 __all__ = ['ArchiveError', 'extract_tf_checkpoint', 'is_archive']
 

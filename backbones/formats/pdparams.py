@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Union
 
 import numpy as np
 
-from .._checkpoint import UnreadableCheckpointError
+from .._errors import UnreadableCheckpointError
 
 __all__ = ['read_pdparams', 'load_data_pickle', 'STRUCTURE_KEY']
 

@@ -27,7 +27,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .._checkpoint import UnreadableCheckpointError
+from .._errors import UnreadableCheckpointError
 from .crc32c import crc32c, unmask
 
 __all__ = ['TFCheckpoint', 'TFCheckpointError', 'TRAINING_STATE', 'find_checkpoint', 'read_tf_checkpoint',

@@ -15,7 +15,7 @@ from .conv import (
     strided_conv2d,
 )
 from .cross_attention import CrossAttention
-from .fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
+from .fuse import fuse_conv_bn, scale_conv_
 from .head import POOL_TYPES, Head, check_pool_type
 from .helpers import check_feature_indices, check_img_size, check_input, check_model_kwargs, refuse_img_size
 from .involution import Involution

@@ -1,17 +1,16 @@
 """Folding for inference: a BatchNorm's running statistics, or a per-channel scale, into the conv before it.
 
 Both are exact algebra (``bn(conv(x)) == conv'(x)`` with the eval statistics); the new weights are computed in
-float64 and cast back, so the folded layer differs from the pair only by the rounding of its own arithmetic.
+float64 and cast back, so the folded layer differs from the pair only by the rounding of its own arithmetic. Modules
+call these from their ``fuse()`` / ``reparameterize()`` (timm's ``reparameterize_model`` protocol, which
+:func:`backbones.optimize_for_inference` runs); :class:`~backbones.layers.ConvNormAct` folds its own BatchNorm.
 """
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 
-if TYPE_CHECKING:
-    from .conv import ConvNormAct
-
-__all__ = ['fuse_conv_bn', 'fuse_conv_bn_', 'fuse_bn_conv_', 'fuse_conv_norm_act_', 'scale_conv_', 'bn_scale_shift']
+__all__ = ['fuse_conv_bn', 'fuse_conv_bn_', 'fuse_bn_conv_', 'scale_conv_', 'bn_scale_shift']
 
 
 @torch.no_grad()
@@ -94,17 +93,6 @@ def fuse_bn_conv_(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
     b = conv.bias.double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64,
                                                                      device=w.device)
     return _set_weight_bias_(conv, w * scale.view(1, -1, 1, 1), b + w[:, :, 0, 0] @ shift)
-
-
-@torch.no_grad()
-def fuse_conv_norm_act_(module: 'ConvNormAct') -> 'ConvNormAct':
-    """Fold ``module.bn`` into ``module.conv`` in place (``bn`` becomes ``Identity``); a no-op once folded."""
-    if isinstance(module.bn, nn.BatchNorm2d):
-        module.conv = fuse_conv_bn(module.conv, module.bn)
-        module.bn = nn.Identity()
-    elif not isinstance(module.bn, nn.Identity):
-        raise TypeError(f'can only fold a BatchNorm2d into a conv, not {type(module.bn).__name__}')
-    return module
 
 
 @torch.no_grad()

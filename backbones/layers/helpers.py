@@ -6,9 +6,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
-from timm.models._features import feature_take_indices
 from torch.fx.node import has_side_effect
 
+from .._timm import feature_take_indices
 from .tracing import is_symbolic_tracing
 
 __all__ = ['check_input', 'input_dtype_ref', 'check_model_kwargs', 'check_num_classes', 'check_img_size',

@@ -78,6 +78,7 @@ FAMILY = register_family(Family(
     module=__name__,
     oracle='official models.biformer.BiFormer, fixtures in tests/fixtures/biformer (incl. auto_pad at 100x164)',
     weights='official ImageNet-1k checkpoints (OneDrive, manual download; converted by checkpoint_filter_fn)',
+    checkpoint_key='model',  # beside 'model_ema': what the official evaluation reads
 ))
 
 LN_EPS = 1e-6
@@ -340,8 +341,6 @@ def checkpoint_filter_fn(state_dict, model):
 
     An official training checkpoint also holds ``model_ema``; like the official evaluation, ``model`` is used.
     """
-    if isinstance(state_dict, dict) and isinstance(state_dict.get('model'), dict):
-        state_dict = state_dict['model']
     stl = getattr(model, 'layout', 'biformer') == 'stl'
     rules = _OFFICIAL_STL_RULES if stl else _OFFICIAL_RULES
     first_conv = 'stem.conv' if stl else 'stem.conv1.conv'

@@ -46,11 +46,11 @@ from timm.layers import (
     trunc_normal_,
 )
 from timm.models import build_model_with_cfg, generate_default_cfgs
-from timm.models._input import update_model_input_size
 
 from .._checkpoint import check_state_dict, rename_keys, unwrap_state_dict
 from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
+from .._timm import update_model_input_size
 from ..layers.activation import InplaceGELU, gelu_maybe_inplace
 from ..layers.attention import Attention
 from ..layers.conv import create_conv2d_same

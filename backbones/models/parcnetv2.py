@@ -48,11 +48,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, GluMlp, LayerScale2d, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
-from timm.models._input import update_model_input_size
 
 from .._checkpoint import check_state_dict, rename_keys, unwrap_state_dict
 from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
+from .._timm import update_model_input_size
 from ..layers.conv import PointwiseConv2d, same_padding, strided_conv2d
 from ..layers.head import Head
 from ..layers.helpers import check_img_size

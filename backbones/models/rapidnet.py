@@ -64,7 +64,7 @@ from .._checkpoint import CheckpointMismatchError, convert_state_dict, rename_ke
 from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.conv import ConvNormAct, same_padding
-from ..layers.fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
+from ..layers.fuse import fuse_conv_bn, scale_conv_
 from ..layers.head import check_pool_type
 from ..layers.helpers import refuse_img_size
 from ..layers.stage import Stage, stage_strides
@@ -86,6 +86,7 @@ FAMILY = register_family(Family(
     repo='mmunir127/RapidNet-Official',
     license='unknown',
     module=__name__,
+    checkpoint_key='state_dict',  # beside 'state_dict_ema': what the official evaluation reads
     oracle='official models/rapidnet.py RapidNet (with and without the distillation head, odd input sizes), '
            'fixtures in tests/fixtures/rapidnet',
     weights='official ImageNet-1k weights (distilled from RegNetY-16GF) on the Hugging Face Hub, SLDGroup/RapidNet '
@@ -121,7 +122,7 @@ class ConvBN(ConvNormAct):
             norm_layer=nn.BatchNorm2d, act_layer=GELU if act else None, device=device, dtype=dtype)
 
     def reparameterize(self):
-        fuse_conv_norm_act_(self)
+        self.fuse()
 
 
 def _fold_layer_scale(conv_bn: ConvBN, layer_scale: nn.Module) -> nn.Module:
@@ -641,9 +642,7 @@ def checkpoint_filter_fn(state_dict, model):
     A model that has been through :meth:`RapidNet.reparameterize` takes only its own (folded) layout: load the
     weights first, then re-parameterise.
     """
-    if isinstance(state_dict, Mapping) and isinstance(state_dict.get('state_dict'), Mapping):
-        state_dict = state_dict['state_dict']
-    sd = unwrap_state_dict(state_dict)
+    sd = unwrap_state_dict(state_dict, prefer=FAMILY.checkpoint_key)
     if any(k.startswith(_OFFICIAL_PREFIXES) for k in sd):
         sd = _from_official(sd)
     model_keys = model.state_dict().keys()

@@ -7,8 +7,8 @@ from .args import ConfigError, args_to_yaml, build_parser, load_config, parse_ar
 from .cli import main
 from .defaults import EMBEDDED_DEFAULTS, apply_run_defaults, explicit_keys
 from .errors import CheckpointError, DataError, ModelError, TrainError
+from .evaluation import evaluate
 from .loop import train, train_one_epoch
-from .validate import evaluate
 from .validate import main as validate_main
 
 __all__ = [

@@ -23,6 +23,8 @@ import yaml
 from timm.utils import ParseKwargs
 
 from .. import _cli
+from .._registry import list_models
+from .quickstart import EMBEDDED_DEFAULTS
 
 __all__ = [
     'build_parser', 'parse_args', 'resolve_lr', 'load_config', 'args_to_yaml', 'check_values', 'ConfigError',
@@ -288,8 +290,6 @@ def _quick_start_epilog() -> str:
     """The quick-start values (``defaults.EMBEDDED_DEFAULTS``) as the flags that would set them."""
     import textwrap
 
-    from .defaults import EMBEDDED_DEFAULTS
-
     def flag(key: str, value: Any) -> str:
         name = '--' + key.replace('_', '-')
         if value is True:
@@ -378,16 +378,12 @@ def _is_known_model(name: str) -> bool:
     if name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')):
         return True
     import timm
-
-    import backbones
-    return timm.is_model(name) or name in backbones.list_models()
+    return timm.is_model(name) or name in list_models()
 
 
 def _model_error(name: Any, source: str) -> ConfigError:
     import timm
-
-    import backbones
-    names = sorted(set(backbones.list_models()) | set(timm.list_models()))
+    names = sorted(set(list_models()) | set(timm.list_models()))
     close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
     hint = f' Did you mean: {", ".join(close)}?' if close else ''
     return ConfigError(f'{source}: model {name!r} is neither a zoo model nor a timm model.{hint}')

@@ -28,14 +28,20 @@ import torch
 import torch.nn as nn
 from timm.utils import CheckpointSaver
 
-from .._checkpoint import CheckpointMismatchError, UnreadableCheckpointError, check_finite, read_checkpoint_file
+from .._checkpoint import (
+    CheckpointMismatchError,
+    UnreadableCheckpointError,
+    check_state_dict,
+    read_checkpoint_file,
+    strip_prefixes,
+)
 from .._files import temp_name
-from .errors import CheckpointError
+from .errors import CheckpointError, one_line
 
 __all__ = [
     'atomic_save', 'atomic_write_text', 'TrainCheckpointSaver', 'capture_rng_state', 'restore_rng_state',
-    'load_training_checkpoint', 'load_model_state', 'export_for_hf', 'plain_args', 'summary_row', 'write_summary',
-    'rewrite_summary', 'CHECKPOINT_VERSION',
+    'read_checkpoint', 'load_training_checkpoint', 'load_model_state', 'export_for_hf', 'plain_args', 'summary_row',
+    'write_summary', 'rewrite_summary', 'CHECKPOINT_VERSION',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -171,17 +177,24 @@ def plain_args(args) -> Dict[str, Any]:
     return {k: _plain(v) for k, v in vars(args).items()}
 
 
-def load_training_checkpoint(path, arch: Optional[str] = None) -> Dict[str, Any]:
-    """Read a training checkpoint with ``torch.load(weights_only=True)`` and check it is one of model ``arch``.
-
-    Raises :class:`CheckpointError` (one line) for an unreadable file, a file that is not a training checkpoint, or a
-    checkpoint of another model."""
+def read_checkpoint(path) -> Any:
+    """``path`` read by the zoo's reader (:func:`~backbones._checkpoint.read_checkpoint_file`: never unpickling
+    code), a missing or unreadable file as one :class:`CheckpointError` line: training and validation read every
+    checkpoint through it."""
     try:
-        ck = read_checkpoint_file(path)
+        return read_checkpoint_file(path)
     except FileNotFoundError:
         raise CheckpointError(f'checkpoint not found: {path}') from None
     except UnreadableCheckpointError as e:
         raise CheckpointError(str(e).splitlines()[0]) from None
+
+
+def load_training_checkpoint(path, arch: Optional[str] = None) -> Dict[str, Any]:
+    """Read a training checkpoint (:func:`read_checkpoint`) and check it is one of model ``arch``.
+
+    Raises :class:`CheckpointError` (one line) for an unreadable file, a file that is not a training checkpoint, or a
+    checkpoint of another model."""
+    ck = read_checkpoint(path)
     if not isinstance(ck, Mapping) or not isinstance(ck.get('state_dict'), Mapping):
         raise CheckpointError(
             f'{path} is not a training checkpoint (no state_dict/optimizer/epoch); to start from its weights use '
@@ -196,63 +209,18 @@ def load_training_checkpoint(path, arch: Optional[str] = None) -> Dict[str, Any]
     return dict(ck)
 
 
-def _strip(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    out = {}
-    for k, v in sd.items():
-        for p in ('module.', '_orig_mod.'):
-            if k.startswith(p):
-                k = k[len(p):]
-        out[k] = v
-    return out
-
-
 def load_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, what: str = 'weights'):
-    """Load ``state_dict`` strictly into ``model``; a mismatch or a non-finite value is a one-line
-    :class:`CheckpointError`."""
-    sd = _strip(state_dict)
-    own = model.state_dict()
+    """Load ``state_dict`` strictly into ``model`` as built for this run; a mismatch or a non-finite value is a
+    one-line :class:`CheckpointError` (the zoo's fit check, :func:`~backbones._checkpoint.check_state_dict`)."""
+    sd = strip_prefixes(state_dict)
     name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f'{k} {_shape(sd[k])} vs {tuple(own[k].shape)}' for k in sd
-              if k in own and _shape(sd[k]) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        head = _head_mismatch(model, sd)
-        if head:
-            parts.append(head)
-        if missing:
-            parts.append(f'{len(missing)} missing (e.g. {missing[0]})')
-        if unexpected:
-            parts.append(f'{len(unexpected)} unexpected (e.g. {unexpected[0]})')
-        if shapes:
-            parts.append(f'{len(shapes)} of another shape (e.g. {shapes[0]})')
-        raise CheckpointError(f'the {what} in {source} do not fit {name} as built for this run: '
-                              f'{"; ".join(parts)} (other --model-kwargs / --num-classes?)')
     try:
-        check_finite(sd, f'the {what} in {source}')
+        check_state_dict(sd, model, what=f'the {what} in {source}', strict=True,
+                         header=f'the {what} in {source} do not fit {name} as built for this run:',
+                         hint='(other --model-kwargs / --num-classes?)')
     except CheckpointMismatchError as e:
-        raise CheckpointError(str(e)) from None
+        raise CheckpointError(one_line(e)) from None
     model.load_state_dict(sd, strict=True)
-
-
-def _shape(v: Any) -> Any:
-    return tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-
-
-def _head_mismatch(model: nn.Module, sd: Mapping[str, Any]) -> Optional[str]:
-    """'the checkpoint has a 10-class classifier, the model 5 classes' when the classifier sizes differ."""
-    cls = (getattr(model, 'pretrained_cfg', None) or {}).get('classifier')
-    own = model.state_dict()
-    for prefix in ([cls] if isinstance(cls, str) else list(cls or [])):
-        key = f'{prefix}.weight'
-        got = sd.get(key)
-        ckpt_n = int(got.shape[0]) if isinstance(got, torch.Tensor) and got.ndim else 0
-        model_n = int(own[key].shape[0]) if key in own else 0
-        if ckpt_n != model_n:
-            return (f'the checkpoint has a {ckpt_n}-class classifier, the model {model_n} classes'
-                    if ckpt_n else f'the checkpoint has no classifier, the model a {model_n}-class one')
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------- export

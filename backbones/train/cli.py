@@ -1,23 +1,14 @@
 """``tools/train.py``: parse the arguments, apply the run defaults, train; bad input is one line on stderr."""
-import logging
 import os
 import sys
 from typing import Optional, Sequence
 
-from .._cli import run
+from .._cli import run, setup_logging
 from .args import ConfigError, args_to_yaml, check_values, parse_args
 from .defaults import apply_run_defaults, explicit_keys
 from .errors import TrainError, one_line
 
-__all__ = ['main', 'setup_logging']
-
-
-def setup_logging() -> None:
-    """timm's default logging (INFO to stderr), once per process."""
-    root = logging.getLogger()
-    if not root.handlers:
-        from timm.utils import setup_default_logging
-        setup_default_logging()
+__all__ = ['main']
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

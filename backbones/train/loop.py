@@ -23,6 +23,7 @@ import errno
 import logging
 import shlex
 import time
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -49,6 +50,7 @@ from timm.utils import (
     unwrap_model,
 )
 
+from .._checkpoint import select_state_dict
 from .args import args_to_yaml, check_values, resolve_lr
 from .checkpoint import (
     CHECKPOINT_VERSION,
@@ -66,11 +68,11 @@ from .checkpoint import (
 from .data import build_datasets, create_eval_loader, create_train_loader, data_config_summary, set_loader_epoch
 from .defaults import configure_cpu_threads
 from .errors import CheckpointError, TrainError, TrainInterrupted, one_line
+from .evaluation import evaluate
 from .model import check_model_input, create_train_model
 from .plot import plot_summary
 from .progress import Progress, format_duration
 from .rundir import BEST_DIR, PLOT, SUMMARY, RunDir, run_dir_of
-from .validate import evaluate
 
 __all__ = ['train', 'train_one_epoch', 'run_dir_of', 'BEST_DIR', 'SUMMARY', 'PLOT']
 
@@ -321,50 +323,111 @@ def train(args, args_text: Optional[str] = None) -> Dict[str, Any]:
             dist.destroy_process_group()
 
 
+@dataclass
+class _Run:
+    """What the steps of :func:`_train` build and hand on, in the order they build it."""
+    args: Any
+    device: torch.device
+    args_text: str
+    cleanup: contextlib.ExitStack
+    primary: bool = True
+    amp_autocast: Any = None
+    loss_scaler: Any = None
+    model_dtype: Optional[torch.dtype] = None
+    data: Any = None  # 1. the datasets
+    model: Optional[nn.Module] = None  # 2. (wrapped for compile / DDP after 3)
+    data_config: Dict[str, Any] = field(default_factory=dict)
+    num_aug_splits: int = 0
+    optimizer: Any = None
+    run_dir: Optional[Path] = None  # 3. resume
+    resume_path: Optional[Path] = None
+    ck: Optional[Dict[str, Any]] = None
+    model_ema: Any = None
+    loader_train: Any = None  # 4. loaders, losses, schedule
+    loader_eval: Any = None
+    mixup_fn: Any = None
+    train_loss_fn: Any = None
+    lr_scheduler: Any = None
+    num_epochs: int = 0
+    start_epoch: int = 0
+    decreasing: bool = False
+    rows: List[Dict[str, Any]] = field(default_factory=list)  # 5. output directory and checkpointing
+    rng: Dict[str, Any] = field(default_factory=dict)
+    out: Optional[RunDir] = None
+    saver: Optional[TrainCheckpointSaver] = None
+    ema_eval: bool = False  # 6. epochs
+    metric_key: str = ''
+
+
 def _train(args, device: torch.device, args_text: str, cleanup: contextlib.ExitStack) -> Dict[str, Any]:
-    primary = args.rank == 0
-    if not primary:
+    """The run, step by step; each step checks its input before the next one builds or writes anything."""
+    r = _Run(args, device, args_text, cleanup, primary=args.rank == 0)
+    _setup(r)
+    # 1. data (checked before anything is built or written)
+    r.data = build_datasets(args, log=r.primary)
+    if r.data.embedded and r.primary:
+        _logger.info(f'data: the embedded shapes dataset at {r.data.root}')
+    _build_model(r)  # 2. model and its starting weights
+    _resume(r)  # 3. resume (checked against this model before the output directory is touched)
+    _wrap_model(r)
+    _loaders_and_schedule(r)  # 4. loaders, losses, schedule
+    if r.ck is not None and r.start_epoch >= r.num_epochs:
+        _logger.info(f'{r.resume_path}: the run is already complete ({r.start_epoch} of {r.num_epochs} epochs)')
+        return {'output_dir': str(r.run_dir), 'best_metric': r.ck.get('metric'), 'best_epoch': None,
+                'last_epoch': r.start_epoch - 1, 'history': []}
+    _open_output(r)  # 5. output directory (primary process only) and checkpointing
+    history = _run_epochs(r)  # 6. epochs
+    saver = r.saver
+    result = {'output_dir': str(r.run_dir), 'last_epoch': r.num_epochs - 1, 'history': history,
+              'best_metric': saver.best_metric if saver else None, 'best_epoch': saver.best_epoch if saver else None}
+    if r.primary and saver.best_metric is not None:
+        best = r.run_dir / BEST_DIR
+        _logger.info(f'best {r.metric_key} {saver.best_metric:.3f} at epoch {saver.best_epoch}; weights exported to '
+                     f'{best} (timm.create_model("local-dir:{best}", pretrained=True))')
+    return result
+
+
+def _setup(r: _Run) -> None:
+    """Logging, the learning rate rule, mixed precision, the model dtype, the seed and the model's input-size rule."""
+    args = r.args
+    if not r.primary:
         logging.getLogger('backbones').setLevel(logging.WARNING)
     if args.distributed:
-        _logger.info(f'distributed: {args.world_size} processes ({dist.get_backend()}), device {device}')
+        _logger.info(f'distributed: {args.world_size} processes ({dist.get_backend()}), device {r.device}')
     else:
-        _logger.info(f'training on {device}')
+        _logger.info(f'training on {r.device}')
     resolve_lr(args, args.world_size)
-    amp_autocast, loss_scaler = _amp(args, device)
-    model_dtype = None
+    r.amp_autocast, r.loss_scaler = _amp(args, r.device)
     if args.model_dtype:
         if args.model_dtype not in ('float32', 'float16', 'bfloat16'):
             raise TrainError(f'--model-dtype {args.model_dtype}: expected float32, float16 or bfloat16')
-        model_dtype = getattr(torch, args.model_dtype)
-        if args.amp and model_dtype != torch.float32:
+        r.model_dtype = getattr(torch, args.model_dtype)
+        if args.amp and r.model_dtype != torch.float32:
             raise TrainError('--amp with a low-precision --model-dtype: choose one')
     random_seed(args.seed, args.rank)
     check_model_input(args)  # the model's input-size rule, on the meta device: a bad --img-size fails here
 
-    # 1. data (checked before anything is built or written)
-    data = build_datasets(args, log=primary)
-    if data.embedded and primary:
-        _logger.info(f'data: the embedded shapes dataset at {data.root}')
 
-    # 2. model and its starting weights
-    model, _ = create_train_model(args, log=primary)
+def _build_model(r: _Run) -> None:
+    """2. The model with its starting weights, split / synced BN, on its device, and its optimizer."""
+    args = r.args
+    model, _ = create_train_model(args, log=r.primary)
     if args.num_classes is None:
         args.num_classes = model.num_classes
-    data_config = resolve_data_config(vars(args), model=model, verbose=False)
-    if primary:
+    r.data_config = resolve_data_config(vars(args), model=model, verbose=False)
+    if r.primary:
         n_params = sum(p.numel() for p in model.parameters())
         _logger.info(f'model {args.model}: {n_params / 1e6:.3f}M params, {args.num_classes} classes; '
-                     f'data config: {data_config_summary(data_config)}')
-    num_aug_splits = 0
+                     f'data config: {data_config_summary(r.data_config)}')
     if args.aug_splits > 0:
         if args.aug_splits < 2:
             raise TrainError('--aug-splits must be 0 or >= 2')
-        num_aug_splits = args.aug_splits
+        r.num_aug_splits = args.aug_splits
     if args.split_bn:
-        if not num_aug_splits:
+        if not r.num_aug_splits:
             raise TrainError('--split-bn needs --aug-splits >= 2')
-        model = convert_splitbn_model(model, max(num_aug_splits, 2))
-    model.to(device=device, dtype=model_dtype)
+        model = convert_splitbn_model(model, max(r.num_aug_splits, 2))
+    model.to(device=r.device, dtype=r.model_dtype)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     if args.distributed and args.sync_bn:
@@ -372,219 +435,243 @@ def _train(args, device: torch.device, args_text: str, cleanup: contextlib.ExitS
         model = convert_sync_batchnorm(model)
     if args.torchscript:
         model = torch.jit.script(model)
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
+    r.model = model
+    r.optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
 
-    # 3. resume (checked against this model before the output directory is touched)
-    in_size = int(data_config['input_size'][-1])
-    run_dir = run_dir_of(args, in_size)
+
+def _resume(r: _Run) -> None:
+    """3. The run directory and, when resuming, the checkpoint's model, optimizer and loss-scaler states."""
+    args = r.args
+    run_dir = run_dir_of(args, int(r.data_config['input_size'][-1]))
     if args.distributed:  # one timestamped directory for all ranks
         holder = [str(run_dir)]
         dist.broadcast_object_list(holder, src=0)
         run_dir = Path(holder[0])
-    resume_path = _resume_path(args, run_dir)
-    ck = load_training_checkpoint(resume_path, args.model) if resume_path else None
-    if ck is not None:
-        load_model_state(unwrap_model(model), ck['state_dict'], str(resume_path))
-        if not args.no_resume_opt and 'optimizer' in ck:
-            try:
-                optimizer.load_state_dict(ck['optimizer'])
-            except (ValueError, KeyError) as e:
-                raise CheckpointError(f'the optimizer state in {resume_path} does not fit this run ({e}); '
-                                      f'--no-resume-opt starts a fresh optimizer') from None
-        if loss_scaler is not None and loss_scaler.state_dict_key in ck:
-            loss_scaler.load_state_dict(ck[loss_scaler.state_dict_key])
+    r.run_dir = run_dir
+    r.resume_path = _resume_path(args, run_dir)
+    r.ck = ck = load_training_checkpoint(r.resume_path, args.model) if r.resume_path else None
+    if ck is None:
+        return
+    load_model_state(unwrap_model(r.model), ck['state_dict'], str(r.resume_path))
+    if not args.no_resume_opt and 'optimizer' in ck:
+        try:
+            r.optimizer.load_state_dict(ck['optimizer'])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f'the optimizer state in {r.resume_path} does not fit this run ({e}); '
+                                  f'--no-resume-opt starts a fresh optimizer') from None
+    if r.loss_scaler is not None and r.loss_scaler.state_dict_key in ck:
+        r.loss_scaler.load_state_dict(ck[r.loss_scaler.state_dict_key])
 
-    model_ema = None
+
+def _wrap_model(r: _Run) -> None:
+    """The EMA copy (resumed with the run), then ``torch.compile`` and DistributedDataParallel around the model."""
+    args, ck = r.args, r.ck
     if args.model_ema:
-        model_ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
-                               device='cpu' if args.model_ema_force_cpu else None)
+        r.model_ema = ModelEmaV3(r.model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+                                 device='cpu' if args.model_ema_force_cpu else None)
         if ck is not None:
-            load_model_state(model_ema.module, ck.get('state_dict_ema') or ck['state_dict'], str(resume_path),
+            load_model_state(r.model_ema.module, ck.get('state_dict_ema') or ck['state_dict'], str(r.resume_path),
                              what='EMA weights')
             if isinstance(ck.get('ema_state'), dict) and 'sr_generator' in ck['ema_state']:
-                model_ema._sr_generator.set_state(ck['ema_state']['sr_generator'])
+                r.model_ema._sr_generator.set_state(ck['ema_state']['sr_generator'])
     if args.torchcompile:
-        model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
+        r.model = torch.compile(r.model, backend=args.torchcompile, mode=args.torchcompile_mode)
     if args.distributed:
         from torch.nn.parallel import DistributedDataParallel
-        ids = [device] if device.type == 'cuda' else None
-        model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=not args.no_ddp_bb)
+        ids = [r.device] if r.device.type == 'cuda' else None
+        r.model = DistributedDataParallel(r.model, device_ids=ids, broadcast_buffers=not args.no_ddp_bb)
 
-    # 4. loaders, losses, schedule
-    collate_fn, mixup_fn = None, None
+
+def _loaders_and_schedule(r: _Run) -> None:
+    """4. Mixup, the train and eval loaders, the train loss, the LR schedule and the epoch to start at."""
+    args, ck = r.args, r.ck
+    collate_fn = None
     mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
     if mixup_active:
         mixup_args = dict(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                           prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                           label_smoothing=args.smoothing, num_classes=args.num_classes)
         if args.prefetcher:
-            if num_aug_splits:
+            if r.num_aug_splits:
                 raise TrainError('mixup/cutmix with --aug-splits needs --no-prefetcher')
             collate_fn = FastCollateMixup(**mixup_args)
         else:
-            mixup_fn = Mixup(**mixup_args)
-    train_ds = data.train
-    if num_aug_splits > 1:
-        train_ds = AugMixDataset(train_ds, num_splits=num_aug_splits)
-    img_dtype = model_dtype or torch.float32
-    loader_train = create_train_loader(args, train_ds, data_config, device, collate_fn=collate_fn,
-                                       num_aug_splits=num_aug_splits, img_dtype=img_dtype)
+            r.mixup_fn = Mixup(**mixup_args)
+    train_ds = r.data.train
+    if r.num_aug_splits > 1:
+        train_ds = AugMixDataset(train_ds, num_splits=r.num_aug_splits)
+    img_dtype = r.model_dtype or torch.float32
+    r.loader_train = create_train_loader(args, train_ds, r.data_config, r.device, collate_fn=collate_fn,
+                                         num_aug_splits=r.num_aug_splits, img_dtype=img_dtype)
     eval_workers = args.workers
     if args.distributed and ('tfds' in args.dataset or 'wds' in args.dataset):
         eval_workers = min(2, args.workers)
-    loader_eval = create_eval_loader(data.eval, data_config, args.validation_batch_size or args.batch_size,
-                                     eval_workers, device, distributed=args.distributed,
-                                     use_prefetcher=args.prefetcher, pin_memory=args.pin_mem, img_dtype=img_dtype)
-    if len(loader_train) == 0:
+    r.loader_eval = create_eval_loader(r.data.eval, r.data_config, args.validation_batch_size or args.batch_size,
+                                       eval_workers, r.device, distributed=args.distributed,
+                                       use_prefetcher=args.prefetcher, pin_memory=args.pin_mem, img_dtype=img_dtype)
+    if len(r.loader_train) == 0:
         raise TrainError(f'the training set ({len(train_ds)} images) is smaller than one batch (-b {args.batch_size})')
-    train_loss_fn = _losses(args, mixup_active, num_aug_splits, device)
-    updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
-    decreasing = args.eval_metric == 'loss'
-    lr_scheduler, num_epochs = create_scheduler_v2(
-        optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing), updates_per_epoch=updates_per_epoch)
-    start_epoch = 0
+    r.train_loss_fn = _losses(args, mixup_active, r.num_aug_splits, r.device)
+    updates_per_epoch = (len(r.loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    r.decreasing = args.eval_metric == 'loss'
+    r.lr_scheduler, r.num_epochs = create_scheduler_v2(
+        r.optimizer, **scheduler_kwargs(args, decreasing_metric=r.decreasing), updates_per_epoch=updates_per_epoch)
     if args.start_epoch is not None:
-        start_epoch = args.start_epoch
+        r.start_epoch = args.start_epoch
     elif ck is not None:
-        start_epoch = int(ck.get('epoch', -1)) + (1 if ck.get('version', 1) >= 2 else 0)
-    if lr_scheduler is not None:
+        r.start_epoch = int(ck.get('epoch', -1)) + (1 if ck.get('version', 1) >= 2 else 0)
+    if r.lr_scheduler is not None:
         # the schedule is a function of the arguments and the epoch / update count: recomputed on resume (as timm
         # does), so a resume with more --epochs follows the new schedule; only the plateau scheduler has state
-        if ck is not None and isinstance(ck.get('scheduler'), dict) and type(lr_scheduler).__name__ == \
+        if ck is not None and isinstance(ck.get('scheduler'), dict) and type(r.lr_scheduler).__name__ == \
                 'PlateauLRScheduler':
-            lr_scheduler.load_state_dict(ck['scheduler'])
-        if start_epoch > 0:
+            r.lr_scheduler.load_state_dict(ck['scheduler'])
+        if r.start_epoch > 0:
             if args.sched_on_updates:
-                lr_scheduler.step_update(start_epoch * updates_per_epoch)
+                r.lr_scheduler.step_update(r.start_epoch * updates_per_epoch)
             else:
-                lr_scheduler.step(start_epoch)
-    if primary:
-        _logger.info(f'{num_epochs} epochs of {len(loader_train)} steps (global batch '
+                r.lr_scheduler.step(r.start_epoch)
+    if r.primary:
+        _logger.info(f'{r.num_epochs} epochs of {len(r.loader_train)} steps (global batch '
                      f'{args.batch_size * args.world_size * args.grad_accum_steps}, lr {args.lr:.3g}, '
-                     f'{args.opt}, {args.sched}); train loss {type(train_loss_fn).__name__}')
-    if ck is not None and start_epoch >= num_epochs:
-        _logger.info(f'{resume_path}: the run is already complete ({start_epoch} of {num_epochs} epochs)')
-        return {'output_dir': str(run_dir), 'best_metric': ck.get('metric'), 'best_epoch': None,
-                'last_epoch': start_epoch - 1, 'history': []}
+                     f'{args.opt}, {args.sched}); train loss {type(r.train_loss_fn).__name__}')
 
-    # 5. output directory (primary process only) and checkpointing
-    args_dict = plain_args(args)
-    class_names = data.class_names
-    rng_holder: Dict[str, Any] = {}
-    continues = ck is not None and resume_path.resolve().parent == run_dir.resolve()
-    rows = _resumed_summary(ck, run_dir, start_epoch, continues) if ck is not None else []
 
-    def state_fn(epoch: int, metric: Optional[float]) -> Dict[str, Any]:
-        state = {
-            'epoch': epoch, 'arch': args.model, 'version': CHECKPOINT_VERSION,
-            'state_dict': get_state_dict(model, unwrap_model), 'optimizer': optimizer.state_dict(),
-            'args': args_dict, 'rng': rng_holder['rng'], 'data_config': _plain_cfg(data_config),
-            'class_names': list(class_names) if class_names else None,
-            # the data order of an epoch is a function of (seed, epoch): nothing else to save for the loader
-            'loader': {'seed': args.seed, 'next_epoch': epoch + 1, 'order': 'sha256(seed:epoch) generators'},
-            'summary': [dict(r) for r in rows],  # summary.csv is rewritten from these: no epoch without a checkpoint
-        }
-        if model_ema is not None:
-            state['state_dict_ema'] = get_state_dict(model_ema, unwrap_model)
-            state['ema_state'] = {'sr_generator': model_ema._sr_generator.get_state()}  # no top-level tensors
-        if loss_scaler is not None:
-            state[loss_scaler.state_dict_key] = loss_scaler.state_dict()
-        if lr_scheduler is not None:
-            state['scheduler'] = lr_scheduler.state_dict()
-        if metric is not None:
-            state['metric'] = metric
-        return state
+def _checkpoint_state(r: _Run, args_dict: Dict[str, Any], epoch: int, metric: Optional[float]) -> Dict[str, Any]:
+    """The checkpoint of ``epoch`` (timm ``CheckpointSaver``'s layout plus what an exact resume needs)."""
+    class_names = r.data.class_names
+    state = {
+        'epoch': epoch, 'arch': r.args.model, 'version': CHECKPOINT_VERSION,
+        'state_dict': get_state_dict(r.model, unwrap_model), 'optimizer': r.optimizer.state_dict(),
+        'args': args_dict, 'rng': r.rng['rng'], 'data_config': _plain_cfg(r.data_config),
+        'class_names': list(class_names) if class_names else None,
+        # the data order of an epoch is a function of (seed, epoch): nothing else to save for the loader
+        'loader': {'seed': r.args.seed, 'next_epoch': epoch + 1, 'order': 'sha256(seed:epoch) generators'},
+        'summary': [dict(row) for row in r.rows],  # summary.csv is rewritten from these: no epoch without a checkpoint
+    }
+    if r.model_ema is not None:
+        state['state_dict_ema'] = get_state_dict(r.model_ema, unwrap_model)
+        state['ema_state'] = {'sr_generator': r.model_ema._sr_generator.get_state()}  # no top-level tensors
+    if r.loss_scaler is not None:
+        state[r.loss_scaler.state_dict_key] = r.loss_scaler.state_dict()
+    if r.lr_scheduler is not None:
+        state['scheduler'] = r.lr_scheduler.state_dict()
+    if metric is not None:
+        state['metric'] = metric
+    return state
 
-    out, saver = None, None
-    if primary:
-        out = RunDir(run_dir, args_text, continues, rows)
-        out.prepare()
-        cleanup.callback(out.close)
-        saver = TrainCheckpointSaver(state_fn, str(run_dir), max_history=args.checkpoint_hist, decreasing=decreasing)
+
+def _open_output(r: _Run) -> None:
+    """5. The output directory and the checkpoint saver (primary process only); a resume's RNG states."""
+    args, ck, run_dir = r.args, r.ck, r.run_dir
+    continues = ck is not None and r.resume_path.resolve().parent == run_dir.resolve()
+    r.rows = _resumed_summary(ck, run_dir, r.start_epoch, continues) if ck is not None else []
+    if r.primary:
+        r.out = RunDir(run_dir, r.args_text, continues, r.rows)
+        r.out.prepare()
+        r.cleanup.callback(r.out.close)
+        r.saver = TrainCheckpointSaver(partial(_checkpoint_state, r, plain_args(args)), str(run_dir),
+                                       max_history=args.checkpoint_hist, decreasing=r.decreasing)
         if ck is not None:
-            saver.last_epoch = start_epoch - 1
+            r.saver.last_epoch = r.start_epoch - 1
         if continues and isinstance(ck.get('saver'), dict):
-            saver.load_state_dict(ck['saver'])
-            _repair_best_export(run_dir, saver.best_epoch, model, data_config, class_names, args)
+            r.saver.load_state_dict(ck['saver'])
+            _repair_best_export(run_dir, r.saver.best_epoch, r.model, r.data_config, r.data.class_names, args)
         _logger.info(f'output: {run_dir}')
     if ck is not None:
         _restore_rng(ck, args)
-        if primary:
-            _logger.info(f'resumed from {resume_path} at epoch {start_epoch}')
+        if r.primary:
+            _logger.info(f'resumed from {r.resume_path} at epoch {r.start_epoch}')
 
-    # 6. epochs
-    ema_eval = model_ema is not None and not (args.model_ema_force_cpu and device.type != 'cpu')
-    metric_key = ('ema_' if ema_eval else '') + args.eval_metric
+
+def _run_epochs(r: _Run) -> List[Dict[str, Any]]:
+    """6. The epochs; Ctrl-C and a full disk end with one line: the last good epoch and how to continue."""
+    r.ema_eval = r.model_ema is not None and not (r.args.model_ema_force_cpu and r.device.type != 'cpu')
+    r.metric_key = ('ema_' if r.ema_eval else '') + r.args.eval_metric
     history: List[Dict[str, Any]] = []
-    epoch = start_epoch
-    try:  # Ctrl-C and a full disk end with one line: the last good epoch and how to continue
-        for epoch in range(start_epoch, num_epochs):
-            t0 = time.perf_counter()
-            set_loader_epoch(loader_train, args.seed, epoch, args.rank)
-            if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-                if args.prefetcher and hasattr(loader_train, 'mixup_enabled'):
-                    loader_train.mixup_enabled = False
-                elif mixup_fn is not None:
-                    mixup_fn.mixup_enabled = False
-            train_metrics = train_one_epoch(
-                epoch, model, loader_train, optimizer, train_loss_fn, args, device, lr_scheduler=lr_scheduler,
-                amp_autocast=amp_autocast, loss_scaler=loss_scaler, model_ema=model_ema, mixup_fn=mixup_fn,
-                num_epochs=num_epochs, log=primary)
-            lrs = [g['lr'] for g in optimizer.param_groups]
-            if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-                distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
-            eval_metrics: Dict[str, float] = {}
-            if (epoch + 1) % max(1, args.val_interval) == 0 or epoch + 1 == num_epochs:
-                set_loader_epoch(loader_eval, args.seed, epoch, args.rank)
-                m = evaluate(model, loader_eval, device, amp_autocast=amp_autocast, channels_last=args.channels_last,
-                             distributed=args.distributed, use_prefetcher=args.prefetcher)
-                eval_metrics = {'loss': m['loss'], 'top1': m['top1'], 'top5': m['top5']}
-                if ema_eval:
-                    if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-                        distribute_bn(model_ema, args.world_size, args.dist_bn == 'reduce')
-                    e = evaluate(model_ema, loader_eval, device, amp_autocast=amp_autocast,
-                                 channels_last=args.channels_last, distributed=args.distributed,
-                                 use_prefetcher=args.prefetcher)
-                    eval_metrics.update(ema_loss=e['loss'], ema_top1=e['top1'], ema_top5=e['top5'])
-            metric = eval_metrics.get(metric_key)
-            if lr_scheduler is not None:
-                lr_scheduler.step(epoch + 1, metric)
-            rng_holder['rng'] = _gather_rng(args)
-            row = summary_row(epoch, {'loss': train_metrics['loss']}, eval_metrics, lr=sum(lrs) / len(lrs))
-            history.append(row)
-            if primary:
-                with _saving():
-                    out.commit()
-                    rows.append(row)  # into the checkpoint first, then into summary.csv
-                    saver.save_checkpoint(epoch, metric=metric)
-                    out.saved = out.saved or saver.last_epoch == epoch
-                    write_summary(run_dir / SUMMARY, rows)
-                new_best = metric is not None and saver.best_epoch == epoch
-                if new_best:
-                    best_model = model_ema if ema_eval else model
-                    _export_best(unwrap_model(best_model), run_dir, data_config, class_names, args, epoch, metric,
-                                 'ema' if ema_eval else 'model')
-                try:
-                    plot_summary(run_dir / SUMMARY, run_dir / PLOT)
-                except Exception as e:  # noqa: BLE001 - a plot must never stop training
-                    _logger.warning(f'could not draw {PLOT}: {e}')
-                _logger.info(_epoch_line(epoch, num_epochs, train_metrics, eval_metrics, lrs, ema_eval, new_best,
-                                         time.perf_counter() - t0))
+    epoch = r.start_epoch
+    try:
+        for epoch in range(r.start_epoch, r.num_epochs):
+            history.append(_epoch(r, epoch))
     except KeyboardInterrupt:
-        raise TrainInterrupted(_stopped('interrupted (Ctrl-C)', epoch, saver, run_dir)) from None
+        raise TrainInterrupted(_stopped('interrupted (Ctrl-C)', epoch, r.saver, r.run_dir)) from None
     except _SaveFailed as e:
-        raise TrainError(_stopped(e.why, epoch, saver, run_dir, then=e.then)) from None
+        raise TrainError(_stopped(e.why, epoch, r.saver, r.run_dir, then=e.then)) from None
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         why, then = _save_failure(e)
-        raise TrainError(_stopped(why, epoch, saver, run_dir, then=then)) from None
-    result = {'output_dir': str(run_dir), 'last_epoch': num_epochs - 1, 'history': history,
-              'best_metric': saver.best_metric if saver else None, 'best_epoch': saver.best_epoch if saver else None}
-    if primary and saver.best_metric is not None:
-        _logger.info(f'best {metric_key} {saver.best_metric:.3f} at epoch {saver.best_epoch}; weights exported to '
-                     f'{run_dir / BEST_DIR} (timm.create_model("local-dir:{run_dir / BEST_DIR}", pretrained=True))')
-    return result
+        raise TrainError(_stopped(why, epoch, r.saver, r.run_dir, then=then)) from None
+    return history
+
+
+def _epoch(r: _Run, epoch: int) -> Dict[str, Any]:
+    """One epoch: train, evaluate (the model and its EMA), step the schedule, save; returns its summary row."""
+    args = r.args
+    t0 = time.perf_counter()
+    set_loader_epoch(r.loader_train, args.seed, epoch, args.rank)
+    if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+        if args.prefetcher and hasattr(r.loader_train, 'mixup_enabled'):
+            r.loader_train.mixup_enabled = False
+        elif r.mixup_fn is not None:
+            r.mixup_fn.mixup_enabled = False
+    train_metrics = train_one_epoch(
+        epoch, r.model, r.loader_train, r.optimizer, r.train_loss_fn, args, r.device, lr_scheduler=r.lr_scheduler,
+        amp_autocast=r.amp_autocast, loss_scaler=r.loss_scaler, model_ema=r.model_ema, mixup_fn=r.mixup_fn,
+        num_epochs=r.num_epochs, log=r.primary)
+    lrs = [g['lr'] for g in r.optimizer.param_groups]
+    if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+        distribute_bn(r.model, args.world_size, args.dist_bn == 'reduce')
+    eval_metrics: Dict[str, float] = {}
+    if (epoch + 1) % max(1, args.val_interval) == 0 or epoch + 1 == r.num_epochs:
+        eval_metrics = _evaluate_epoch(r, epoch)
+    metric = eval_metrics.get(r.metric_key)
+    if r.lr_scheduler is not None:
+        r.lr_scheduler.step(epoch + 1, metric)
+    r.rng['rng'] = _gather_rng(args)
+    row = summary_row(epoch, {'loss': train_metrics['loss']}, eval_metrics, lr=sum(lrs) / len(lrs))
+    if r.primary:
+        new_best = _save_epoch(r, epoch, row, metric)
+        _logger.info(_epoch_line(epoch, r.num_epochs, train_metrics, eval_metrics, lrs, r.ema_eval, new_best,
+                                 time.perf_counter() - t0))
+    return row
+
+
+def _evaluate_epoch(r: _Run, epoch: int) -> Dict[str, float]:
+    """The eval metrics of the model and, when it is evaluated, of its EMA (``ema_`` keys)."""
+    args = r.args
+    set_loader_epoch(r.loader_eval, args.seed, epoch, args.rank)
+    m = evaluate(r.model, r.loader_eval, r.device, amp_autocast=r.amp_autocast, channels_last=args.channels_last,
+                 distributed=args.distributed, use_prefetcher=args.prefetcher)
+    eval_metrics = {'loss': m['loss'], 'top1': m['top1'], 'top5': m['top5']}
+    if r.ema_eval:
+        if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+            distribute_bn(r.model_ema, args.world_size, args.dist_bn == 'reduce')
+        e = evaluate(r.model_ema, r.loader_eval, r.device, amp_autocast=r.amp_autocast,
+                     channels_last=args.channels_last, distributed=args.distributed, use_prefetcher=args.prefetcher)
+        eval_metrics.update(ema_loss=e['loss'], ema_top1=e['top1'], ema_top5=e['top5'])
+    return eval_metrics
+
+
+def _save_epoch(r: _Run, epoch: int, row: Dict[str, Any], metric: Optional[float]) -> bool:
+    """Checkpoint, summary, best export and plot of ``epoch`` (primary process); whether it is the new best."""
+    out, saver, run_dir = r.out, r.saver, r.run_dir
+    with _saving():
+        out.commit()
+        r.rows.append(row)  # into the checkpoint first, then into summary.csv
+        saver.save_checkpoint(epoch, metric=metric)
+        out.saved = out.saved or saver.last_epoch == epoch
+        write_summary(run_dir / SUMMARY, r.rows)
+    new_best = metric is not None and saver.best_epoch == epoch
+    if new_best:
+        best_model = r.model_ema if r.ema_eval else r.model
+        _export_best(unwrap_model(best_model), run_dir, r.data_config, r.data.class_names, r.args, epoch, metric,
+                     'ema' if r.ema_eval else 'model')
+    try:
+        plot_summary(run_dir / SUMMARY, run_dir / PLOT)
+    except Exception as e:  # noqa: BLE001 - a plot must never stop training
+        _logger.warning(f'could not draw {PLOT}: {e}')
+    return new_best
 
 
 def _plain_cfg(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -630,9 +717,9 @@ def _repair_best_export(run_dir: Path, best_epoch: Optional[int], model: nn.Modu
     if done == best_epoch:
         return
     ck = load_training_checkpoint(best_ck, args.model)
-    which = 'ema' if isinstance(ck.get('state_dict_ema'), dict) else 'model'
+    sd, which = select_state_dict(ck)  # the EMA weights when the run kept them, as _save_epoch exported
     clone = copy.deepcopy(unwrap_model(model)).cpu()
-    load_model_state(clone, ck['state_dict_ema' if which == 'ema' else 'state_dict'], str(best_ck))
+    load_model_state(clone, sd, str(best_ck))
     _export_best(clone, run_dir, data_config, class_names, args, int(ck['epoch']), ck.get('metric', float('nan')),
                  which)
     _logger.info(f'exported the best weights of {best_ck} (epoch {ck["epoch"]}) to {run_dir / BEST_DIR}')

@@ -22,14 +22,13 @@ import torch.nn as nn
 
 from .._checkpoint import (
     CheckpointMismatchError,
-    UnreadableCheckpointError,
     caller_adapts,
     check_finite,
     family_filter_fn,
-    read_checkpoint_file,
-    unwrap_state_dict,
+    select_state_dict,
 )
-from .checkpoint import load_model_state
+from .._registry import list_models
+from .checkpoint import load_model_state, read_checkpoint
 from .errors import CheckpointError, ModelError, one_line
 
 __all__ = [
@@ -43,13 +42,12 @@ _WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'open_clip_pytorch_mo
 
 def check_model_name(name: str) -> None:
     """Raise :class:`ModelError` unless ``name`` is a zoo / timm model (or an ``hf-hub:`` / ``local-dir:`` spec)."""
-    import backbones
     if name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')):
         check_hub_model(name)
         return
-    if timm.is_model(name.split('.')[0]) or name in backbones.list_models():
+    if timm.is_model(name.split('.')[0]) or name in list_models():
         return
-    names = sorted(set(backbones.list_models()) | set(timm.list_models()))
+    names = sorted(set(list_models()) | set(timm.list_models()))
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     hint = f'; did you mean {", ".join(close)}?' if close else ' (zoo models: backbones.list_models())'
     raise ModelError(f"unknown model '{name}'{hint}")
@@ -92,15 +90,9 @@ def _weights_file(path: Path) -> Path:
 
 
 def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    try:
-        ck = read_checkpoint_file(path)
-    except UnreadableCheckpointError as e:
-        raise CheckpointError(one_line(e)) from None
-    for key in ('state_dict_ema', 'state_dict'):  # a training checkpoint: EMA weights preferred, as timm does
-        if isinstance(ck, dict) and isinstance(ck.get(key), dict):
-            return unwrap_state_dict(ck[key])
-    try:
-        return unwrap_state_dict(ck)
+    ck = read_checkpoint(path)
+    try:  # the zoo's container policy: a training checkpoint's EMA weights first, as timm does
+        return select_state_dict(ck)[0]
     except CheckpointMismatchError as e:
         raise CheckpointError(f'{path}: {one_line(e)}') from None
 
@@ -113,8 +105,7 @@ def load_pretrained_path(model: nn.Module, path, log: bool = True) -> Dict[str, 
     file = _weights_file(Path(path))
     sd = _read_state_dict(file)
     arch = _arch(model)
-    import backbones
-    if arch in backbones.list_models():
+    if arch in list_models():
         try:  # the family's filter converts official / timm layouts to ours and checks every non-head key
             with caller_adapts():  # the head and the input channels are fitted below
                 sd = family_filter_fn(arch)(sd, model)
@@ -260,8 +251,7 @@ def create_train_model(args, log: bool = True) -> Tuple[nn.Module, Dict[str, Any
             raise CheckpointError(f'--initial-checkpoint not found: {path}')
         sd = _read_state_dict(path)
         arch = _arch(model)
-        import backbones
-        if arch in backbones.list_models():
+        if arch in list_models():
             try:
                 sd = family_filter_fn(arch)(sd, model)
             except CheckpointMismatchError as e:

@@ -1,15 +1,10 @@
-"""Validation: top-1 / top-5 of a model on a dataset, shared by the training loop and ``tools/validate.py``.
+"""``tools/validate.py``: top-1 / top-5 of models on a dataset, through :func:`.evaluation.evaluate` (the training
+loop's own evaluation, so a checkpoint validates to exactly the top-1 training logged for it).
 
-:func:`evaluate` counts correct predictions as integers (summed over the ranks of a distributed run, the padding
-samples of timm's distributed eval sampler left out) and reports ``100 * correct / images``: a count over the whole
-set, not an average of per-batch percentages, so it does not depend on how the set was cut into batches or processes
-(beyond the last-bit float differences a backend may have between batch shapes), and ``tools/validate.py`` on a
-checkpoint prints exactly the top-1 that training logged for it (tested).
-
-:func:`main` is ``tools/validate.py``: weights from ``--pretrained``, ``--checkpoint`` (a training checkpoint, whose
-EMA weights are used when present, and whose model, model arguments and eval transforms are the defaults), a
-weights file, or an ``hf-hub:`` / ``local-dir:`` model; ``--model`` may be an fnmatch pattern to evaluate many
-models into one CSV / JSON file with params, GMACs and images/s.
+:func:`main`: weights from ``--pretrained``, ``--checkpoint`` (a training checkpoint, whose EMA weights are used when
+present, and whose model, model arguments and eval transforms are the defaults), a weights file, or an ``hf-hub:`` /
+``local-dir:`` model; ``--model`` may be an fnmatch pattern to evaluate many models into one CSV / JSON file with
+params, GMACs and images/s.
 """
 import argparse
 import contextlib
@@ -19,77 +14,36 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+import timm
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from timm.data import resolve_data_config
+from timm.utils import ParseKwargs
 
 from .. import _cli
+from .._checkpoint import (
+    CheckpointMismatchError,
+    caller_adapts,
+    family_filter_fn,
+    select_state_dict,
+)
+from .._registry import list_models
+from .args import check_values
+from .checkpoint import atomic_write_text, load_model_state, read_checkpoint
+from .data import build_datasets, create_eval_loader, data_config_summary, resolve_data_root
+from .defaults import configure_cpu_threads
 from .errors import CheckpointError, DataError, ModelError, TrainError, one_line
+from .evaluation import evaluate
+from .model import check_model_name, classifier_keys
+from .progress import Progress
 
-__all__ = ['evaluate', 'main', 'build_parser', 'validate_model']
+__all__ = ['evaluate', 'main', 'build_parser', 'validate_model']  # evaluate: re-exported from .evaluation
 
 _logger = logging.getLogger('backbones.validate')
-
-
-@torch.no_grad()
-def evaluate(
-        model: nn.Module,
-        loader,
-        device: torch.device,
-        amp_autocast: Callable = contextlib.nullcontext,
-        channels_last: bool = False,
-        distributed: bool = False,
-        use_prefetcher: bool = True,
-        progress=None,
-) -> Dict[str, float]:
-    """``{'loss', 'top1', 'top5', 'correct1', 'correct5', 'count', 'seconds', 'img_per_sec'}`` of ``model`` on
-    ``loader`` (cross-entropy loss; top-5 is top-k with k = min(5, classes))."""
-    from .data import num_valid_samples
-    model.eval()
-    n_valid = num_valid_samples(loader) if distributed else None
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct1, correctk, count
-    seen = 0
-    start = time.perf_counter()
-    for inputs, target in loader:
-        if not use_prefetcher:
-            inputs, target = inputs.to(device), target.to(device)
-        if channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with amp_autocast():
-            output = model(inputs)
-        if isinstance(output, (tuple, list)):
-            output = output[0]
-        output = output.float()
-        b = output.shape[0]
-        keep = b if n_valid is None else max(0, min(b, n_valid - seen))
-        seen += b
-        if keep < b:
-            output, target = output[:keep], target[:keep]
-        if keep > 0:
-            k = min(5, output.shape[1])
-            hits = output.topk(k, dim=1).indices.eq(target.reshape(-1, 1))
-            sums[0] += F.cross_entropy(output, target, reduction='sum').double()
-            sums[1] += hits[:, 0].sum()
-            sums[2] += hits.any(dim=1).sum()
-            sums[3] += keep
-        if progress is not None:
-            progress.update(b)
-    if distributed:
-        torch.distributed.all_reduce(sums)
-    seconds = time.perf_counter() - start
-    loss, c1, ck, n = sums.tolist()
-    n = int(n)
-    if n == 0:
-        raise DataError('the validation set is empty')
-    return {
-        'loss': loss / n, 'top1': 100.0 * int(c1) / n, 'top5': 100.0 * int(ck) / n,
-        'correct1': int(c1), 'correct5': int(ck), 'count': n, 'seconds': seconds, 'img_per_sec': n / seconds,
-    }
 
 
 # ------------------------------------------------------------------------------------------------ tools/validate.py
@@ -121,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     ema.add_argument('--no-ema', dest='ema', action='store_const', const='no',
                      help="use the checkpoint's raw weights (state_dict) even when it holds EMA weights")
     p.add_argument('--num-classes', type=int, default=None, help='number of classes (default: the weights\')')
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=_parse_kwargs_action(),
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
                    help='extra model kwargs k=v (default: the checkpoint\'s)')
     p.add_argument('--gp', default=None, metavar='POOL', help='global pool type')
     p.add_argument('--in-chans', type=int, default=None, metavar='N', help='input channels')
@@ -149,24 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_kwargs_action():
-    from timm.utils import ParseKwargs
-    return ParseKwargs
-
-
 _PATTERN_CHARS = set('*?[')
 
 
 def resolve_model_names(model: str, pretrained: bool = False) -> List[str]:
     """``model`` itself, or the zoo (else timm) models matching it when it is a pattern (``all``: the whole zoo)."""
-    import timm
-
-    import backbones
     if model == 'all':
         model = '*'
     if not (_PATTERN_CHARS & set(model)) or model.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')):
         return [model]
-    names = backbones.list_models(model)
+    names = list_models(model)
     if not names:
         names = timm.list_models(model, pretrained=pretrained)
     if not names:
@@ -175,16 +121,10 @@ def resolve_model_names(model: str, pretrained: bool = False) -> List[str]:
 
 
 def _read_checkpoint(path: str) -> Dict[str, Any]:
-    from .._checkpoint import UnreadableCheckpointError, read_checkpoint_file
     p = Path(path)
     if p.is_dir():
         raise CheckpointError(f'{path} is a folder: pass it as --model local-dir:{path}')
-    try:
-        ck = read_checkpoint_file(p)
-    except FileNotFoundError:
-        raise CheckpointError(f'checkpoint not found: {path}') from None
-    except UnreadableCheckpointError as e:
-        raise CheckpointError(str(e).splitlines()[0]) from None
+    ck = read_checkpoint(p)
     if not isinstance(ck, Mapping):
         raise CheckpointError(f'{path} holds a {type(ck).__name__}, not a checkpoint (a dict of weights)')
     return dict(ck)
@@ -200,19 +140,13 @@ def _ck_args(ck: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _select_weights(ck: Mapping[str, Any], ema: str, path: str) -> tuple:
-    """``(state_dict, 'ema' | 'model' | 'weights')`` from a checkpoint; EMA weights when present unless ``ema='no'``."""
-    from .._checkpoint import unwrap_state_dict
-    has_ema = isinstance(ck.get('state_dict_ema'), Mapping)
-    if ema == 'yes' and not has_ema:
-        raise CheckpointError(f'--use-ema: {path} holds no EMA weights (state_dict_ema)')
-    if has_ema and ema != 'no':
-        return dict(ck['state_dict_ema']), 'ema'
-    if isinstance(ck.get('state_dict'), Mapping):
-        return dict(ck['state_dict']), 'model'
+    """``(state_dict, 'ema' | 'model' | 'weights')``: the zoo's container policy
+    (:func:`~backbones._checkpoint.select_state_dict`: EMA weights when present, unless ``--no-ema``)."""
     try:
-        return unwrap_state_dict(ck), 'weights'
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f'{path}: {one_line(e)}') from None
+        return select_state_dict(ck, ema=ema, what=f'--use-ema: {path}')
+    except CheckpointMismatchError as e:
+        msg = one_line(e)
+        raise CheckpointError(msg if msg.startswith('--use-ema') else f'{path}: {msg}') from None
 
 
 def _device(name: Optional[str]) -> torch.device:
@@ -238,7 +172,6 @@ def _data_overrides(args) -> Dict[str, Any]:
 
 def _resolve_data_config(args, model: nn.Module, ck_data_config: Optional[Mapping[str, Any]]):
     """Command line > the checkpoint's eval data config (what training validated with) > the model's cfg."""
-    from timm.data import resolve_data_config
     given = _data_overrides(args)
     cfg = resolve_data_config(given, model=model)
     source = 'model pretrained_cfg'
@@ -260,61 +193,9 @@ def _resolve_data_config(args, model: nn.Module, ck_data_config: Optional[Mappin
 def validate_model(name: str, args, dataset, class_names: Optional[Sequence[str]], device: torch.device,
                    log: bool = True) -> Dict[str, Any]:
     """Build model ``name`` with the weights ``args`` asks for, evaluate it on ``dataset``; one result row."""
-    import timm
-
-    import backbones
-
-    from .data import create_eval_loader, data_config_summary
-    from .model import check_model_name
-    ck, ck_args, weights_kind, sd = None, {}, 'random init', None
-    if args.checkpoint:
-        ck = _read_checkpoint(args.checkpoint)
-        ck_args = _ck_args(ck)
-        sd, weights_kind = _select_weights(ck, args.ema, args.checkpoint)
-        if log:
-            what = {'ema': "the EMA weights (state_dict_ema; --no-ema for the raw weights)",
-                    'model': 'the model weights (state_dict)', 'weights': 'the weights'}[weights_kind]
-            _logger.info(f'{args.checkpoint}: using {what}')
+    ck, sd, weights_kind = _checkpoint_weights(args, log)
     check_model_name(name)
-    kwargs = dict(ck_args.get('model_kwargs') or {})
-    kwargs.update(args.model_kwargs or {})
-    num_classes = args.num_classes if args.num_classes is not None else ck_args.get('num_classes')
-    if num_classes is None and sd is not None:
-        num_classes = _head_size(name, sd, kwargs)
-    build = dict(kwargs)
-    for k, v in (('num_classes', num_classes), ('global_pool', args.gp or ck_args.get('gp')),
-                 ('in_chans', args.in_chans or ck_args.get('in_chans'))):
-        if v is not None:
-            build[k] = v
-    pretrained = args.pretrained or name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:'))
-    if sd is not None:
-        pretrained = False
-    try:
-        model = timm.create_model(name, pretrained=pretrained, **build)
-    except TypeError as e:
-        raise ModelError(f"model '{name}' cannot be built with these arguments: {one_line(e)}") from None
-    except (RuntimeError, ValueError, OSError) as e:
-        raise ModelError(f"cannot build model '{name}'{' with pretrained weights' if pretrained else ''}: "
-                         f'{one_line(e)}') from None
-    if pretrained:
-        weights_kind = 'pretrained'
-        weights_classes = (getattr(model, 'pretrained_cfg', None) or {}).get('num_classes')
-        if weights_classes is not None and weights_classes != model.num_classes:
-            raise CheckpointError(
-                f'--num-classes {model.num_classes}: the weights of {name} have a {weights_classes}-class '
-                f'classifier, which a new {model.num_classes}-class head would replace with untrained weights; '
-                f'drop --num-classes to validate the trained head')
-    if sd is not None:
-        from .checkpoint import load_model_state
-        arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
-        if arch in backbones.list_models():
-            from .._checkpoint import CheckpointMismatchError, family_filter_fn
-            try:
-                sd = family_filter_fn(arch)(sd, model)
-            except CheckpointMismatchError as e:
-                raise CheckpointError(f'{args.checkpoint} does not fit {arch}: '
-                                      f'{" ".join(str(e).split())[:300]}') from None
-        load_model_state(model, sd, args.checkpoint)
+    model, weights_kind = _build_model(name, args, _ck_args(ck) if ck else {}, sd, weights_kind)
     if class_names is not None and model.num_classes < len(class_names):
         raise DataError(f'the dataset has {len(class_names)} classes, model {name} outputs {model.num_classes} '
                         f'(pass --num-classes or the matching checkpoint)')
@@ -331,17 +212,78 @@ def validate_model(name: str, args, dataset, class_names: Optional[Sequence[str]
     if args.amp:
         dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
         amp = lambda: torch.autocast(device_type=device.type, dtype=dtype)
-    from .progress import Progress
     prog = Progress(len(loader), f'validate {name}', enabled=log, log_interval=args.log_interval)
     try:
         m = evaluate(model, loader, device, amp_autocast=amp, channels_last=args.channels_last,
                      use_prefetcher=not args.no_prefetcher, progress=prog)
     finally:
         prog.close()
+    return _result_row(name, args, model, m, data_config, weights_kind, log)
+
+
+def _checkpoint_weights(args, log: bool) -> tuple:
+    """``(checkpoint, state_dict, weights kind)`` of ``--checkpoint`` (``(None, None, 'random init')`` without)."""
+    if not args.checkpoint:
+        return None, None, 'random init'
+    ck = _read_checkpoint(args.checkpoint)
+    sd, weights_kind = _select_weights(ck, args.ema, args.checkpoint)
+    if log:
+        what = {'ema': "the EMA weights (state_dict_ema; --no-ema for the raw weights)",
+                'model': 'the model weights (state_dict)', 'weights': 'the weights'}[weights_kind]
+        _logger.info(f'{args.checkpoint}: using {what}')
+    return ck, sd, weights_kind
+
+
+def _build_model(name: str, args, ck_args: Dict[str, Any], sd: Optional[Mapping[str, torch.Tensor]],
+                 weights_kind: str) -> tuple:
+    """``(model, weights kind)``: built with the checkpoint's and the command line's arguments, holding ``sd`` (the
+    checkpoint's weights, through its family's filter) or the released weights (``--pretrained``, a Hub model)."""
+    kwargs = dict(ck_args.get('model_kwargs') or {})
+    kwargs.update(args.model_kwargs or {})
+    num_classes = args.num_classes if args.num_classes is not None else ck_args.get('num_classes')
+    if num_classes is None and sd is not None:
+        num_classes = _head_size(name, sd, kwargs)
+    build = dict(kwargs)
+    for k, v in (('num_classes', num_classes), ('global_pool', args.gp or ck_args.get('gp')),
+                 ('in_chans', args.in_chans or ck_args.get('in_chans'))):
+        if v is not None:
+            build[k] = v
+    pretrained = sd is None and (args.pretrained or name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')))
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **build)
+    except TypeError as e:
+        raise ModelError(f"model '{name}' cannot be built with these arguments: {one_line(e)}") from None
+    except (RuntimeError, ValueError, OSError) as e:
+        raise ModelError(f"cannot build model '{name}'{' with pretrained weights' if pretrained else ''}: "
+                         f'{one_line(e)}') from None
+    if pretrained:
+        weights_classes = (getattr(model, 'pretrained_cfg', None) or {}).get('num_classes')
+        if weights_classes is not None and weights_classes != model.num_classes:
+            raise CheckpointError(
+                f'--num-classes {model.num_classes}: the weights of {name} have a {weights_classes}-class '
+                f'classifier, which a new {model.num_classes}-class head would replace with untrained weights; '
+                f'drop --num-classes to validate the trained head')
+        return model, 'pretrained'
+    if sd is not None:
+        arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
+        if arch in list_models():
+            try:
+                sd = family_filter_fn(arch)(sd, model)
+            except CheckpointMismatchError as e:
+                raise CheckpointError(f'{args.checkpoint} does not fit {arch}: '
+                                      f'{" ".join(str(e).split())[:300]}') from None
+        load_model_state(model, sd, args.checkpoint)
+    return model, weights_kind
+
+
+def _result_row(name: str, args, model: nn.Module, m: Dict[str, Any], data_config: Dict[str, Any],
+                weights_kind: str, log: bool) -> Dict[str, Any]:
+    """The result row of one model (params and GMACs counted unless ``--no-count``), logged when ``log``."""
     params, gmacs = sum(p.numel() for p in model.parameters()), None
     if not args.no_count:
+        from ..flops import count  # on use: fvcore is only needed for counting
         try:
-            c = backbones.count(model, input_size=tuple(data_config['input_size']))
+            c = count(model, input_size=tuple(data_config['input_size']))
             params, gmacs = c.params, round(c.gmacs, 4)
         except Exception as e:  # noqa: BLE001 - a count failure must not lose the accuracy
             _logger.warning(f'{name}: GMACs count failed ({one_line(e)})')
@@ -361,20 +303,14 @@ def validate_model(name: str, args, dataset, class_names: Optional[Sequence[str]
 
 def _head_size(name: str, sd: Mapping[str, torch.Tensor], kwargs: Dict[str, Any]) -> Optional[int]:
     """The checkpoint's class count, read after the family's filter maps an official layout onto ours."""
-    import timm
-
-    import backbones
-
-    from .._checkpoint import caller_adapts, family_filter_fn
     try:
         probe = timm.create_model(name, device='meta', **kwargs)
         arch = (getattr(probe, 'pretrained_cfg', None) or {}).get('architecture')
-        if arch in backbones.list_models():
+        if arch in list_models():
             with caller_adapts():
                 sd = family_filter_fn(arch)(sd, probe)
     except Exception:  # noqa: BLE001 - the strict load that follows says what does not fit
         return None
-    from .model import classifier_keys
     for k in classifier_keys(probe):
         if k.endswith('weight') and k in sd:
             return int(sd[k].shape[0])
@@ -382,7 +318,6 @@ def _head_size(name: str, sd: Mapping[str, torch.Tensor], kwargs: Dict[str, Any]
 
 
 def _write_results(rows: List[Dict[str, Any]], path: str, fmt: str) -> None:
-    from .checkpoint import atomic_write_text
     fmt = fmt or ('json' if path.lower().endswith('.json') else 'csv')
     if fmt == 'json':
         text = json.dumps(rows, indent=2)
@@ -406,8 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
-    from .cli import setup_logging
-    setup_logging()
+    _cli.setup_logging()
     args = build_parser().parse_args(argv)
     try:
         rows, failed = run(args)
@@ -419,9 +353,6 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run(args) -> tuple:
     """Evaluate every model ``args`` names; returns ``(rows, failed)``."""
-    from .args import check_values
-    from .data import build_datasets, resolve_data_root
-    from .defaults import configure_cpu_threads
     check_values(args)  # batch size, workers, num classes, sizes: the flags the two tools share
     device = _device(args.device)
     if device.type == 'cpu':
