@@ -1,12 +1,20 @@
 """Helpers for parity tests: non-trivial random weights, as the shared fixtures draw them, and the timm twins."""
-from typing import Dict
+import functools
+import importlib
+import json
+import re
+from pathlib import Path
+from typing import Callable, Dict, Tuple
 
 import torch
+from safetensors.torch import load_file
 
-from backbones import get_variant_info, list_models
+from backbones import get_family, get_variant_info, list_models
 from backbones.bench import random_timm_model, redraw_
 
-__all__ = ['redraw_', 'random_model', 'load_converted', 'assert_same_layout', 'timm_twins', 'timm_twin']
+__all__ = ['redraw_', 'random_model', 'load_converted', 'assert_same_layout', 'timm_twins', 'timm_twin', 'filter_fn',
+           'meta_model', 'num_params', 'read_manifest', 'manifest_state_dict', 'read_fixture', 'davit_official',
+           'sequencer_official', 'crossvit_official', 'parity_fixture']
 
 
 def random_model(name: str, **kwargs) -> torch.nn.Module:
@@ -56,3 +64,99 @@ def timm_twin(name: str) -> str:
     if not twin:
         raise KeyError(f'{name} registers no timm twin')
     return twin
+
+
+# ---------------------------------------------------------------- checkpoints: filters, fixtures, official layouts
+
+FIXTURES = Path(__file__).parent / 'fixtures'
+
+
+def filter_fn(name: str) -> Callable:
+    """The ``checkpoint_filter_fn`` of zoo model ``name``'s family (the one timm's pretrained path runs)."""
+    return importlib.import_module(get_family(name).module).checkpoint_filter_fn
+
+
+@functools.cache
+def meta_model(name: str, **kwargs) -> torch.nn.Module:
+    """``timm.create_model(name, **kwargs)`` on the meta device, built once per session (shared: never modify it)."""
+    import timm
+    return timm.create_model(name, device='meta', **kwargs)
+
+
+def num_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def read_manifest(directory: str, name: str) -> Dict:
+    """A manifest written from the official code: ``{'keys': {official key: shape}, 'num_params': ...}``."""
+    return json.loads((FIXTURES / directory / f'manifest_{name}.json').read_text())
+
+
+def manifest_state_dict(directory: str, name: str) -> Dict[str, torch.Tensor]:
+    """The official state dict of ``name`` as its manifest lists it: every key, with its shape, on meta."""
+    return {k: torch.empty(s, device='meta') for k, s in read_manifest(directory, name)['keys'].items()}
+
+
+def read_fixture(directory: str, name: str) -> Tuple[Dict, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """A parity fixture made by the official code: (its json meta: config, num_params, atol...; every tensor of its
+    safetensors file: ``input``, ``logits``...; the official weights, the file's ``state_dict.*`` entries)."""
+    meta = json.loads((FIXTURES / directory / f'{name}.json').read_text())
+    tensors = load_file(str(FIXTURES / directory / f'{name}.safetensors'))
+    official = {k[len('state_dict.'):]: v for k, v in tensors.items() if k.startswith('state_dict.')}
+    return meta, tensors, official
+
+
+def davit_official(timm_sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """timm's (= our) DaViT state dict in the official dingmyu/davit layout (``patch_embeds`` / ``main_blocks`` /
+    ``norms`` / ``head``): the inverse of the mapping timm's filter documents, checked by running that filter."""
+    from timm.models.davit import checkpoint_filter_fn as timm_filter_fn
+    rules = [
+        (r'^stem\.conv\.', 'patch_embeds.0.proj.'),
+        (r'^stem\.norm\.', 'patch_embeds.0.norm.'),
+        (r'^stages\.(\d+)\.downsample\.conv\.', r'patch_embeds.\1.proj.'),
+        (r'^stages\.(\d+)\.downsample\.norm\.', r'patch_embeds.\1.norm.'),
+        (r'^stages\.(\d+)\.blocks\.', r'main_blocks.\1.'),
+        (r'\.cpe1\.', '.cpe.0.'),
+        (r'\.cpe2\.', '.cpe.1.'),
+        (r'^head\.norm\.', 'norms.'),
+        (r'^head\.fc\.', 'head.'),
+    ]
+    official = {functools.reduce(lambda k, r: re.sub(*r, k), rules, k): v for k, v in timm_sd.items()}
+    assert list(timm_filter_fn({'state_dict': dict(official)}, None)) == list(timm_sd)
+    return official
+
+
+def sequencer_official(timm_sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """timm's (= our) Sequencer2D state dict in the official okojoalg/sequencer layout (models/two_dim_sequencer.py:
+    ``blocks`` is one Sequential per stage whose last element is the next stage's ``Downsample2D``; ``head`` is a
+    Linear), checked by running timm's filter (its documentation of the official names) back over it."""
+    from timm.models.sequencer import checkpoint_filter_fn as timm_filter_fn
+    depths = {}
+    for k in timm_sd:
+        m = re.match(r'^stages\.(\d+)\.blocks\.(\d+)\.', k)
+        if m:
+            depths[int(m[1])] = max(depths.get(int(m[1]), 0), int(m[2]) + 1)
+
+    def official_key(key):
+        m = re.match(r'^stages\.(\d+)\.downsample\.down\.(.*)$', key)
+        if m:
+            prev = int(m[1]) - 1
+            return f'blocks.{prev}.{depths[prev]}.down.{m[2]}'
+        return re.sub(r'^head\.fc\.', 'head.', re.sub(r'^stages\.(\d+)\.blocks\.', r'blocks.\1.', key))
+
+    official = {official_key(k): v for k, v in timm_sd.items()}
+    assert list(timm_filter_fn({'model': dict(official)}, None)) == list(timm_sd)
+    return official
+
+
+def crossvit_official(timm_sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """timm's CrossViT state dict in the official IBM/CrossViT layout: timm's filter turns the official
+    ParameterLists ``pos_embed.<b>`` / ``cls_token.<b>`` into ``pos_embed_<b>`` / ``cls_token_<b>``; every other key
+    is the same."""
+    return {k.replace('pos_embed_', 'pos_embed.').replace('cls_token_', 'cls_token.'): v for k, v in timm_sd.items()}
+
+
+def parity_fixture(directory: str, name: str):
+    """A parity fixture as (json meta, official weights, the input, the official logits)."""
+    meta, tensors, official = read_fixture(directory, name)
+    return meta, official, tensors['input'], tensors['logits']

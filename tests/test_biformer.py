@@ -1,5 +1,5 @@
-"""BiFormer: parity with the official code (fixtures), official key layout and counts, the routing attention
-against a by-definition reference, any-size inputs."""
+"""BiFormer: parity with the official code (fixtures), the routing attention against a by-definition
+reference, any-size inputs. (Official keys and counts, refused checkpoints: test_checkpoint_contract.py.)"""
 import copy
 import json
 from pathlib import Path
@@ -8,18 +8,14 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from _oracle import assert_same_layout, flop_counter_macs
-from safetensors.torch import load_file
+from _oracle import flop_counter_macs, parity_fixture
 from torch.overrides import TorchFunctionMode
 
-import backbones
-from backbones._checkpoint import CheckpointMismatchError
 from backbones.flops import count
 from backbones.layers.routing_attention import BiLevelRoutingAttention
 from backbones.models.biformer import checkpoint_filter_fn
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'biformer'
-VARIANTS = ['biformer_tiny', 'biformer_small', 'biformer_base', 'biformer_stl']
 
 
 def _json(name):
@@ -35,13 +31,6 @@ def _model_kwargs(cfg):
         depths=cfg['depth'], embed_dims=cfg['embed_dim'], head_dim=cfg['head_dim'], n_win=cfg['n_win'],
         topks=[t if t > 0 else -1 for t in cfg['topks']], mlp_ratio=cfg['mlp_ratios'][0],
         side_dwconv=cfg['side_dwconv'], qk_dims=cfg['qk_dims'], num_classes=cfg['num_classes'])
-
-
-def _fixture(name):
-    meta = _json(name)
-    tensors = load_file(str(FIXTURES / f'{name}.safetensors'))
-    official = {k[len('state_dict.'):]: v for k, v in tensors.items() if k.startswith('state_dict.')}
-    return meta, official, tensors['input'], tensors['logits']
 
 
 def _small(name='biformer_tiny', **kwargs):
@@ -63,7 +52,7 @@ def small_model():
 def test_fixture_parity(fixture):
     """Official weights in the released ``{'model': ...}`` container -> our filter -> the official logits.
     ``biformer_autopad``: a 100x164 input, which the official code runs with ``auto_pad=True``."""
-    meta, official, x, expected = _fixture(fixture)
+    meta, official, x, expected = parity_fixture('biformer', fixture)
     model = timm.create_model('biformer_tiny', device='meta', **_model_kwargs(meta['config']))
     sd = checkpoint_filter_fn({'model': official, 'epoch': 299, 'max_accuracy': 0.}, model)
     model.load_state_dict(sd, assign=True)
@@ -78,7 +67,7 @@ def test_fixture_parity(fixture):
 def test_pretrained_file_and_convert(tmp_path):
     """The official file through timm's own ``pretrained`` path, and through tools/convert.py's converter."""
     from backbones.convert import convert_checkpoint
-    meta, official, x, expected = _fixture('biformer_autopad')
+    meta, official, x, expected = parity_fixture('biformer', 'biformer_autopad')
     kwargs = _model_kwargs(meta['config'])
     ckpt = tmp_path / 'biformer_official.pth'
     torch.save({'model': official, 'epoch': 299}, ckpt)
@@ -96,54 +85,12 @@ def test_pretrained_file_and_convert(tmp_path):
 
 def test_filter_reads_model_not_ema():
     """Like the official evaluation, a training checkpoint's ``model`` entry is used, not ``model_ema``."""
-    meta, official, _, _ = _fixture('biformer_t224')
+    meta, official, _, _ = parity_fixture('biformer', 'biformer_t224')
     model = timm.create_model('biformer_tiny', device='meta', **_model_kwargs(meta['config']))
     ema = {k: v + 1 if v.is_floating_point() else v for k, v in official.items()}
     sd = checkpoint_filter_fn({'model': official, 'model_ema': ema}, model)
     assert torch.equal(sd['head.fc.weight'], official['head.weight'])
     assert torch.equal(sd['stages.3.blocks.0.attn.mhsa.qkv.weight'], official['stages.3.0.attn.qkv.weight'])
-
-
-# ---------------------------------------------------------------- official counts and key layout
-
-def _official_keys(name):
-    return {k: torch.zeros(shape, device='meta') for k, shape in _json(f'manifest_{name}')['keys'].items()}
-
-
-@pytest.mark.parametrize('name', VARIANTS)
-def test_params_equal_official(name):
-    model = timm.create_model(name, device='meta')
-    n = sum(p.numel() for p in model.parameters())
-    assert n == _json(f'manifest_{name}')['num_params'] == backbones.get_variant_info(name).params
-
-
-@pytest.mark.parametrize('name', VARIANTS)
-def test_every_official_key_maps(name):
-    """A fake official state dict (all manifest keys) converts one-to-one onto our keys, shapes included."""
-    model = timm.create_model(name, device='meta')
-    official = _official_keys(name)
-    sd = checkpoint_filter_fn({'model': official}, model)
-    ours = model.state_dict()
-    assert len(sd) == len(official) == len(ours)
-    assert_same_layout(sd, ours)
-
-
-def test_own_layout_passes_through():
-    model = timm.create_model('biformer_tiny', device='meta')
-    sd = model.state_dict()
-    assert checkpoint_filter_fn(sd, model).keys() == sd.keys()
-
-
-def test_wrong_checkpoint_is_refused():
-    model = timm.create_model('biformer_tiny', device='meta')
-    with pytest.raises(CheckpointMismatchError, match='unexpected keys'):
-        checkpoint_filter_fn({'model': _official_keys('biformer_small')}, model)  # deeper
-    with pytest.raises(CheckpointMismatchError, match='shape mismatches'):
-        checkpoint_filter_fn({'model': _official_keys('biformer_tiny')}, timm.create_model(
-            'biformer_tiny', embed_dims=(96, 192, 384, 768), device='meta'))
-    stl = timm.create_model('biformer_stl', device='meta')
-    with pytest.raises(CheckpointMismatchError, match='qkv_linear'):  # the refactored NCHW ablation's weights
-        checkpoint_filter_fn({'model': _official_keys('biformer_stl_nchw')}, stl)
 
 
 # ---------------------------------------------------------------- bi-level routing attention, by definition

@@ -1,38 +1,22 @@
-"""ParCNetV2: parity with the official code (fixtures), official layout and counts, the oversized conv's two exact
+"""ParCNetV2: parity with the official code (fixtures), the oversized conv's two exact
 formulations, LayerNormGeneral, input sizes, the optional kernel resize, conversion and tracing."""
 import json
-from pathlib import Path
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from _oracle import assert_same_layout
+from _oracle import parity_fixture
 from conftest import max_diff_f32
-from safetensors.torch import load_file
 
-import backbones
 from backbones._checkpoint import CheckpointMismatchError
 from backbones.layers import oversize_conv
 from backbones.layers.oversize_conv import OversizeConv2d, toeplitz_taps
 from backbones.models.parcnetv2 import LayerNormGeneral, checkpoint_filter_fn, feature_sizes
 
-FIXTURES = Path(__file__).parent / 'fixtures' / 'parcnetv2'
-VARIANTS = ['parcnetv2_xt', 'parcnetv2_tiny', 'parcnetv2_small', 'parcnetv2_base']
 K2N = 'parcnetv2_d1121_w16-64_k2h_64x64'  # kernels 31/15/7/3 = 2n - 1 on 16/8/4/2 maps
 LONG = 'parcnetv2_d1111_w16-64_kdefault_96x64'  # default 111/55/27/13 kernels on 24x16 .. 3x2 maps
 TINY = dict(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), num_classes=10)
-
-
-def _manifest(name):
-    return json.loads((FIXTURES / f'manifest_{name}.json').read_text())
-
-
-def _fixture(name):
-    meta = json.loads((FIXTURES / f'{name}.json').read_text())
-    tensors = load_file(str(FIXTURES / f'{name}.safetensors'))
-    official = {k[len('state_dict.'):]: v for k, v in tensors.items() if k.startswith('state_dict.')}
-    return meta, official, tensors['input'], tensors['logits']
 
 
 def _official_model(meta, official, **kwargs):
@@ -50,7 +34,7 @@ def _official_model(meta, official, **kwargs):
 def test_fixture_parity(fixture):
     """Both formulations of the oversized conv reproduce the official logits: the convolutions (no grad) and the
     Toeplitz matmuls (autograd on)."""
-    meta, official, x, expected = _fixture(fixture)
+    meta, official, x, expected = parity_fixture('parcnetv2', fixture)
     model = _official_model(meta, official)
     assert sum(p.numel() for p in model.parameters()) == meta['num_params']
     with torch.no_grad():
@@ -62,38 +46,11 @@ def test_fixture_parity(fixture):
         assert (logits - expected).abs().max().item() <= meta['atol']
 
 
-# ---------------------------------------------------------------- official counts and key layout
+# ---------------------------------------------------------------- official kernel lengths
 
-@pytest.mark.parametrize('name', VARIANTS)
-def test_params_equal_official(name):
-    model = timm.create_model(name, device='meta')
-    n = sum(p.numel() for p in model.parameters())
-    assert n == _manifest(name)['num_params'] == backbones.get_variant_info(name).params
-
-
-@pytest.mark.parametrize('name', VARIANTS)
-def test_every_official_key_maps(name):
-    """A fake official state dict (all manifest keys) converts one-to-one onto our keys, shapes included."""
-    model = timm.create_model(name, device='meta')
-    official = {k: torch.zeros(shape, device='meta') for k, shape in _manifest(name)['keys'].items()}
-    sd = checkpoint_filter_fn({'state_dict': official}, model)
-    assert len(sd) == len(official) == len(model.state_dict())
-    assert_same_layout(sd, model.state_dict())
-
-
-def test_own_layout_passes_through():
-    model = timm.create_model('parcnetv2_xt', device='meta')
-    sd = model.state_dict()
-    assert checkpoint_filter_fn(sd, model).keys() == sd.keys()
-
-
-def test_wrong_checkpoints_are_refused():
-    model = timm.create_model('parcnetv2_xt', **TINY, device='meta')
-    deeper = {k: torch.zeros(s, device='meta') for k, s in _manifest('parcnetv2_xt')['keys'].items()}
-    with pytest.raises(CheckpointMismatchError, match='unexpected keys'):
-        checkpoint_filter_fn(deeper, model)
-    # kernels of another length load only into a model built with resize_kernels=True
-    meta, official, _, _ = _fixture(K2N)
+def test_kernels_of_another_length_are_refused():
+    """Kernels of another length load only into a model built with resize_kernels=True."""
+    meta, official, _, _ = parity_fixture('parcnetv2', K2N)
     model = timm.create_model('parcnetv2_xt', **dict(meta['config'], global_kernel_sizes=(33, 15, 7, 3)), device='meta')
     mismatch = r'shape mismatches.*conv_h\.weight \(checkpoint \(16, 1, 31, 1\)'
     with pytest.raises(CheckpointMismatchError, match=mismatch):
@@ -238,7 +195,7 @@ def test_resize_kernels_off_by_default():
 def test_set_input_size_resizes_the_kernels_once(monkeypatch):
     """set_input_size((96, 64)) = the official resize mode at 96x64 (kernels 2n - 1 per axis and stage), done once;
     at a size where K = 2n - 1 already it changes nothing."""
-    meta, official, x, expected = _fixture(LONG)
+    meta, official, x, expected = parity_fixture('parcnetv2', LONG)
     model = _official_model(meta, official)
     frozen = model.stages[1].blocks[0].token_mixer.dwconv1.conv_w.weight.requires_grad_(False)
     with monkeypatch.context() as m, torch.no_grad():
@@ -257,7 +214,7 @@ def test_set_input_size_resizes_the_kernels_once(monkeypatch):
         model(torch.randn(1, 3, 64, 64))  # another size: nothing is resized per forward
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
 
-    meta, official, x, expected = _fixture(K2N)
+    meta, official, x, expected = parity_fixture('parcnetv2', K2N)
     model = _official_model(meta, official)
     model.set_input_size(64)
     with torch.no_grad():
@@ -267,7 +224,7 @@ def test_set_input_size_resizes_the_kernels_once(monkeypatch):
 def test_resize_kernels_at_load():
     """An official checkpoint loaded into a model built with resize_kernels=True and img_size: kernels resized once
     by the filter, the same model as set_input_size gives."""
-    meta, official, x, _ = _fixture(LONG)
+    meta, official, x, _ = parity_fixture('parcnetv2', LONG)
     loaded = _official_model(meta, official, img_size=(96, 64), resize_kernels=True)
     resized = _official_model(meta, official)
     resized.set_input_size((96, 64))
@@ -281,7 +238,7 @@ def test_convert_official_checkpoint(tmp_path):
     """tools/convert.py's library call on a timm-style official training checkpoint -> local-dir: gives the
     official logits."""
     from backbones.convert import convert_checkpoint
-    meta, official, x, expected = _fixture(LONG)
+    meta, official, x, expected = parity_fixture('parcnetv2', LONG)
     ckpt = tmp_path / 'parcnetv2_official.pth.tar'
     torch.save({'epoch': 300, 'arch': 'parcnetv2_xt', 'state_dict': official}, ckpt)
     kwargs = {k: v for k, v in meta['config'].items() if k != 'num_classes'}

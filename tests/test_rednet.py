@@ -1,25 +1,13 @@
-"""RedNet / involution: parity with the official code (fixtures), official key layout and counts, the operator."""
-import json
-from pathlib import Path
-
+"""RedNet / involution: parity with the official code (fixtures), the operator. (Official keys and counts, refused
+checkpoints: test_checkpoint_contract.py.)"""
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from _oracle import assert_same_layout
-from safetensors.torch import load_file
+from _oracle import parity_fixture
 
-import backbones
-from backbones._checkpoint import CheckpointMismatchError
 from backbones.layers import Involution
 from backbones.models.rednet import checkpoint_filter_fn
-
-FIXTURES = Path(__file__).parent / 'fixtures' / 'involution'
-VARIANTS = ['rednet26', 'rednet38', 'rednet50', 'rednet101', 'rednet152']
-
-
-def _manifest(name):
-    return json.loads((FIXTURES / f'manifest_{name}.json').read_text())
 
 
 def _small_rednet(num_classes, device=None):
@@ -32,9 +20,7 @@ def _small_rednet(num_classes, device=None):
 
 @pytest.mark.parametrize('fixture', ['rednet26_s32_b16_64x64', 'rednet26_s32_b16_32x96'])
 def test_fixture_parity(fixture):
-    meta = json.loads((FIXTURES / f'{fixture}.json').read_text())
-    tensors = load_file(str(FIXTURES / f'{fixture}.safetensors'))
-    official = {k[len('state_dict.'):]: v for k, v in tensors.items() if k.startswith('state_dict.')}
+    meta, official, x, expected = parity_fixture('involution', fixture)
     model = _small_rednet(meta['config']['head']['num_classes'], device='meta')
     # an mmcls checkpoint: {'meta': ..., 'state_dict': {backbone.*, head.fc.*}}
     sd = checkpoint_filter_fn({'meta': {'epoch': 130}, 'state_dict': official}, model)
@@ -42,45 +28,9 @@ def test_fixture_parity(fixture):
     model.eval()
     assert sum(p.numel() for p in model.parameters()) == meta['num_params']
     with torch.no_grad():
-        logits = model(tensors['input'])
-    assert logits.shape == tensors['logits'].shape
-    assert (logits - tensors['logits']).abs().max().item() <= meta['atol']
-
-
-# ---------------------------------------------------------------- official counts and key layout
-
-@pytest.mark.parametrize('name', VARIANTS)
-def test_params_equal_official(name):
-    model = timm.create_model(name, device='meta')
-    n = sum(p.numel() for p in model.parameters())
-    assert n == _manifest(name)['num_params'] == backbones.get_variant_info(name).params
-
-
-@pytest.mark.parametrize('name', VARIANTS)
-def test_every_official_key_maps(name):
-    """A fake official state dict (all manifest keys) converts one-to-one onto our keys, shapes included."""
-    model = timm.create_model(name, device='meta')
-    official = {k: torch.zeros(shape, device='meta') for k, shape in _manifest(name)['keys'].items()}
-    sd = checkpoint_filter_fn({'meta': {}, 'state_dict': official}, model)
-    ours = model.state_dict()
-    assert len(sd) == len(official) == len(ours)
-    assert_same_layout(sd, ours)
-
-
-def test_own_layout_passes_through():
-    model = timm.create_model('rednet26', device='meta')
-    sd = model.state_dict()
-    assert checkpoint_filter_fn(sd, model).keys() == sd.keys()
-
-
-def test_wrong_checkpoint_is_refused():
-    model = timm.create_model('rednet26', device='meta')
-    foreign = timm.create_model('se_resnet50', device='meta').state_dict()
-    with pytest.raises(CheckpointMismatchError, match='(missing|unexpected) keys'):
-        checkpoint_filter_fn(foreign, model)
-    deeper = {k: torch.zeros(s, device='meta') for k, s in _manifest('rednet50')['keys'].items()}
-    with pytest.raises(CheckpointMismatchError, match='unexpected keys'):
-        checkpoint_filter_fn(deeper, model)
+        logits = model(x)
+    assert logits.shape == expected.shape
+    assert (logits - expected).abs().max().item() <= meta['atol']
 
 
 # ---------------------------------------------------------------- the operator

@@ -6,7 +6,6 @@ from _oracle import load_converted, random_model, timm_twins
 from conftest import max_diff_f32
 
 import backbones
-from backbones._checkpoint import CheckpointMismatchError
 from backbones.models.senet import checkpoint_filter_fn
 
 ORACLES = timm_twins('senet')  # timm's legacy_* models: the official Caffe topology
@@ -38,25 +37,6 @@ def test_stride_placement_is_caffe():
     assert s.stages[0].blocks[0].downsample.conv.kernel_size == (1, 1)
     assert r.stages[0].downsample.ceil_mode and r.stages[0].downsample.padding == 0  # the Caffe stem pool
     assert s.head.drop.p == 0.2 and r.head.drop.p == 0.0
-
-
-def test_own_layout_passes_through():
-    model = timm.create_model('se_resnext50_32x4d', device='meta')
-    sd = model.state_dict()
-    assert checkpoint_filter_fn({'state_dict': sd}, model).keys() == sd.keys()
-
-
-def test_wrong_checkpoint_is_refused():
-    model = timm.create_model('se_resnet50', device='meta')
-    other = timm.create_model('se_resnet101', device='meta').state_dict()
-    with pytest.raises(CheckpointMismatchError, match='unexpected keys'):
-        checkpoint_filter_fn(other, model)
-    partial = {k: v for k, v in model.state_dict().items() if 'stages.3' not in k}
-    with pytest.raises(CheckpointMismatchError, match=r'missing keys .*stages\.3'):
-        checkpoint_filter_fn(partial, model)
-    resnext = timm.create_model('se_resnext50_32x4d', device='meta').state_dict()
-    with pytest.raises(CheckpointMismatchError, match='shape mismatches'):
-        checkpoint_filter_fn(resnext, model)
 
 
 def test_family_metadata():

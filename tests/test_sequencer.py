@@ -1,24 +1,19 @@
 """Sequencer2D: parity with timm's sequencer2d_* (random non-trivial weights through our filter) at three sizes, the
-official key layout, official counts, the LSTM (nn.LSTM's parameters and kernel, traced by Dynamo without graph
+official layout, the LSTM (nn.LSTM's parameters and kernel, traced by Dynamo without graph
 breaks), sizes, export."""
-import re
 
 import pytest
 import timm
 import torch
 import torch.nn as nn
-from _oracle import assert_same_layout, load_converted, random_model, timm_twins
+from _oracle import load_converted, random_model, sequencer_official, timm_twins
 from conftest import assert_close_f32, max_diff_f32
-from timm.models.sequencer import checkpoint_filter_fn as timm_filter_fn
 
-import backbones
-from backbones._checkpoint import CheckpointMismatchError
 from backbones.flops import count
 from backbones.models.sequencer import BiLSTM, checkpoint_filter_fn
 
 ORACLES = timm_twins('sequencer')
 SMALL = ORACLES['sequencer2d_small']
-DEPTHS = {'sequencer2d_small': (4, 3, 8, 3), 'sequencer2d_medium': (4, 3, 14, 3), 'sequencer2d_large': (8, 8, 16, 4)}
 # reduced widths and depths given to both timm (``layers``) and ours (``depths``): cheap full-path forwards
 TINY_WIDTHS = dict(embed_dims=(32, 64, 64, 64), hidden_sizes=(8, 16, 16, 16))
 TINY_DEPTHS = (1, 2, 1, 1)
@@ -75,30 +70,11 @@ def test_timm_checkpoint_file_loads_through_timm(tmp_path):
 
 # ---------------------------------------------------------------- the official layout
 
-def _to_official(key: str, depths) -> str:
-    """timm / our key -> the official okojoalg/sequencer key (models/two_dim_sequencer.py: ``blocks`` is one
-    Sequential per stage whose last element is the next stage's ``Downsample2D``; ``head`` is a Linear)."""
-    m = re.match(r'^stages\.(\d+)\.downsample\.down\.(.*)$', key)
-    if m:
-        prev = int(m.group(1)) - 1
-        return f'blocks.{prev}.{depths[prev]}.down.{m.group(2)}'
-    key = re.sub(r'^stages\.(\d+)\.blocks\.', r'blocks.\1.', key)
-    return re.sub(r'^head\.fc\.', 'head.', key)
-
-
-def _official_state_dict(timm_sd, depths):
-    official = {_to_official(k, depths): v for k, v in timm_sd.items()}
-    # our inverse is right iff timm's own filter (its documentation of the official names) maps it back exactly
-    back = timm_filter_fn({'model': dict(official)}, None)
-    assert list(back) == list(timm_sd)
-    return official
-
-
 @pytest.mark.parametrize('container', ['flat', 'model'])
 def test_official_layout_parity(container):
     """An official checkpoint (official key names; flat or inside ``{'model': ...}``) gives the same logits."""
     oracle = random_model(SMALL, layers=TINY_DEPTHS, **TINY_WIDTHS)
-    official = _official_state_dict(oracle.state_dict(), TINY_DEPTHS)
+    official = sequencer_official(oracle.state_dict())
     assert 'blocks.0.1.down.weight' in official and 'blocks.1.2.down.weight' in official
     assert 'head.weight' in official
     ckpt = official if container == 'flat' else {'model': official, 'epoch': 300}
@@ -106,55 +82,19 @@ def test_official_layout_parity(container):
     assert _max_diff(oracle, model, (42, 70), batch=2) <= ATOL
 
 
-@pytest.mark.parametrize('name', sorted(ORACLES))
-def test_every_official_key_maps(name):
-    """Every official key of every full-size variant lands on our key of the same shape, one to one."""
-    official = _official_state_dict(timm.create_model(ORACLES[name], device='meta').state_dict(), DEPTHS[name])
-    assert f'blocks.0.{DEPTHS[name][0]}.down.weight' in official  # S: blocks.0.4.down (2x2 conv 192 -> 384)
-    model = timm.create_model(name, device='meta')
-    sd = checkpoint_filter_fn(official, model)
-    ours = model.state_dict()
-    assert len(sd) == len(official) == len(ours)
-    assert_same_layout(sd, ours)
-
-
 def test_convert_official_checkpoint(tmp_path):
     """tools/convert.py's library path: an official-layout file -> save_for_hf folder -> local-dir: same logits."""
     from backbones.convert import convert_checkpoint
     oracle = random_model(SMALL, layers=TINY_DEPTHS, **TINY_WIDTHS)
     ckpt = tmp_path / f'{SMALL}.pth'
-    torch.save({'model': _official_state_dict(oracle.state_dict(), TINY_DEPTHS)}, ckpt)
+    torch.save({'model': sequencer_official(oracle.state_dict())}, ckpt)
     out = convert_checkpoint(
         'sequencer2d_small', ckpt, tmp_path / 'out', model_kwargs=dict(depths=TINY_DEPTHS, **TINY_WIDTHS))
     model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
     assert _max_diff(oracle, model, (28, 56), batch=2) <= ATOL
 
 
-def test_own_layout_passes_through():
-    model = timm.create_model('sequencer2d_small', device='meta')
-    sd = model.state_dict()
-    out = checkpoint_filter_fn({'state_dict': sd}, model)
-    assert list(out) == list(sd) and all(out[k] is sd[k] for k in sd)
-
-
-def test_wrong_checkpoint_is_refused():
-    model = timm.create_model('sequencer2d_small', device='meta')
-    deeper = timm.create_model('sequencer2d_medium', device='meta').state_dict()
-    with pytest.raises(CheckpointMismatchError, match=r'unexpected keys .*stages\.2\.blocks\.1[0-3]\.'):
-        checkpoint_filter_fn(deeper, model)
-    partial = {k: v for k, v in model.state_dict().items() if '.rnn_h.' not in k}
-    with pytest.raises(CheckpointMismatchError, match=r'missing keys .*rnn_h'):
-        checkpoint_filter_fn(partial, model)
-
-
 # ---------------------------------------------------------------- counts and configs
-
-@pytest.mark.parametrize('name', sorted(ORACLES))
-def test_params_equal_official(name):
-    n = sum(p.numel() for p in timm.create_model(name, device='meta').parameters())
-    ref = sum(p.numel() for p in timm.create_model(ORACLES[name], device='meta').parameters())
-    assert n == ref == backbones.get_variant_info(name).params
-
 
 def test_lstm_macs_counted():
     """Every LSTM direction costs 4h(C + h) MACs per time step per sequence (input and recurrent gate matmuls):
