@@ -16,8 +16,9 @@ from .conv import (
 )
 from .cross_attention import CrossAttention
 from .fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
-from .head import POOL_TYPES, Head, check_pool_type
+from .head import POOL_TYPES, Head, NormMlpHead, check_pool_type
 from .helpers import check_feature_indices, check_img_size, check_input, check_model_kwargs, refuse_img_size
+from .init import init_weights_
 from .involution import Involution
 from .mbconv import MBConv, MBConvShortcut, avg_pool_same
 from .mlp import Mlp

@@ -1,14 +1,15 @@
-"""Classifier head: pool -> [norm] -> dropout -> fc, with ``reset``; the pooling types a head takes."""
+"""Classifier heads: pool -> [norm] -> dropout -> fc, with ``reset`` and ``prune``; timm's NormMlpClassifierHead on
+the same protocol; the pooling types a head takes."""
 from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-from timm.layers import SelectAdaptivePool2d
+from timm.layers import NormMlpClassifierHead, SelectAdaptivePool2d
 
 from .conv import LayerType
 from .tracing import contiguous_for_export
 
-__all__ = ['Head', 'POOL_TYPES', 'check_pool_type']
+__all__ = ['Head', 'NormMlpHead', 'POOL_TYPES', 'check_pool_type']
 
 # timm's SelectAdaptivePool2d types (case-insensitive); '' keeps the feature map
 POOL_TYPES = ('avg', 'max', 'avgmax', 'catavgmax', 'fast', 'fastavg', 'fastmax', 'fastavgmax', 'fastcatavgmax', '')
@@ -74,6 +75,13 @@ class Head(nn.Module):
             self.hidden_size = self.in_features * self.global_pool.feat_mult()
         self.fc = nn.Linear(self.hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
+    def prune(self, in_features: int):
+        """What ``prune_intermediate_layers`` leaves: no pooling, norm or classifier, for ``in_features`` channels
+        (the deepest stage kept)."""
+        self.in_features = in_features
+        self.reset(0, '')
+        self.norm = nn.Identity()
+
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(contiguous_for_export(x))  # (a channels-last map would make batch 1 a special case)
         if self.unpooled:  # pool_type='': the norm acts on the channels at every position of the map
@@ -82,3 +90,24 @@ class Head(nn.Module):
             x = self.norm(x)
         x = self.drop(x)
         return x if pre_logits else self.fc(x)
+
+
+class NormMlpHead(NormMlpClassifierHead):
+    """timm's ``NormMlpClassifierHead`` (pool -> norm -> [Linear + act] -> dropout -> fc; same layers and names) on
+    the zoo's head protocol: a pooling type is checked with one clear error before timm's assertion, and
+    :meth:`prune` leaves pooling off and no norm, pre-logits layer or classifier."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden_size: Optional[int] = None, pool_type: str = 'avg',
+                 **kwargs):
+        check_pool_type(pool_type, width_preserving=True)  # the norm acts on the pooled vector
+        super().__init__(in_features, num_classes, hidden_size, pool_type, **kwargs)
+
+    def reset(self, num_classes: int, pool_type: Optional[str] = None, reset_other: bool = False,
+              in_features: Optional[int] = None, device=None, dtype=None):
+        if pool_type is not None:
+            check_pool_type(pool_type, width_preserving=True)  # the norm acts on the pooled vector
+        super().reset(num_classes, pool_type, reset_other=reset_other, in_features=in_features, device=device,
+                      dtype=dtype)
+
+    def prune(self, in_features: int):
+        self.reset(0, '', reset_other=True, in_features=in_features)

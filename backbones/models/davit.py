@@ -34,20 +34,20 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm2d, register_notrace_function, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d, register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
-from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.activation import InplaceGELU
 from ..layers.attention import Attention
 from ..layers.channel_attention import ChannelAttention
 from ..layers.conv import strided_conv2d
-from ..layers.head import Head
 from ..layers.helpers import refuse_img_size
+from ..layers.init import init_weights_
 from ..layers.mlp import Mlp
-from ..layers.stage import Stage, drop_path_schedule, stage_strides
+from ..layers.stage import Stage, StageStride, drop_path_schedule
 from ..layers.tracing import contiguous_for_export, is_tracing
 from ..layers.window import crop, pad_to_multiple, round_up, window_partition, window_reverse
 
@@ -248,51 +248,27 @@ class DaViT(StageFeatureMixin, nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         assert len(depths) == len(embed_dims) == len(num_heads), 'depths, embed_dims and num_heads: one per stage'
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
+        self.init_model(type(self).__name__, in_chans, num_classes, drop_rate)  # any size: strides and windows pad
         self.window_size = window_size
-        self.input_divisor = 1  # any size: every stride and window pads
-        self._model_name = type(self).__name__  # for error messages (TorchScript cannot read self.__class__)
         refuse_img_size(img_size, self._model_name, 'every size runs: strides and windows pad')
-        self.grad_checkpointing = False
 
         self.stem = Stem(in_chans, embed_dims[0], **dd)
         dprs = drop_path_schedule(drop_path_rate, [2 * d for d in depths])  # one rate per half block
-        # feature levels: the four stages, as timm's DaViT (the stem is a 7x7/4 patch embedding)
-        layout = stage_strides([1] + [2] * (len(depths) - 1), output_stride, self.stem.reduction, self._model_name)
-        stages, prev = [], embed_dims[0]
-        for i, (depth, dim, heads, s) in enumerate(zip(depths, embed_dims, num_heads, layout)):
+
+        def make_stage(i: int, in_chs: int, dim: int, s: StageStride) -> Stage:
             d = dict(dilation=s.dilation, **dd)
+            heads = num_heads[i]
             blocks = [nn.Sequential(
                 SpatialBlock(dim, heads, window_size, mlp_ratio, qkv_bias, drop_path=dprs[i][2 * j], **d),
                 ChannelBlock(dim, heads, mlp_ratio, qkv_bias, drop_path=dprs[i][2 * j + 1], **d),
-            ) for j in range(depth)]
-            downsample = Downsample(prev, dim, s.stride, s.first_dilation, **dd) if i > 0 else None
-            stages.append(Stage(blocks, downsample=downsample))
-            prev = dim
-        self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(embed_dims, [s.reduction for s in layout])
-        self.num_features = prev
-        self.norm = nn.Identity()  # the final norm comes after pooling, in the head
-        self.head = Head(
-            prev, num_classes, pool_type=global_pool, drop_rate=drop_rate, norm_layer=partial(nn.LayerNorm, eps=EPS),
-            **dd)
-        self.head_hidden_size = self.head.hidden_size
+            ) for j in range(depths[i])]
+            return Stage(blocks, Downsample(in_chs, dim, s.stride, s.first_dilation, **dd) if i > 0 else None)
 
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return set()
-
+        # feature levels: the four stages, as timm's DaViT (the stem is a 7x7/4 patch embedding)
+        self.build_stages(make_stage, embed_dims, [1] + [2] * (len(depths) - 1), output_stride, self.stem.reduction)
+        # the final norm comes after pooling, in the head
+        self.build_head(num_classes, global_pool, drop_rate, head_norm_layer=partial(nn.LayerNorm, eps=EPS), **dd)
+        init_weights_(self)
 
 
 # official layout (timm's davit.py documents it in its checkpoint_filter_fn) -> ours; timm's layout is ours

@@ -30,7 +30,7 @@ What differs from the official code:
 - ``set_input_size`` (as timm's) changes the partition size after construction and resizes the tables the same way.
 """
 from functools import partial
-from typing import List, Optional, Sequence, Set, Tuple, Union
+from typing import Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -38,28 +38,26 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath,
     LayerNorm2d,
-    NormMlpClassifierHead,
-    get_device_dtype,
     register_notrace_function,
     register_notrace_module,
     to_2tuple,
-    trunc_normal_,
 )
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._input import update_model_input_size
 
 from .._checkpoint import check_state_dict, rename_keys, unwrap_state_dict
-from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.activation import InplaceGELU, gelu_maybe_inplace
 from ..layers.attention import Attention
 from ..layers.conv import create_conv2d_same
-from ..layers.head import check_pool_type
-from ..layers.helpers import check_img_size, check_num_classes
+from ..layers.head import NormMlpHead
+from ..layers.helpers import check_img_size
+from ..layers.init import init_weights_
 from ..layers.mbconv import MBConv
 from ..layers.mlp import Mlp
 from ..layers.relpos import RelPosBias, resize_rel_pos_table
-from ..layers.stage import Stage, drop_path_schedule, stage_strides
+from ..layers.stage import Stage, drop_path_schedule
 from ..layers.tracing import eager_channels_last, is_tracing
 from ..layers.window import crop, grid_partition, grid_reverse, pad_to_multiple, window_partition, window_reverse
 
@@ -308,59 +306,36 @@ class MaxViT(StageFeatureMixin, nn.Module):
             dtype=None,
     ):
         super().__init__()
-        check_pool_type(global_pool, width_preserving=True)  # timm's NormMlpClassifierHead norms the pooled vector
         dd = dict(device=device, dtype=dtype)
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.input_divisor = 1  # any size: TF-SAME strided convs / pools, padded attention partitions
+        self.init_model('MaxViT', in_chans, num_classes, drop_rate)  # any size: TF-SAME strides, padded partitions
         self.partition_ratio = 32
         self.img_size = check_img_size(img_size, 'MaxViT') if img_size is not None else None
         self.window_size = to_2tuple(window_size)
         self.grid_size = to_2tuple(grid_size) if grid_size is not None else self.window_size
-        self._model_name = 'MaxViT'
-        self.grad_checkpointing = False
 
         self.stem = MaxViTStem(in_chans, tuple(stem_widths), **dd)
-        prev_chs = self.stem.out_chs
         dprs = drop_path_schedule(drop_path_rate, depths)
-        layout = stage_strides([2] * len(depths), output_stride, self.stem.reduction, self._model_name)
         block_fn = partial(
             MaxViTBlock, window_size=self.window_size, grid_size=self.grid_size, head_dim=head_dim,
             mlp_ratio=mlp_ratio, expand_ratio=expand_ratio, se_ratio=se_ratio, attn_drop=attn_drop_rate,
             proj_drop=proj_drop_rate)
-        stages = []
-        for i, (depth, width, s) in enumerate(zip(depths, widths, layout)):
-            stages.append(Stage.from_blocks(
-                block_fn, depth, prev_chs, width, s.stride, dprs[i], dilation=s.dilation,
-                first_dilation=s.first_dilation, **dd))
-            prev_chs = width
-        self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(
-            widths, [s.reduction for s in layout], stem=(self.stem.out_chs, self.stem.reduction))
-        self.num_features = prev_chs
-        self.norm = nn.Identity()  # the final norm is the head's (it follows the pool)
-        head_hidden_size = prev_chs if head_hidden_size is None else head_hidden_size
-        self.head = NormMlpClassifierHead(
-            prev_chs, num_classes, hidden_size=head_hidden_size or None, pool_type=global_pool, drop_rate=drop_rate,
-            norm_layer=partial(LayerNorm2d, eps=1e-5), act_layer='tanh', **dd)
-        self.head_hidden_size = self.head.num_features
-
+        self.build_stages(
+            lambda i, in_chs, width, s: Stage.from_blocks(
+                block_fn, depths[i], in_chs, width, s.stride, dprs[i], dilation=s.dilation,
+                first_dilation=s.first_dilation, **dd),
+            widths, [2] * len(depths), output_stride, self.stem.reduction, in_chs=self.stem.out_chs)
+        # the final norm is the head's (it follows the pool)
+        head_hidden_size = self.num_features if head_hidden_size is None else head_hidden_size
+        self.build_head(head=NormMlpHead(
+            self.num_features, num_classes, hidden_size=head_hidden_size or None, pool_type=global_pool,
+            drop_rate=drop_rate, norm_layer=partial(LayerNorm2d, eps=1e-5), act_layer='tanh', **dd))
         self.init_weights()
 
     @torch.jit.ignore
     def init_weights(self):
-        """The official init: kernels normal(0, 0.02) (truncated here), biases 0; relative tables normal(0, 0.02).
-        Skipped on the meta device (nothing to fill; ``trunc_normal_`` is slow there)."""
-        if self.stem.conv1.weight.is_meta:
-            return
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                trunc_normal_(m.weight, std=.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, RelPosBias):
-                nn.init.normal_(m.relative_position_bias_table, std=.02)
+        """The official init: kernels normal(0, 0.02) (truncated here), biases 0; relative tables normal(0,
+        0.02)."""
+        init_weights_(self, (nn.Conv2d, nn.Linear), rel_pos_std=.02)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
@@ -395,37 +370,6 @@ class MaxViT(StageFeatureMixin, nn.Module):
                 block.attn_block.set_partition_size(self.window_size)
                 block.attn_grid.set_partition_size(self.grid_size)
         update_model_input_size(self, self.img_size, window_size=self.window_size, grid_size=self.grid_size)
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False):
-        """New classifier; ``reset_other`` also drops the head's norm and pre-logits layer (pooling + fc remain)."""
-        check_num_classes('MaxViT', num_classes)
-        if global_pool is not None:
-            check_pool_type(global_pool, width_preserving=True)
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, reset_other=reset_other, in_features=self.num_features,
-                        **get_device_dtype(self))
-        self.head_hidden_size = self.head.num_features
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages after the last tap in ``indices``; pruning the head (or any stage) leaves a head that
-        only pools (``''``: none) and classifies (0 classes), the head's norm and tanh layer being sized for the
-        last stage."""
-        take_indices, max_index = self._prune_stages(indices)
-        prune_end = max_index < len(self.feature_info) - 1
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_end:
-            self.num_features = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '', reset_other=True)
-        return take_indices
-
-
 
 # timm's maxvit_*_tf_* layout (the converted official checkpoints) -> ours
 _TIMM_RULES = [

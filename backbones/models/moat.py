@@ -45,18 +45,17 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch.fx.node import has_side_effect
 
 from .._checkpoint import CheckpointMismatchError, convert_state_dict, unwrap_state_dict
-from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..formats import to_torch
 from ..formats.moat_tf import convert_tf_state_dict, is_tf_layout
 from ..layers.attention import Attention
 from ..layers.conv import create_conv2d_same
-from ..layers.head import Head
 from ..layers.helpers import check_input, refuse_img_size
+from ..layers.init import init_weights_
 from ..layers.mbconv import MBConv
 from ..layers.relpos import RelPosBias
-from ..layers.stage import Stage
-from ..layers.stage import stage_strides as plan_strides  # (MOAT's own argument is called stage_strides)
+from ..layers.stage import Stage, StageStride
 from ..layers.tracing import eager_channels_last
 from ..layers.window import window_partition, window_reverse
 
@@ -276,68 +275,48 @@ class MOAT(StageFeatureMixin, nn.Module):
                        ('window_sizes', window_sizes), ('pos_embed_sizes', pos_embed_sizes)):
             if len(v) != num_stages:
                 raise ValueError(f'MOAT: {arg} has {len(v)} entries, expected one per stage ({num_stages})')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self._model_name = 'MOAT'
+        self.init_model('MOAT', in_chans, num_classes, drop_rate)
         refuse_img_size(img_size, self._model_name, 'global attention takes the current map as its window; window '
                         'attention, where configured, needs maps that divide by the window')
-        self.grad_checkpointing = False
 
         self.stem = MoatStem(in_chans, stem_widths, **dd)
-        prev_chs = self.stem.out_chs
         dprs = moat_drop_path_rates(drop_path_rate, depths)
-        layout = plan_strides(stage_strides, output_stride, self.stem.reduction, self._model_name)
-        stages = []
         windowed: List[Tuple[int, int, int, int]] = []
-        for i, s in enumerate(layout):
-            reduction = s.reduction
+
+        def make_stage(i: int, in_chs: int, dim: int, s: StageStride) -> Stage:
             window = _pair(window_sizes[i])
             blocks = []
             for j in range(depths[i]):
-                in_chs, stride = (prev_chs, s.stride) if j == 0 else (embed_dims[i], 1)
+                in_chs, stride = (in_chs, s.stride) if j == 0 else (dim, 1)
                 dilation = dict(dilation=s.dilation, first_dilation=s.first_dilation if j == 0 else s.dilation)
                 if block_types[i] == 'mbconv':
                     blocks.append(_mbconv_block(
-                        in_chs, embed_dims[i], stride, dprs[i][j], expand_ratio, se_ratio, pool_size, **dilation,
-                        **dd))
+                        in_chs, dim, stride, dprs[i][j], expand_ratio, se_ratio, pool_size, **dilation, **dd))
                 elif block_types[i] == 'moat':
                     last = j == depths[i] - 1
                     block_window = None if global_attn_at_stage_end and last else window
-                    if block_window is not None and (i, reduction, *block_window) not in windowed:
-                        windowed.append((i, reduction, *block_window))
+                    if block_window is not None and (i, s.reduction, *block_window) not in windowed:
+                        windowed.append((i, s.reduction, *block_window))
                     blocks.append(MoatBlock(
-                        in_chs, embed_dims[i], stride, head_dim=head_dim, window=block_window,
+                        in_chs, dim, stride, head_dim=head_dim, window=block_window,
                         pos_embed_size=pos_embed_sizes[i] if rel_pos else None, expand_ratio=expand_ratio,
                         pool_size=pool_size, drop_path=dprs[i][j], **dilation, **dd))
                 else:
                     raise ValueError(f"MOAT: unknown block type {block_types[i]!r}, expected 'mbconv' or 'moat'")
-            stages.append(Stage(blocks))
-            prev_chs = embed_dims[i]
-        self.stages = nn.Sequential(*stages)
-        self._windowed = windowed
-        self.feature_info = stage_feature_info(
-            embed_dims, [s.reduction for s in layout], stem=(self.stem.out_chs, self.stem.reduction))
-        self.num_features = prev_chs
-        self.norm = nn.Identity()  # the official head normalises the pooled vector, not the map
-        self.head = Head(
-            prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate,
-            norm_layer=partial(nn.LayerNorm, eps=LN_EPS), **dd)
-        self.head_hidden_size = self.head.hidden_size
+            return Stage(blocks)
 
+        self.build_stages(
+            make_stage, embed_dims, stage_strides, output_stride, self.stem.reduction, in_chs=self.stem.out_chs)
+        self._windowed = windowed
+        # the official head normalises the pooled vector, not the map
+        self.build_head(num_classes, global_pool, drop_rate, head_norm_layer=partial(nn.LayerNorm, eps=LN_EPS), **dd)
         self.init_weights()
 
     @torch.jit.ignore
     def init_weights(self):
         """The official init: normal(0, 0.02) (not truncated) for every conv / dense kernel and position table,
         zero biases, BN / LN at identity."""
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, RelPosBias):
-                nn.init.normal_(m.relative_position_bias_table, std=0.02)
+        init_weights_(self, (nn.Conv2d, nn.Linear), partial(nn.init.normal_, std=0.02), rel_pos_std=0.02)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:

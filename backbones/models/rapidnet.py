@@ -61,13 +61,14 @@ from timm.layers import GELU, DropPath, LayerScale2d, SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import CheckpointMismatchError, convert_state_dict, rename_keys, unwrap_state_dict
-from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.conv import ConvNormAct, same_padding
 from ..layers.fuse import fuse_conv_bn, fuse_conv_norm_act_, scale_conv_
 from ..layers.head import check_pool_type
 from ..layers.helpers import refuse_img_size
-from ..layers.stage import Stage, stage_strides
+from ..layers.init import init_weights_
+from ..layers.stage import Stage, StageStride
 from ..optimize import mark_deploy_form
 
 __all__ = ['RapidNet']
@@ -394,6 +395,15 @@ class DistilledConvHead(nn.Module):
             self._set_pool(pool_type)
         self._set_classifiers(num_classes, device=device, dtype=dtype)
 
+    def prune(self, in_features: int):
+        """No pooling, embedding or classifier: the embedding conv is sized for the last stage and comes after the
+        pool, so a pruned model returns raw stage features."""
+        self.in_features = self.hidden_size = in_features
+        self.reset(0, '')
+        self.conv = nn.Identity()
+        self.norm = nn.Identity()
+        self.act = nn.Identity()
+
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
         x = self.act(self.norm(self.conv(x)))
@@ -470,55 +480,33 @@ class RapidNet(StageFeatureMixin, nn.Module):
         widths = list(widths)
         if len(depths) != len(widths):
             raise ValueError(f'depths ({len(depths)} stages) and widths ({len(widths)}) must have the same length')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.input_divisor = 1  # any H, W >= 1 (stride-2 convs round up)
-        self._model_name = 'RapidNet'
+        self.init_model('RapidNet', in_chans, num_classes, drop_rate)  # any H, W >= 1 (stride-2 convs round up)
         refuse_img_size(img_size, self._model_name, 'every H, W >= 1 runs')
-        self.grad_checkpointing = False
 
         self.stem = nn.Sequential(OrderedDict(
             conv1=ConvBN(in_chans, widths[0] // 2, 3, stride=2, act=True, **dd),
             conv2=ConvBN(widths[0] // 2, widths[0], 3, stride=2, act=True, **dd),
         ))
         dprs = official_drop_path_rates(drop_path_rate, depths)
-        # feature levels: the four stages; the stem's two stride-2 convs act as one stride-4 patch embedding (as in
-        # timm's RepViT / FastViT, whose stems are alike), so no stem level
-        layout = stage_strides([1] + [2] * (len(widths) - 1), output_stride, 4, self._model_name)
-        stages = []
-        for i, ((n_ir, n_mldc), dim, s) in enumerate(zip(depths, widths, layout)):
-            downsample = None
-            if i > 0:
-                downsample = ConvBN(widths[i - 1], dim, 3, stride=s.stride, dilation=s.first_dilation, **dd)
+
+        def make_stage(i: int, in_chs: int, dim: int, s: StageStride) -> Stage:
+            n_ir, n_mldc = depths[i]
+            downsample = ConvBN(in_chs, dim, 3, stride=s.stride, dilation=s.first_dilation, **dd) if i > 0 else None
             blocks = [InvertedResidual(dim, mlp_ratio, ls_init_value, dprs[i][j], s.dilation, **dd)
                       for j in range(n_ir)]
             blocks += [MLDCBlock(dim, mlp_ratio, dilations, ls_init_value, dprs[i][n_ir + j], s.dilation, **dd)
                        for j in range(n_mldc)]
-            stages.append(Stage(blocks, downsample))
-        self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(widths, [s.reduction for s in layout])
-        self.num_features = widths[-1]
-        self.norm = nn.Identity()
-        self.head = DistilledConvHead(
+            return Stage(blocks, downsample)
+
+        # feature levels: the four stages; the stem's two stride-2 convs act as one stride-4 patch embedding (as in
+        # timm's RepViT / FastViT, whose stems are alike), so no stem level
+        self.build_stages(make_stage, widths, [1] + [2] * (len(widths) - 1), output_stride, 4)
+        self.build_head(head=DistilledConvHead(
             self.num_features, head_hidden_size, num_classes, pool_type=global_pool, drop_rate=drop_rate,
-            distilled=distilled, **dd)
-        self.head_hidden_size = head_hidden_size
-
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        """Official init: every conv (and here the linear classifiers, official 1x1 convs) Kaiming-normal (fan-in,
-        gain sqrt(2)) with zero bias; BN and layer scales keep their defaults."""
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return set()  # layer scales, norms and biases are 1-D: timm's optimizer factory already excludes them
+            distilled=distilled, **dd))
+        # official init: every conv (and here the linear classifiers, official 1x1 convs) Kaiming-normal (fan-in,
+        # gain sqrt(2)) with zero bias; BN and layer scales keep their defaults
+        init_weights_(self, (nn.Conv2d, nn.Linear), nn.init.kaiming_normal_)
 
     @torch.jit.ignore
     def get_classifier(self) -> Union[nn.Module, Tuple[nn.Module, nn.Module]]:
@@ -528,21 +516,6 @@ class RapidNet(StageFeatureMixin, nn.Module):
     def set_distilled_training(self, enable: bool = True):
         """In training mode, return ``(logits, dist_logits)`` instead of their average (timm's DeiT API)."""
         self.head.distilled_training = enable
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """:class:`StageFeatureMixin`'s pruning; the head's embedding conv goes with the classifier (it is sized for
-        the last stage and comes after the pool), so a pruned model returns raw stage features."""
-        take_indices = super().prune_intermediate_layers(indices, prune_norm, prune_head)
-        if prune_head or len(self.stages) < len(self.feature_info):
-            self.head.conv = nn.Identity()
-            self.head.act = nn.Identity()
-            self.head.hidden_size = self.head_hidden_size = self.num_features
-        return take_indices
 
     @torch.no_grad()
     def reparameterize(self):

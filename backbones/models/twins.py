@@ -34,17 +34,16 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
-from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.activation import InplaceGELU
 from ..layers.conv import strided_conv2d
-from ..layers.head import Head
 from ..layers.helpers import check_img_size
 from ..layers.mlp import Mlp
-from ..layers.stage import Stage, drop_path_schedule, stage_strides
+from ..layers.stage import Stage, StageStride, drop_path_schedule
 from ..layers.subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
 from ..layers.tracing import contiguous_for_export
 
@@ -143,18 +142,6 @@ class TwinsBlock(nn.Module):
         return self.peg(x)
 
 
-class TwinsStage(Stage):
-    """``downsample`` (the patch embedding: NCHW in, channels-last out) -> blocks on ``[B, H, W, C]`` -> NCHW."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return x.permute(0, 3, 1, 2)
-
-
 class Twins(StageFeatureMixin, nn.Module):
     """Twins-PCPVT (``window_sizes=None``) and Twins-SVT.
 
@@ -198,24 +185,13 @@ class Twins(StageFeatureMixin, nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        num_stages = len(depths)
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self._model_name = type(self).__name__
-        self.grad_checkpointing = False
-        # feature levels: the four stages, as timm's Twins (the first patch embedding is the stem)
-        layout = stage_strides([patch_size] + [2] * (num_stages - 1), output_stride, 1, self._model_name)
-        self.input_divisor = layout[-1].reduction  # every patch embedding that strides tiles its input exactly
-        self.img_size = check_img_size(img_size, self._model_name, divisor=self.input_divisor)
-
+        self.init_model(type(self).__name__, in_chans, num_classes, drop_rate)
         self.stem = nn.Identity()  # stage 0's patch embedding is the stem (group_matcher names it so)
         dprs = drop_path_schedule(drop_path_rate, depths)
-        stages = []
-        prev_chs = in_chans
-        for i, s in enumerate(layout):
+
+        def make_stage(i: int, in_chs: int, dim: int, s: StageStride) -> Stage:
             blocks = [TwinsBlock(
-                embed_dims[i],
+                dim,
                 num_heads[i],
                 mlp_ratio=mlp_ratios[i],
                 sr_ratio=sr_ratios[i],
@@ -228,17 +204,16 @@ class Twins(StageFeatureMixin, nn.Module):
                 **dd,
             ) for j in range(depths[i])]
             embed = PatchEmbed(
-                prev_chs, embed_dims[i], patch_size if i == 0 else 2, drop=pos_drop_rate, stride=s.stride,
+                in_chs, dim, patch_size if i == 0 else 2, drop=pos_drop_rate, stride=s.stride,
                 dilation=s.first_dilation, **dd)
-            stages.append(TwinsStage(blocks, downsample=embed))
-            prev_chs = embed_dims[i]
-        self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(embed_dims, [s.reduction for s in layout])
-        self.num_features = prev_chs
-        self.norm = LayerNorm2d(prev_chs, eps=1e-6, **dd)
-        self.head = Head(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
-        self.head_hidden_size = self.head.hidden_size
+            return Stage(blocks, embed, channels_last=True, downsample_channels_last=True)
 
+        # feature levels: the four stages, as timm's Twins (the first patch embedding is the stem)
+        layout = self.build_stages(
+            make_stage, embed_dims, [patch_size] + [2] * (len(depths) - 1), output_stride, in_chs=in_chans)
+        self.input_divisor = layout[-1].reduction  # every patch embedding that strides tiles its input exactly
+        self.img_size = check_img_size(img_size, self._model_name, divisor=self.input_divisor)
+        self.build_head(num_classes, global_pool, drop_rate, norm=LayerNorm2d(self.num_features, eps=1e-6, **dd), **dd)
         self.init_weights()
 
     @torch.jit.ignore
