@@ -182,9 +182,10 @@ class StageFeatureMixin:
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
-        """No parameter beyond timm's optimizer factory's own exclusions (1-D: norms, biases, layer scales); a family
-        with position tables or tokens names them."""
-        return set()
+        """The relative position tables (``relative_position_bias_table``, timm's convention for MaxViT-style
+        tables), if any; timm's optimizer factory already excludes the 1-D parameters (norms, biases, layer scales).
+        A family with other position parameters names them."""
+        return {n for n, _ in self.named_parameters() if n.endswith('relative_position_bias_table')}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:

@@ -41,7 +41,6 @@ cannot fetch, so the cfgs carry no download location. Download one by hand; the 
 The official evaluation reads ``checkpoint['model']``; ``checkpoint_filter_fn`` (used by tools/convert.py) does the
 same, whereas timm's own ``file=`` loading would prefer a ``model_ema`` entry if the file had one.
 """
-from collections import OrderedDict
 from typing import Optional, Sequence
 
 import torch
@@ -53,13 +52,16 @@ from .._checkpoint import convert_state_dict
 from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.attention import Attention
-from ..layers.conv import ConvNormAct, same_padding, strided_conv2d
+from ..layers.conv import ConvNormAct, same_padding
+from ..layers.downsample import PreNormDownsample
 from ..layers.helpers import refuse_img_size
 from ..layers.init import init_weights_
 from ..layers.mlp import Mlp
+from ..layers.pos_conv import residual_dwconv
 from ..layers.routing_attention import BiLevelRoutingAttention
 from ..layers.stage import Stage, StageStride, drop_path_schedule
-from ..layers.tracing import contiguous_for_export
+from ..layers.stem import ConvStem
+from ..layers.tracing import contiguous_for_export, is_tracing
 
 __all__ = ['BiFormer']
 
@@ -120,7 +122,8 @@ class GlobalAttentionLePE(nn.Module):
 class BiFormerBlock(nn.Module):
     """``x + pos_embed(x)`` (depthwise 3x3; none in STL) -> ``x + attn(norm1(x))`` -> ``x + mlp(norm2(x))``.
 
-    NCHW in and out; the attention and the MLP run channels-last.
+    NCHW in and out; the attention and the MLP run channels-last. Not a :class:`~backbones.layers.TransformerBlock`
+    subclass: the position conv is its first parameter (official order, which saved optimizer states follow).
 
     Args:
         dim: width.
@@ -158,24 +161,16 @@ class BiFormerBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(contiguous_for_export(x))
+        if self.pos_embed is not None:  # (a bare conv: its keys are the official ``pos_embed.weight`` / ``.bias``)
+            if is_tracing():
+                x = x + self.pos_embed(contiguous_for_export(x))
+            else:
+                p = self.pos_embed
+                x = residual_dwconv(x, p.weight, p.bias, p.padding, p.dilation)
         x = x.permute(0, 2, 3, 1)  # NHWC
         x = x + self.drop_path1(self.attn(self.norm1(x)))
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x.permute(0, 3, 1, 2)
-
-
-class PreNormDownsample(nn.Sequential):
-    """BiFormer-STL's downsampling: ``norm`` (BN) -> ``conv`` (2x2, stride 2, with bias; at stride 1 with
-    ``dilation`` where the stage dilates instead, :func:`~backbones.layers.strided_conv2d`)."""
-
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 2, dilation: int = 1, device=None, dtype=None):
-        dd = dict(device=device, dtype=dtype)
-        super().__init__(OrderedDict(
-            norm=nn.BatchNorm2d(in_chs, **dd),
-            conv=strided_conv2d(in_chs, out_chs, 2, stride, dilation=dilation, **dd),
-        ))
 
 
 def _conv_bn(in_chs, out_chs, kernel_size, stride, padding, act_layer=None, dilation=1, device=None, dtype=None):
@@ -242,17 +237,17 @@ class BiFormer(StageFeatureMixin, nn.Module):
         if layout == 'stl':
             self.stem = _conv_bn(in_chans, embed_dims[0], 4, 4, 0, **dd)
         else:
-            self.stem = nn.Sequential(OrderedDict(
-                conv1=_conv_bn(in_chans, embed_dims[0] // 2, 3, 2, 1, act_layer=GELU, **dd),
-                conv2=_conv_bn(embed_dims[0] // 2, embed_dims[0], 3, 2, 1, **dd),
-            ))
+            self.stem = ConvStem(
+                in_chans, (embed_dims[0] // 2, embed_dims[0]), 3, stride=(2, 2), act_layer=GELU, last_act=False,
+                bias=True, **dd)
         dprs = drop_path_schedule(drop_path_rate, depths)
 
         def make_stage(i: int, in_chs: int, dim: int, s: StageStride) -> Stage:
             downsample = None
             if i > 0:
                 if layout == 'stl':
-                    downsample = PreNormDownsample(in_chs, dim, s.stride, s.first_dilation, **dd)
+                    downsample = PreNormDownsample(  # BN, then a 2x2/2 conv with bias
+                        in_chs, dim, 2, s.stride, dilation=s.first_dilation, norm_layer=nn.BatchNorm2d, **dd)
                 else:
                     downsample = _conv_bn(in_chs, dim, 3, s.stride, 1, dilation=s.first_dilation, **dd)
             blocks = []

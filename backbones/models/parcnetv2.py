@@ -53,7 +53,8 @@ from timm.models._input import update_model_input_size
 from .._checkpoint import check_state_dict, rename_keys, unwrap_state_dict
 from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
-from ..layers.conv import PointwiseConv2d, same_padding, strided_conv2d
+from ..layers.conv import PointwiseConv2d, same_padding
+from ..layers.downsample import PreNormDownsample
 from ..layers.helpers import check_img_size
 from ..layers.init import init_weights_
 from ..layers.oversize_conv import OversizeConv2d, resize_kernel_1d
@@ -125,20 +126,6 @@ class Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(eager_channels_last(self.conv(x)))
-
-
-class Downsample(nn.Module):
-    """``norm`` (LayerNormGeneral over the input channels) -> ``conv`` 3x3 stride 2 (padding 1, bias); stride 1 and
-    ``dilation`` in a stage that dilates instead."""
-
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 2, dilation: int = 1, device=None, dtype=None):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        self.norm = LayerNormGeneral(in_chs, **dd)
-        self.conv = strided_conv2d(in_chs, out_chs, 3, stride, padding=1, dilation=dilation, **dd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.norm(x))
 
 
 class ParCV2Mixer(nn.Module):
@@ -286,7 +273,11 @@ class ParCNetV2(StageFeatureMixin, nn.Module):
                 dim, kernel_sizes[i], mlp_ratio=mlp_ratio, res_scale=i in res_scale_stages, drop_path=dprs[i][j],
                 dilation=s.dilation, **dd,
             ) for j in range(depths[i])]
-            return Stage(blocks, Downsample(in_chs, dim, s.stride, s.first_dilation, **dd) if i > 0 else None)
+            downsample = None
+            if i > 0:  # LayerNormGeneral, then a 3x3/2 conv (padding 1, bias)
+                downsample = PreNormDownsample(
+                    in_chs, dim, 3, s.stride, padding=1, dilation=s.first_dilation, norm_layer=LayerNormGeneral, **dd)
+            return Stage(blocks, downsample)
 
         # feature levels: the four stages (the stem is a 7x7/4 patch embedding)
         self.build_stages(make_stage, dims, [1] + [2] * (len(depths) - 1), output_stride, 4)

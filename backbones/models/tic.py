@@ -53,11 +53,11 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from .._checkpoint import convert_state_dict
 from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
-from ..layers.conv import ConvNormAct
 from ..layers.helpers import refuse_img_size
 from ..layers.init import init_weights_
 from ..layers.msa_conv import MSAConv2d, MSAConvAttention
 from ..layers.stage import Stage, StageStride, drop_path_schedule
+from ..layers.stem import ConvStem
 from ..layers.tracing import contiguous_for_export
 from ..layers.window_taps import window_taps
 
@@ -202,7 +202,8 @@ class TiCAttention(nn.Module):
 
 
 class TiCBlock(nn.Module):
-    """Pre-norm transformer block on NCHW maps: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+    """Pre-norm transformer block on NCHW maps: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``. Not a
+    :class:`~backbones.layers.TransformerBlock`: each norm's channels-last output is made contiguous for exporters.
 
     Args:
         dim, num_heads, kernel_size, pool_size, pooled_heads, shift, qkv_bias, attn_drop: see :class:`TiCAttention`.
@@ -243,19 +244,6 @@ class TiCBlock(nn.Module):
         x = x + self.drop_path1(self.attn(contiguous_for_export(self.norm1(x))))
         x = x + self.drop_path2(self.mlp(contiguous_for_export(self.norm2(x))))
         return x
-
-
-class Stem(nn.Module):
-    """``conv1`` 3x3/2 conv-BN-GELU to ``out_chs / 2``, ``conv2`` 3x3/2 conv-BN to ``out_chs`` (side n -> ceil(n/4))."""
-
-    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        self.conv1 = ConvNormAct(in_chs, out_chs // 2, 3, stride=2, act_layer=GELU, **dd)
-        self.conv2 = ConvNormAct(out_chs // 2, out_chs, 3, stride=2, act_layer=None, **dd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.conv1(x))
 
 
 class Downsample(nn.Module):
@@ -324,7 +312,8 @@ class TiC(StageFeatureMixin, nn.Module):
         self.init_model(type(self).__name__, in_chans, num_classes, drop_rate)  # any size: strided layers pad
         refuse_img_size(img_size, self._model_name, 'every size runs: strided layers and windows pad')
 
-        self.stem = Stem(in_chans, dims[0], **dd)
+        # conv1 3x3/2 conv-BN-GELU to dims[0] / 2, conv2 3x3/2 conv-BN to dims[0] (side n -> ceil(n / 4))
+        self.stem = ConvStem(in_chans, (dims[0] // 2, dims[0]), 3, stride=(2, 2), act_layer=GELU, last_act=False, **dd)
         dprs = drop_path_schedule(drop_path_rate, depths)
 
         def make_stage(i: int, in_chs: int, dim: int, s: StageStride) -> Stage:
