@@ -20,17 +20,28 @@ these attributes:
 
 ``forward_features`` is ``norm(stages(stem(x)))`` and ``forward_head`` is ``head(x, pre_logits)``.
 
+A family's constructor sets these through the mixin, in three calls: :meth:`~StageFeatureMixin.init_model` (the
+names, widths and size rule the contract reads), :meth:`~StageFeatureMixin.build_stages` (``stages``,
+``feature_info`` and ``num_features`` from a per-stage factory, over timm's ``output_stride`` layout) and
+:meth:`~StageFeatureMixin.build_head` (``norm``, ``head``, ``head_hidden_size``). A head other than
+:class:`~backbones.layers.Head` takes part in ``reset_classifier`` / ``prune_intermediate_layers`` by having
+``reset(num_classes, pool_type, device=, dtype=)``, ``prune(in_features)`` (drop every layer sized for the last
+stage, leaving pooling and no classifier) and its pre-logits width as ``hidden_size`` (or ``num_features``, timm's
+name in ``NormMlpClassifierHead``).
+
 Token (ViT-style) models use :class:`backbones._token.TokenFeatureMixin` instead. Every zoo family's
 ``features_only`` wrapper is :class:`FeatureGetter`.
 """
-from typing import Dict, Final, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Final, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
 
 from ._timm import FeatureGetterNet
+from .layers.head import Head
 from .layers.helpers import check_feature_indices, check_input, check_num_classes, input_dtype_ref
+from .layers.stage import StageStride, stage_strides
 
 __all__ = ['StageFeatureMixin', 'stage_feature_info', 'FeatureGetter', 'feature_cfg']
 
@@ -83,10 +94,98 @@ def feature_cfg(out_indices: Union[int, Tuple[int, ...]]) -> Dict:
     return dict(out_indices=out_indices, feature_cls=FeatureGetter)
 
 
+def _pre_logits_width(head: nn.Module) -> int:
+    """The width ``forward_head(pre_logits=True)`` returns: ``hidden_size`` of the zoo's heads, ``num_features`` of
+    timm's ``NormMlpClassifierHead`` (whose ``hidden_size`` is its MLP's, None without one)."""
+    width = getattr(head, 'num_features', None)
+    return width if width is not None else head.hidden_size
+
+
 class StageFeatureMixin:
     """timm's model contract for ``stem -> stages -> norm -> head`` networks (see module docstring)."""
     min_input_size: Final[int] = 1  # smallest input side (Final: TorchScript reads this class-level default)
     stem_feature: Final[bool] = False  # the stem's output is feature level 0 (see the module docstring)
+
+    @torch.jit.ignore
+    def init_model(self, name: str, in_chans: int, num_classes: int, drop_rate: float, input_divisor: int = 1):
+        """The attributes the contract reads before anything is built: ``_model_name`` (error messages; TorchScript
+        cannot read ``self.__class__``), ``in_chans``, ``num_classes``, ``drop_rate``, ``input_divisor``."""
+        self._model_name = name
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.input_divisor = input_divisor
+        self.grad_checkpointing = False
+
+    @torch.jit.ignore
+    def build_stages(
+            self,
+            make_stage: Callable[[int, int, int, StageStride], nn.Module],
+            dims: Sequence[int],
+            strides: Sequence[int],
+            output_stride: Optional[int] = None,
+            stem_reduction: int = 1,
+            in_chs: Optional[int] = None,
+            stem: Optional[Tuple[int, int]] = None,
+    ) -> List[StageStride]:
+        """``self.stages`` from ``make_stage(i, in_chs, out_chs, stride)`` for each stage ``i`` (``stride``: its
+        :class:`~backbones.layers.StageStride` once ``output_stride`` is applied, :func:`stage_strides`), its
+        ``feature_info`` (the stem's output first when ``stem_feature``) and ``num_features``; returns the strides.
+
+        Args:
+            make_stage: builds stage ``i`` (usually a :class:`~backbones.layers.Stage`) from ``in_chs`` channels.
+            dims: output width of each stage.
+            strides: stride of each stage as built.
+            output_stride: timm's wanted total stride (None: the network's own).
+            stem_reduction: total stride of what comes before the first stage.
+            in_chs: width into the first stage (default: ``dims[0]``, a stem that ends at the first stage's width).
+            stem: ``(num_chs, reduction)`` of the stem's feature level (``stem_feature`` models; default ``(in_chs,
+                stem_reduction)``, unless something such as a pool sits between the stem and the first stage).
+        """
+        layout = stage_strides(strides, output_stride, stem_reduction, self._model_name)
+        prev = dims[0] if in_chs is None else in_chs
+        if not self.stem_feature:
+            stem = None
+        elif stem is None:
+            stem = (prev, stem_reduction)
+        stages = []
+        for i, (dim, s) in enumerate(zip(dims, layout)):
+            stages.append(make_stage(i, prev, dim, s))
+            prev = dim
+        self.stages = nn.Sequential(*stages)
+        self.feature_info = stage_feature_info(dims, [s.reduction for s in layout], stem=stem)
+        self.num_features = prev
+        return layout
+
+    @torch.jit.ignore
+    def build_head(
+            self,
+            num_classes: int = 0,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            norm: Optional[nn.Module] = None,
+            head_norm_layer: Optional[Callable[..., nn.Module]] = None,
+            head: Optional[nn.Module] = None,
+            device=None,
+            dtype=None,
+    ):
+        """``self.norm`` (the final norm on the map; ``nn.Identity`` when None), ``self.head`` (``head``, or a
+        :class:`~backbones.layers.Head` over ``num_features`` with ``head_norm_layer`` on the pooled vector) and
+        ``head_hidden_size``."""
+        self.norm = norm if norm is not None else nn.Identity()
+        if head is None:
+            head = Head(
+                self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, norm_layer=head_norm_layer,
+                device=device, dtype=dtype)
+        self.head = head
+        self.head_hidden_size = _pre_logits_width(head)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """The relative position tables (``relative_position_bias_table``, timm's convention for MaxViT-style
+        tables), if any; timm's optimizer factory already excludes the 1-D parameters (norms, biases, layer scales).
+        A family with other position parameters names them."""
+        return {n for n, _ in self.named_parameters() if n.endswith('relative_position_bias_table')}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
@@ -109,12 +208,14 @@ class StageFeatureMixin:
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, **head_kwargs):
+        """A new classifier (and pooling, when ``global_pool`` is given); ``head_kwargs`` go to the head's ``reset``
+        (timm's ``NormMlpClassifierHead``: ``reset_other=True`` also drops its norm and pre-logits layer)."""
         check_num_classes(self._model_name, num_classes)
         self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, **get_device_dtype(self))
+        self.head.reset(num_classes, global_pool, **head_kwargs, **get_device_dtype(self))
         self.head.train(self.training)
-        self.head_hidden_size = self.head.hidden_size
+        self.head_hidden_size = _pre_logits_width(self.head)
 
     def forward_intermediates(
             self,
@@ -162,18 +263,20 @@ class StageFeatureMixin:
     ) -> List[int]:
         """Drop the stages after the last tap in ``indices``; returns the taps kept.
 
-        ``prune_norm`` drops the final norm and ``prune_head`` the head (pool, norm, fc); cutting any stage drops
-        both, since they are sized for the last stage.
+        ``prune_norm`` drops the final norm and ``prune_head`` the head's layers (``head.prune``: all but an empty
+        pool); cutting any stage drops both, since they are sized for the last stage.
         """
         take_indices, max_index = self._prune_stages(indices)
         prune_end = max_index < len(self.feature_info) - 1
         if prune_norm or prune_end:  # the final norm is sized for the last stage
             self.norm = nn.Identity()
-        if prune_head or prune_end:  # so is a head norm; the pruned model returns raw stage features
-            self.reset_classifier(0, '')
-            self.head.norm = nn.Identity()
         if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+            self.num_features = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:  # so is a head norm; the pruned model returns raw stage features
+            self.num_classes = 0
+            self.head.prune(self.num_features)
+            self.head.train(self.training)
+            self.head_hidden_size = _pre_logits_width(self.head)
         return take_indices
 
     @torch.jit.ignore

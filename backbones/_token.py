@@ -17,7 +17,8 @@ A token model runs ``patch_embed -> (+ pos_embed) -> blocks -> norm -> pool -> h
 ``output_fmt`` NCHW / NLC and ``return_prefix_tokens``, ``prune_intermediate_layers``, ``set_input_size``,
 ``reset_classifier``, ``group_matcher``, ``no_weight_decay``, grad checkpointing) from these attributes:
 
-- ``patch_embed``, ``patch_size`` (int), ``grid_size`` (the grid ``pos_embed`` is sized for), ``img_size``;
+- ``patch_embed``, ``patch_size`` (int), ``input_divisor`` (= ``patch_size``: input sides must be multiples of it),
+  ``grid_size`` (the grid ``pos_embed`` is sized for), ``img_size``;
 - ``pos_embed`` (``[1, pos_embed_prefix + gh * gw, D]`` or ``None``) and ``pos_embed_prefix`` (its prefix slots);
 - ``cls_token`` (``[1, 1, D]`` or ``None``), ``num_prefix_tokens``, ``prefix_at``, ``pos_drop``;
 - ``blocks`` (``nn.Sequential``), ``norm``, ``head_drop``, ``head``, ``global_pool``;
@@ -130,6 +131,13 @@ class _TokenContract:
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    def _check_input(self, x: torch.Tensor):
+        """``check_input`` with the dtype of the patch embedding (the input layer) and the model's ``input_divisor``."""
+        weight: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():  # TorchScript cannot read the autocast state; torch's own error applies
+            weight = input_dtype_ref(self.patch_embed)  # the input layer's dtype is the one the input must have
+        check_input(x, self.in_chans, self.input_divisor, self._model_name, weight=weight)
+
 
 class TokenFeatureMixin(_TokenContract):
     """timm's model contract for ``patch_embed -> blocks -> norm -> head`` token models (see module docstring)."""
@@ -171,12 +179,6 @@ class TokenFeatureMixin(_TokenContract):
         self.grid_size = grid
         self.img_size = img_size
         update_model_input_size(self, img_size)
-
-    def _check_input(self, x: torch.Tensor):
-        weight: Optional[torch.Tensor] = None
-        if not torch.jit.is_scripting():  # TorchScript cannot read the autocast state; torch's own error applies
-            weight = input_dtype_ref(self.patch_embed)  # the input layer's dtype is the one the input must have
-        check_input(x, self.in_chans, self.patch_size, self._model_name, weight=weight)
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Image -> (patch grid ``[B, gh, gw, D]`` with its position embedding, prefix tokens ``[B, P, D]`` or None)."""
@@ -348,12 +350,6 @@ class MultiBranchTokenMixin(_TokenContract):
         self.grid_size = grids
         self.img_size = img_size
         update_model_input_size(self, img_size)
-
-    def _check_input(self, x: torch.Tensor):
-        weight: Optional[torch.Tensor] = None
-        if not torch.jit.is_scripting():  # TorchScript cannot read the autocast state; torch's own error applies
-            weight = input_dtype_ref(self.patch_embed)  # the input layers' dtype is the one the input must have
-        check_input(x, self.in_chans, self.input_divisor, self._model_name, weight=weight)
 
     def forward_intermediates(
             self,

@@ -15,15 +15,19 @@ from .conv import (
     strided_conv2d,
 )
 from .cross_attention import CrossAttention
+from .downsample import PreNormDownsample, pad_nchw
 from .fuse import fuse_conv_bn, scale_conv_
-from .head import POOL_TYPES, Head, check_pool_type
+from .head import POOL_TYPES, DistilledConvHead, Head, NormMlpHead, check_pool_type
 from .helpers import check_feature_indices, check_img_size, check_input, check_model_kwargs, refuse_img_size
+from .init import init_weights_
 from .involution import Involution
 from .mbconv import MBConv, MBConvShortcut, avg_pool_same
 from .mlp import Mlp
 from .msa_conv import MSAConv2d, MSAConvAttention, msa_conv_av, msa_conv_qk
 from .oversize_conv import OversizeConv2d, oversize_conv_matmul, toeplitz_taps
+from .partition_attention import PartitionAttention
 from .patch_embed import PatchEmbed
+from .pos_conv import PosConv, RepCPE, identity_folded, residual_dwconv
 from .pos_embed import pos_embed_for_grid, resize_pos_embed_in_state_dict
 from .relpos import RelPosBias, rel_pos_index, resize_rel_pos_table
 from .res2 import Res2Split
@@ -32,7 +36,7 @@ from .se import SqueezeExcite
 from .shortcut import Shortcut
 from .sk import SelectiveKernel, SelectiveKernelAttn, sk_attn_chs
 from .stage import Stage, StageStride, check_output_stride, drop_path_schedule, stage_strides
-from .stem import ConvStem, stem_pool, stem_pool_min_input
+from .stem import ConvStem, SameConvStem, stem_pool, stem_pool_min_input
 from .subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
 from .tracing import contiguous_for_export, eager_channels_last, is_exporting, is_tracing
 from .transformer import TransformerBlock

@@ -1,9 +1,10 @@
 """Activations that save memory in inference.
 
-:class:`InplaceGELU` is the exact GELU (``nn.GELU``) computed in the memory of its input when no gradient flows
-through it. Inside an MLP (``fc1 -> GELU -> fc2``) that saves one buffer of the hidden width per call: on the CPU a
-fresh buffer that large comes from the operating system (page faults and zeroing) on every forward, which costs
-CrossViT-Ti about 6-10 % of its eager inference time at batch 8. The numbers are the same bit for bit.
+:class:`InplaceGELU` is GELU (``nn.GELU``: exact, or ``approximate='tanh'`` as in MaxViT's official model) computed
+in the memory of its input when no gradient flows through it. Inside an MLP (``fc1 -> GELU -> fc2``) that saves one
+buffer of the hidden width per call: on the CPU a fresh buffer that large comes from the operating system (page
+faults and zeroing) on every forward, which costs CrossViT-Ti about 6-10 % of its eager inference time at batch 8.
+The numbers are the same bit for bit.
 """
 import torch
 import torch.nn as nn
@@ -26,12 +27,13 @@ def gelu_maybe_inplace(x: torch.Tensor, approximate: str = 'none') -> torch.Tens
 
 @register_notrace_module  # an FX leaf: the branch below reads a tensor attribute
 class InplaceGELU(nn.GELU):
-    """Exact GELU, in place when its input does not require grad (inference). Use it only where nothing reads the
-    input afterwards, e.g. on the output of the Linear before it in an MLP. As with ``nn.ReLU(inplace=True)``, a
-    forward hook (or an FX feature node) on that Linear sees the activated values in inference."""
+    """GELU (exact, or ``approximate='tanh'``), in place when its input does not require grad (inference). Use it only
+    where nothing reads the input afterwards, e.g. on the output of the Linear before it in an MLP. As with
+    ``nn.ReLU(inplace=True)``, a forward hook (or an FX feature node) on that Linear sees the activated values in
+    inference."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, approximate: str = 'none'):
+        super().__init__(approximate=approximate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gelu_maybe_inplace(x)
+        return gelu_maybe_inplace(x, self.approximate)

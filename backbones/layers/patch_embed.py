@@ -17,7 +17,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .conv import LayerType
+from .conv import LayerType, strided_conv2d
+from .tracing import contiguous_for_export
 
 __all__ = ['PatchEmbed']
 
@@ -26,7 +27,7 @@ _MULTI_CONV = {12: ((3, 0), (1, 1)), 16: ((2, 1), (2, 1))}
 
 
 class PatchEmbed(nn.Module):
-    """``proj`` (conv k = s = ``patch_size``, or the multi-conv stem) -> channels last -> ``norm``.
+    """``proj`` (conv k = s = ``patch_size``, or the multi-conv stem) -> channels last -> ``norm`` -> ``drop``.
 
     Args:
         in_chs: image channels.
@@ -35,6 +36,10 @@ class PatchEmbed(nn.Module):
         multi_conv: the CrossViT-dagger three-conv stem instead of one conv.
         bias: conv biases.
         norm_layer: norm on the tokens (default none).
+        drop: dropout on the tokens (Twins' ``pos_drop``).
+        stride, dilation: of the single conv where a stage keeps its resolution instead of striding (Twins with
+            ``output_stride``): ``stride=1`` reads the patch window at every pixel, dilated by ``dilation``
+            (:func:`~backbones.layers.strided_conv2d`). Default: stride = ``patch_size``.
 
     ``forward(x)``: ``[B, C, H, W]`` -> ``[B, H // p, W // p, D]``. Sides that are not multiples of ``p`` are the
     model's to reject (``check_input``); the conv would silently drop the remainder.
@@ -48,6 +53,9 @@ class PatchEmbed(nn.Module):
             multi_conv: bool = False,
             bias: bool = True,
             norm_layer: Optional[LayerType] = None,
+            drop: float = 0.,
+            stride: Optional[int] = None,
+            dilation: int = 1,
             device=None,
             dtype=None,
     ):
@@ -68,8 +76,11 @@ class PatchEmbed(nn.Module):
                 nn.Conv2d(embed_dim // 2, embed_dim, 3, stride=s3, padding=p3, bias=bias, **dd),
             )
         else:
-            self.proj = nn.Conv2d(in_chs, embed_dim, patch_size, stride=patch_size, bias=bias, **dd)
+            stride = patch_size if stride is None else stride
+            self.proj = strided_conv2d(in_chs, embed_dim, patch_size, stride, dilation=dilation, bias=bias, **dd)
         self.norm = norm_layer(embed_dim, **dd) if norm_layer is not None else nn.Identity()
+        self.drop = nn.Dropout(drop) if drop > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        # (contiguous when exported: a channels-last map, e.g. a previous stage's permuted output, guards on B > 1)
+        return self.drop(self.norm(self.proj(contiguous_for_export(x)).permute(0, 2, 3, 1)))

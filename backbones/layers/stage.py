@@ -91,17 +91,34 @@ def check_output_stride(output_stride: Optional[int], native: Optional[int], mod
 
 
 class Stage(nn.Module):
-    """``downsample`` (Identity when the blocks downsample themselves) followed by ``blocks``.
+    """``downsample`` (Identity when the blocks downsample themselves) followed by ``blocks``; NCHW in and out.
 
     Build it from a block factory with :meth:`Stage.from_blocks`, which gives the stride and the input width to
     the first block only, and each block its drop-path rate and dilations.
+
+    Args:
+        blocks: the stage's blocks, run in order (through ``checkpoint_seq`` when ``grad_checkpointing``).
+        downsample: what opens the stage (None: nothing).
+        channels_last: the blocks take and return ``[B, H, W, C]`` maps (token-wise norms and linears, LSTMs over
+            rows): the stage permutes the downsample's NCHW output (into contiguous memory) and its own output back
+            to an NCHW view.
+        downsample_channels_last: with ``channels_last``, the downsample already returns ``[B, H, W, C]`` (a patch
+            embedding that norms over the last axis), so only the output is permuted.
     """
 
-    def __init__(self, blocks: Sequence[nn.Module], downsample: Optional[nn.Module] = None):
+    def __init__(
+            self,
+            blocks: Sequence[nn.Module],
+            downsample: Optional[nn.Module] = None,
+            channels_last: bool = False,
+            downsample_channels_last: bool = False,
+    ):
         super().__init__()
         self.downsample = downsample if downsample is not None else nn.Identity()
         self.blocks = nn.Sequential(*blocks)
         self.grad_checkpointing = False
+        self.permute_in = channels_last and not downsample_channels_last
+        self.permute_out = channels_last
 
     @classmethod
     def from_blocks(
@@ -137,8 +154,12 @@ class Stage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
+        if self.permute_in:
+            x = x.permute(0, 2, 3, 1).contiguous()
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
             x = self.blocks(x)
+        if self.permute_out:
+            x = x.permute(0, 3, 1, 2)
         return x

@@ -62,6 +62,11 @@ class TransformerBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if mlp is not None and drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.residuals(x)
+
+    def residuals(self, x: torch.Tensor) -> torch.Tensor:
+        """The two residual branches: what a subclass that adds a step before or after calls (TorchScript compiles
+        no ``super().forward``)."""
         shortcut = x[:, :self.num_query_tokens] if self.num_query_tokens > 0 else x
         x = shortcut + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
         if self.has_mlp:

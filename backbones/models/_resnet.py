@@ -13,8 +13,8 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .._features import StageFeatureMixin, stage_feature_info
-from ..layers import Bottleneck, ConvNormAct, Head, Stage, drop_path_schedule, refuse_img_size, stage_strides
+from .._features import StageFeatureMixin
+from ..layers import Bottleneck, ConvNormAct, Stage, drop_path_schedule, refuse_img_size
 from ..layers.stem import stem_pool as build_stem_pool
 from ..layers.stem import stem_pool_min_input
 
@@ -63,38 +63,25 @@ class ResNetSkeleton(StageFeatureMixin, nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.input_divisor = input_divisor
-        self._model_name = type(self).__name__  # for error messages (TorchScript cannot read self.__class__)
+        self.init_model(type(self).__name__, in_chans, num_classes, drop_rate, input_divisor)
         refuse_img_size(img_size, self._model_name, 'every input size its stem and strides take runs')
         # the stages pad: the stem and its pool set the minimum
         self.min_input_size = max(getattr(stem, 'min_input_size', 1), stem_pool_min_input(stem_pool, stem.reduction))
-        self.grad_checkpointing = False
 
         self.stem = stem
-        prev_chs = stem.out_chs
         dprs = drop_path_schedule(drop_path_rate, depths)
-        layout = stage_strides(strides, output_stride, stem.reduction * 2, self._model_name)  # (* 2: the pool)
-        stages = []
-        for i, (depth, width, s) in enumerate(zip(depths, widths, layout)):
-            stages.append(Stage.from_blocks(
-                block_fn, depth, prev_chs, width, s.stride, dprs[i],
+        self.build_stages(
+            lambda i, in_chs, width, s: Stage.from_blocks(
+                block_fn, depths[i], in_chs, width, s.stride, dprs[i],
                 downsample=build_stem_pool(stem_pool) if i == 0 else None,
-                dilation=s.dilation, first_dilation=s.first_dilation, **dd))
-            prev_chs = width
-        self.stages = nn.Sequential(*stages)
+                dilation=s.dilation, first_dilation=s.first_dilation, **dd),
+            widths, strides, output_stride, stem.reduction * 2, in_chs=stem.out_chs,  # (* 2: the pool)
+            stem=(stem.out_chs, stem.reduction))
         if getattr(stem, 'channels_last', False):  # the stages see channels-last maps: 1x1 convs as matmuls
             for m in self.stages.modules():
                 if isinstance(m, ConvNormAct):
                     m.use_matmul_1x1()
-        self.feature_info = stage_feature_info(
-            widths, [s.reduction for s in layout], stem=(stem.out_chs, stem.reduction))
-        self.num_features = prev_chs
-        self.norm = nn.Identity()
-        self.head = Head(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
-        self.head_hidden_size = self.head.hidden_size
+        self.build_head(num_classes, global_pool, drop_rate, **dd)
 
         self.init_weights(zero_init_last=zero_init_last)
 

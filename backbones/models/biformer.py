@@ -41,25 +41,27 @@ cannot fetch, so the cfgs carry no download location. Download one by hand; the 
 The official evaluation reads ``checkpoint['model']``; ``checkpoint_filter_fn`` (used by tools/convert.py) does the
 same, whereas timm's own ``file=`` loading would prefer a ``model_ema`` entry if the file had one.
 """
-from collections import OrderedDict
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import GELU, DropPath, trunc_normal_
+from timm.layers import GELU, DropPath
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
-from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.attention import Attention
-from ..layers.conv import ConvNormAct, same_padding, strided_conv2d
-from ..layers.head import Head
+from ..layers.conv import ConvNormAct, same_padding
+from ..layers.downsample import PreNormDownsample
 from ..layers.helpers import refuse_img_size
+from ..layers.init import init_weights_
 from ..layers.mlp import Mlp
+from ..layers.pos_conv import residual_dwconv
 from ..layers.routing_attention import BiLevelRoutingAttention
-from ..layers.stage import Stage, drop_path_schedule, stage_strides
-from ..layers.tracing import contiguous_for_export
+from ..layers.stage import Stage, StageStride, drop_path_schedule
+from ..layers.stem import ConvStem
+from ..layers.tracing import contiguous_for_export, is_tracing
 
 __all__ = ['BiFormer']
 
@@ -121,7 +123,8 @@ class GlobalAttentionLePE(nn.Module):
 class BiFormerBlock(nn.Module):
     """``x + pos_embed(x)`` (depthwise 3x3; none in STL) -> ``x + attn(norm1(x))`` -> ``x + mlp(norm2(x))``.
 
-    NCHW in and out; the attention and the MLP run channels-last.
+    NCHW in and out; the attention and the MLP run channels-last. Not a :class:`~backbones.layers.TransformerBlock`
+    subclass: the position conv is its first parameter (official order, which saved optimizer states follow).
 
     Args:
         dim: width.
@@ -159,24 +162,16 @@ class BiFormerBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(contiguous_for_export(x))
+        if self.pos_embed is not None:  # (a bare conv: its keys are the official ``pos_embed.weight`` / ``.bias``)
+            if is_tracing():
+                x = x + self.pos_embed(contiguous_for_export(x))
+            else:
+                p = self.pos_embed
+                x = residual_dwconv(x, p.weight, p.bias, p.padding, p.dilation)
         x = x.permute(0, 2, 3, 1)  # NHWC
         x = x + self.drop_path1(self.attn(self.norm1(x)))
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x.permute(0, 3, 1, 2)
-
-
-class PreNormDownsample(nn.Sequential):
-    """BiFormer-STL's downsampling: ``norm`` (BN) -> ``conv`` (2x2, stride 2, with bias; at stride 1 with
-    ``dilation`` where the stage dilates instead, :func:`~backbones.layers.strided_conv2d`)."""
-
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 2, dilation: int = 1, device=None, dtype=None):
-        dd = dict(device=device, dtype=dtype)
-        super().__init__(OrderedDict(
-            norm=nn.BatchNorm2d(in_chs, **dd),
-            conv=strided_conv2d(in_chs, out_chs, 2, stride, dilation=dilation, **dd),
-        ))
 
 
 def _conv_bn(in_chs, out_chs, kernel_size, stride, padding, act_layer=None, dilation=1, device=None, dtype=None):
@@ -235,40 +230,29 @@ class BiFormer(StageFeatureMixin, nn.Module):
             raise ValueError(f"layout must be 'biformer' or 'stl', got {layout!r}")
         embed_dims = list(embed_dims)
         qk_dims = list(qk_dims) if qk_dims is not None else embed_dims
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
+        self.init_model('BiFormer-STL' if layout == 'stl' else 'BiFormer', in_chans, num_classes, drop_rate)
         self.layout = layout
-        self._model_name = 'BiFormer-STL' if layout == 'stl' else 'BiFormer'
         refuse_img_size(img_size, self._model_name, 'the n_win x n_win regions grow with the map; T/S/B take every '
                         'size, STL multiples of 32')
-        self.grad_checkpointing = False
-        # feature levels: the four stages; the stem (two stride-2 convs, or STL's 4x4/4 conv) is one stride-4 patch
-        # embedding, as in timm's RepViT / FastViT, so no stem level
-        strides = stage_strides([1] + [2] * (len(depths) - 1), output_stride, 4, self._model_name)
-        # T/S/B: any size (strided 3x3 convs round up, BRA pads regions); STL: its patchify convs need multiples of
-        # the total stride (32)
-        self.input_divisor = strides[-1].reduction if layout == 'stl' else 1
 
         if layout == 'stl':
             self.stem = _conv_bn(in_chans, embed_dims[0], 4, 4, 0, **dd)
         else:
-            self.stem = nn.Sequential(OrderedDict(
-                conv1=_conv_bn(in_chans, embed_dims[0] // 2, 3, 2, 1, act_layer=GELU, **dd),
-                conv2=_conv_bn(embed_dims[0] // 2, embed_dims[0], 3, 2, 1, **dd),
-            ))
+            self.stem = ConvStem(
+                in_chans, (embed_dims[0] // 2, embed_dims[0]), 3, stride=(2, 2), act_layer=GELU, last_act=False,
+                bias=True, **dd)
         dprs = drop_path_schedule(drop_path_rate, depths)
-        stages = []
-        for i, (depth, s) in enumerate(zip(depths, strides)):
-            dim = embed_dims[i]
+
+        def make_stage(i: int, in_chs: int, dim: int, s: StageStride) -> Stage:
             downsample = None
             if i > 0:
                 if layout == 'stl':
-                    downsample = PreNormDownsample(embed_dims[i - 1], dim, s.stride, s.first_dilation, **dd)
+                    downsample = PreNormDownsample(  # BN, then a 2x2/2 conv with bias
+                        in_chs, dim, 2, s.stride, dilation=s.first_dilation, norm_layer=nn.BatchNorm2d, **dd)
                 else:
-                    downsample = _conv_bn(embed_dims[i - 1], dim, 3, s.stride, 1, dilation=s.first_dilation, **dd)
+                    downsample = _conv_bn(in_chs, dim, 3, s.stride, 1, dilation=s.first_dilation, **dd)
             blocks = []
-            for j in range(depth):
+            for j in range(depths[i]):
                 if topks[i] > 0:
                     attn = BiLevelRoutingAttention(
                         dim, qk_dims[i] // head_dim, n_win=n_win, topk=topks[i], qk_dim=qk_dims[i],
@@ -278,30 +262,16 @@ class BiFormer(StageFeatureMixin, nn.Module):
                 blocks.append(BiFormerBlock(
                     dim, attn, mlp_ratio, pos_embed_kernel=0 if layout == 'stl' else 3, drop_path=dprs[i][j],
                     dilation=s.dilation, **dd))
-            stages.append(Stage(blocks, downsample))
-        self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(embed_dims, [s.reduction for s in strides])
-        self.num_features = embed_dims[-1]
-        self.norm = nn.BatchNorm2d(self.num_features, **dd)
-        self.head = Head(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
-        self.head_hidden_size = self.head.hidden_size
+            return Stage(blocks, downsample)
 
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        """Official init: Linear trunc-normal(0.02) / bias 0, LayerNorm 1 / 0; convs and BNs keep torch's."""
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return set()  # no position tables / tokens; 1-D params are excluded by timm's optimizer factory
+        # feature levels: the four stages; the stem (two stride-2 convs, or STL's 4x4/4 conv) is one stride-4 patch
+        # embedding, as in timm's RepViT / FastViT, so no stem level
+        strides = self.build_stages(make_stage, embed_dims, [1] + [2] * (len(depths) - 1), output_stride, 4)
+        # T/S/B: any size (strided 3x3 convs round up, BRA pads regions); STL: its patchify convs need multiples of
+        # the total stride (32)
+        self.input_divisor = strides[-1].reduction if layout == 'stl' else 1
+        self.build_head(num_classes, global_pool, drop_rate, norm=nn.BatchNorm2d(self.num_features, **dd), **dd)
+        init_weights_(self)  # official: Linear trunc-normal(0.02), zero bias; convs, BNs and LNs keep torch's
 
 
 

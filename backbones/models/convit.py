@@ -252,7 +252,7 @@ class ConViT(TokenFeatureMixin, nn.Module):
         self.in_chans = in_chans
         self.global_pool = global_pool
         self.img_size = img_size
-        self.patch_size = patch_size
+        self.patch_size = self.input_divisor = patch_size  # input sides: multiples of the patch
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.local_up_to_layer = local_up_to_layer

@@ -33,23 +33,22 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm2d, register_notrace_function, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
-from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.activation import InplaceGELU
 from ..layers.attention import Attention
 from ..layers.channel_attention import ChannelAttention
-from ..layers.conv import strided_conv2d
-from ..layers.head import Head
+from ..layers.downsample import PreNormDownsample, pad_nchw
 from ..layers.helpers import refuse_img_size
+from ..layers.init import init_weights_
 from ..layers.mlp import Mlp
-from ..layers.stage import Stage, drop_path_schedule, stage_strides
-from ..layers.tracing import contiguous_for_export, is_tracing
-from ..layers.window import crop, pad_to_multiple, round_up, window_partition, window_reverse
+from ..layers.pos_conv import PosConv
+from ..layers.stage import Stage, StageStride, drop_path_schedule
+from ..layers.window import crop, pad_to_multiple, window_partition, window_reverse
 
 __all__ = ['DaViT']
 
@@ -74,17 +73,6 @@ FAMILY = register_family(Family(
 EPS = 1e-5  # every LayerNorm of the official code (torch default)
 
 
-@register_notrace_function
-def pad_nchw(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad an NCHW map on the bottom / right so H and W are multiples of ``multiple`` (official patch embeds)."""
-    H, W = x.shape[-2], x.shape[-1]
-    pad_h = round_up(H, multiple) - H
-    pad_w = round_up(W, multiple) - W
-    if is_tracing() or pad_h or pad_w:  # a traced graph always pads (see backbones.layers.tracing)
-        x = F.pad(x, (0, pad_w, 0, pad_h))
-    return x
-
-
 class Stem(nn.Module):
     """``conv`` 7x7 stride 4 (pad 3, input first zero-padded to a multiple of 4) -> ``norm`` (LayerNorm over C)."""
 
@@ -98,44 +86,6 @@ class Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(pad_nchw(x, 4)))
-
-
-class Downsample(nn.Module):
-    """Pre-norm patch merging: ``norm`` (LayerNorm over the input channels) -> zero-pad to even -> ``conv`` 2x2/2;
-    in a stage that dilates instead (``stride=1``), the 2x2 window at every pixel, dilated by ``dilation``
-    (:func:`~backbones.layers.strided_conv2d`)."""
-
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 2, dilation: int = 1, device=None, dtype=None):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        self.stride = stride
-        self.norm = LayerNorm2d(in_chs, eps=EPS, **dd)
-        self.conv = strided_conv2d(in_chs, out_chs, 2, stride, dilation=dilation, **dd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(pad_nchw(self.norm(x), self.stride))
-
-
-class ConvPosEnc(nn.Module):
-    """Conditional position encoding: ``x + proj(x)``, ``proj`` a depthwise 3x3 conv with bias (NCHW; dilated in a
-    stage that dilates instead of striding).
-
-    The residual runs inside the convolution: ``x + proj(x)`` is ``proj`` with 1 added to the centre tap of every
-    kernel, one pass over the map instead of a conv and an add (same numbers up to float rounding; 1.7 % of DaViT-T's
-    CPU inference). The identity kernel is built by padding, not by item assignment, so FX can trace it; exporters
-    (which need a kernel of static shape) get the conv and the add."""
-
-    def __init__(self, dim: int, dilation: int = 1, device=None, dtype=None):
-        super().__init__()
-        self.proj = nn.Conv2d(dim, dim, 3, padding=dilation, dilation=dilation, groups=dim, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if is_tracing():  # exporters want a kernel of static shape: the conv and the add
-            return x + self.proj(contiguous_for_export(x))
-        weight = self.proj.weight
-        weight = weight + F.pad(weight.new_ones(weight.shape[0], 1, 1, 1), (1, 1, 1, 1))  # + identity at the centre
-        return F.conv2d(x, weight, self.proj.bias, padding=self.proj.padding, dilation=self.proj.dilation,
-                        groups=self.proj.groups)
 
 
 class DualBlockHalf(nn.Module):
@@ -155,10 +105,10 @@ class DualBlockHalf(nn.Module):
             self, dim: int, mlp_ratio: float = 4., drop_path: float = 0., dilation: int = 1, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.cpe1 = ConvPosEnc(dim, dilation, **dd)
+        self.cpe1 = PosConv(dim, 3, dilation, **dd)  # conditional position encodings: x + dwconv3x3(x)
         self.norm1 = nn.LayerNorm(dim, eps=EPS, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.cpe2 = ConvPosEnc(dim, dilation, **dd)
+        self.cpe2 = PosConv(dim, 3, dilation, **dd)
         self.norm2 = nn.LayerNorm(dim, eps=EPS, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=InplaceGELU, **dd)  # exact GELU, in place in inference
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -248,51 +198,32 @@ class DaViT(StageFeatureMixin, nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         assert len(depths) == len(embed_dims) == len(num_heads), 'depths, embed_dims and num_heads: one per stage'
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
+        self.init_model(type(self).__name__, in_chans, num_classes, drop_rate)  # any size: strides and windows pad
         self.window_size = window_size
-        self.input_divisor = 1  # any size: every stride and window pads
-        self._model_name = type(self).__name__  # for error messages (TorchScript cannot read self.__class__)
         refuse_img_size(img_size, self._model_name, 'every size runs: strides and windows pad')
-        self.grad_checkpointing = False
 
         self.stem = Stem(in_chans, embed_dims[0], **dd)
         dprs = drop_path_schedule(drop_path_rate, [2 * d for d in depths])  # one rate per half block
-        # feature levels: the four stages, as timm's DaViT (the stem is a 7x7/4 patch embedding)
-        layout = stage_strides([1] + [2] * (len(depths) - 1), output_stride, self.stem.reduction, self._model_name)
-        stages, prev = [], embed_dims[0]
-        for i, (depth, dim, heads, s) in enumerate(zip(depths, embed_dims, num_heads, layout)):
+
+        def make_stage(i: int, in_chs: int, dim: int, s: StageStride) -> Stage:
             d = dict(dilation=s.dilation, **dd)
+            heads = num_heads[i]
             blocks = [nn.Sequential(
                 SpatialBlock(dim, heads, window_size, mlp_ratio, qkv_bias, drop_path=dprs[i][2 * j], **d),
                 ChannelBlock(dim, heads, mlp_ratio, qkv_bias, drop_path=dprs[i][2 * j + 1], **d),
-            ) for j in range(depth)]
-            downsample = Downsample(prev, dim, s.stride, s.first_dilation, **dd) if i > 0 else None
-            stages.append(Stage(blocks, downsample=downsample))
-            prev = dim
-        self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(embed_dims, [s.reduction for s in layout])
-        self.num_features = prev
-        self.norm = nn.Identity()  # the final norm comes after pooling, in the head
-        self.head = Head(
-            prev, num_classes, pool_type=global_pool, drop_rate=drop_rate, norm_layer=partial(nn.LayerNorm, eps=EPS),
-            **dd)
-        self.head_hidden_size = self.head.hidden_size
+            ) for j in range(depths[i])]
+            downsample = None
+            if i > 0:  # pre-norm patch merging: LayerNorm, zero-pad to even, 2x2/2 conv
+                downsample = PreNormDownsample(
+                    in_chs, dim, 2, s.stride, dilation=s.first_dilation, norm_layer=partial(LayerNorm2d, eps=EPS),
+                    pad_to_stride=True, **dd)
+            return Stage(blocks, downsample)
 
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return set()
-
+        # feature levels: the four stages, as timm's DaViT (the stem is a 7x7/4 patch embedding)
+        self.build_stages(make_stage, embed_dims, [1] + [2] * (len(depths) - 1), output_stride, self.stem.reduction)
+        # the final norm comes after pooling, in the head
+        self.build_head(num_classes, global_pool, drop_rate, head_norm_layer=partial(nn.LayerNorm, eps=EPS), **dd)
+        init_weights_(self)
 
 
 # official layout (timm's davit.py documents it in its checkpoint_filter_fn) -> ours; timm's layout is ours

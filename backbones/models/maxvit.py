@@ -30,38 +30,30 @@ What differs from the official code:
 - ``set_input_size`` (as timm's) changes the partition size after construction and resizes the tables the same way.
 """
 from functools import partial
-from typing import List, Optional, Sequence, Set, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
-    DropPath,
     LayerNorm2d,
-    NormMlpClassifierHead,
-    get_device_dtype,
-    register_notrace_function,
-    register_notrace_module,
     to_2tuple,
-    trunc_normal_,
 )
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import check_state_dict, rename_keys, unwrap_state_dict
-from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from .._timm import update_model_input_size
-from ..layers.activation import InplaceGELU, gelu_maybe_inplace
-from ..layers.attention import Attention
-from ..layers.conv import create_conv2d_same
-from ..layers.head import check_pool_type
-from ..layers.helpers import check_img_size, check_num_classes
+from ..layers.activation import InplaceGELU
+from ..layers.head import NormMlpHead
+from ..layers.helpers import check_img_size
+from ..layers.init import init_weights_
 from ..layers.mbconv import MBConv
-from ..layers.mlp import Mlp
-from ..layers.relpos import RelPosBias, resize_rel_pos_table
-from ..layers.stage import Stage, drop_path_schedule, stage_strides
-from ..layers.tracing import eager_channels_last, is_tracing
-from ..layers.window import crop, grid_partition, grid_reverse, pad_to_multiple, window_partition, window_reverse
+from ..layers.partition_attention import PartitionAttention
+from ..layers.relpos import resize_rel_pos_table
+from ..layers.stage import Stage, drop_path_schedule
+from ..layers.stem import SameConvStem
 
 __all__ = ['MaxViT']
 
@@ -84,124 +76,11 @@ FAMILY = register_family(Family(
             "checkpoint_filter_fn",
 ))
 
-@register_notrace_module  # an FX leaf: the branch below reads a tensor attribute
-class GELUTanh(InplaceGELU):
-    """The official activation, GELU with the tanh approximation, computed in place in inference (as the shared
-    :class:`~backbones.layers.activation.InplaceGELU`): every use here activates a fresh buffer nothing else reads
-    (a Linear's or a BatchNorm's output), and a fresh buffer of MBConv's hidden width costs page faults on the CPU
-    on every forward. Same numbers bit for bit."""
+# The official activation, GELU with the tanh approximation, computed in place in inference (the shared
+# InplaceGELU): every use here activates a fresh buffer nothing else reads (a Linear's or a BatchNorm's output), and a
+# fresh buffer of MBConv's hidden width costs page faults on the CPU on every forward. Same numbers bit for bit.
+GELUTanh = partial(InplaceGELU, approximate='tanh')
 
-    def __init__(self):
-        nn.GELU.__init__(self, approximate='tanh')
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gelu_maybe_inplace(x, approximate='tanh')
-
-
-
-@register_notrace_function
-def padded_attn_bias(
-        bias: torch.Tensor,
-        size: Tuple[int, int],
-        padded: Tuple[int, int],
-        partition: Tuple[int, int],
-        grid: bool,
-        batch: int,
-) -> torch.Tensor:
-    """The attention bias for a ``size`` map padded to ``padded``: ``bias`` (``[heads, N, N]``) itself when nothing
-    is padded, else ``[batch * groups, heads, N, N]`` with ``-inf`` on the keys that are padding (group order of
-    :func:`window_partition` / :func:`grid_partition`)."""
-    if not is_tracing() and size[0] == padded[0] and size[1] == padded[1]:
-        return bias  # (a traced graph always masks, nothing where nothing is padded: it holds at every size)
-    rows = torch.arange(padded[0], device=bias.device) < size[0]
-    cols = torch.arange(padded[1], device=bias.device) < size[1]
-    valid = (rows[:, None] & cols[None, :]).view(1, padded[0], padded[1], 1)
-    groups = grid_partition(valid, partition) if grid else window_partition(valid, partition)  # [G, N, 1]
-    num_groups, n = groups.shape[0], groups.shape[1]
-    key_bias = bias.new_zeros((num_groups, 1, 1, n))  # (a method: FX records it with traced sizes, torch.zeros not)
-    key_bias = key_bias.masked_fill(~groups.view(num_groups, 1, 1, n), float('-inf'))
-    return (bias.unsqueeze(0) + key_bias).repeat(batch, 1, 1, 1)
-
-
-# a leaf for every FX tracer, not only timm's: torch.ao's prepare_fx then leaves the bias float (int8 has no -inf)
-torch.fx.wrap('padded_attn_bias')
-
-
-class PartitionAttention(nn.Module):
-    """Pre-norm transformer unit over windows (``grid=False``) or a dilated grid (``grid=True``) of a ``[B, H, W, C]``
-    map: ``x + attn(partition(norm1(x)))``, then ``x + mlp(norm2(x))``.
-
-    Args:
-        dim: channels.
-        partition_size: window / grid size ``P`` (the relative position table is ``(2P-1) x (2P-1)``).
-        grid: grid instead of block (window) partition.
-        head_dim: width per head (heads = ``dim // head_dim``).
-        mlp_ratio: MLP hidden width over ``dim``.
-        norm_eps: LayerNorm eps.
-        attn_drop, proj_drop: dropout on the attention weights / after the projections.
-        drop_path: stochastic depth of both residual branches.
-    """
-
-    def __init__(
-            self,
-            dim: int,
-            partition_size: Tuple[int, int],
-            grid: bool = False,
-            head_dim: int = 32,
-            mlp_ratio: float = 4.,
-            norm_eps: float = 1e-5,
-            attn_drop: float = 0.,
-            proj_drop: float = 0.,
-            drop_path: float = 0.,
-            device=None,
-            dtype=None,
-    ):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        self.grid = grid
-        self.partition_size: Tuple[int, int] = to_2tuple(partition_size)
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps, **dd)
-        self.attn = Attention(dim, head_dim=head_dim, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
-        self.rel_pos = RelPosBias(self.attn.num_heads, self.partition_size, key_minus_query=True, **dd)
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=GELUTanh, drop=proj_drop, **dd)
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-
-    def set_partition_size(self, partition_size: Union[int, Tuple[int, int]]):
-        """Change ``P``; the relative position table is resized bilinearly (``tf.image.resize``), trainability kept."""
-        self.partition_size = to_2tuple(partition_size)
-        set_table_window(self.rel_pos, self.partition_size)
-
-    def _partition_attn(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W = x.shape[0], x.shape[1], x.shape[2]
-        x = pad_to_multiple(x, self.partition_size)
-        Hp, Wp = x.shape[1], x.shape[2]
-        if self.grid:
-            parts = grid_partition(x, self.partition_size)
-        else:
-            parts = window_partition(x, self.partition_size)
-        bias = padded_attn_bias(self.rel_pos(self.partition_size), (H, W), (Hp, Wp), self.partition_size, self.grid, B)
-        parts = self.attn(parts, bias)
-        if self.grid:
-            x = grid_reverse(parts, self.partition_size, (Hp, Wp))
-        else:
-            x = window_reverse(parts, self.partition_size, (Hp, Wp))
-        return crop(x, (H, W))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self._partition_attn(self.norm1(x)))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        return x
-
-
-@torch.no_grad()
-def set_table_window(rel_pos: RelPosBias, window: Tuple[int, int]):
-    """Resize ``rel_pos``'s table to ``window`` in place (a new Parameter with the old one's ``requires_grad``)."""
-    old = rel_pos.relative_position_bias_table
-    new = resize_rel_pos_table(old, (2 * window[0] - 1, 2 * window[1] - 1))
-    rel_pos.relative_position_bias_table = nn.Parameter(new.contiguous(), requires_grad=old.requires_grad)
-    rel_pos.table_window = (int(window[0]), int(window[1]))
 
 
 class MaxViTBlock(nn.Module):
@@ -232,8 +111,8 @@ class MaxViTBlock(nn.Module):
         self.conv = MBConv(
             in_chs, out_chs, stride, expand_ratio=expand_ratio, se_ratio=se_ratio, act_layer=GELUTanh,
             norm_eps=1e-3, drop_path=drop_path, dilation=dilation, first_dilation=first_dilation, **dd)
-        attn_args = dict(head_dim=head_dim, mlp_ratio=mlp_ratio, attn_drop=attn_drop, proj_drop=proj_drop,
-                         drop_path=drop_path, **dd)
+        attn_args = dict(head_dim=head_dim, mlp_ratio=mlp_ratio, act_layer=GELUTanh, attn_drop=attn_drop,
+                         proj_drop=proj_drop, drop_path=drop_path, **dd)
         self.attn_block = PartitionAttention(out_chs, window_size, grid=False, **attn_args)
         self.attn_grid = PartitionAttention(out_chs, grid_size, grid=True, **attn_args)
 
@@ -241,25 +120,6 @@ class MaxViTBlock(nn.Module):
         x = self.conv(x).permute(0, 2, 3, 1)  # channels-last for the attention units
         x = self.attn_grid(self.attn_block(x))
         return x.permute(0, 3, 1, 2)
-
-
-class MaxViTStem(nn.Module):
-    """``conv1`` (3x3/2, "SAME", bias) -> ``norm1`` (BN eps 1e-3) -> ``act1`` (GELU-tanh) -> ``conv2`` (3x3, bias)."""
-
-    def __init__(self, in_chs: int, widths: Tuple[int, int] = (64, 64), device=None, dtype=None):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        self.conv1 = create_conv2d_same(in_chs, widths[0], 3, stride=2, bias=True, **dd)
-        self.norm1 = nn.BatchNorm2d(widths[0], eps=1e-3, **dd)
-        self.act1 = GELUTanh()
-        self.conv2 = create_conv2d_same(widths[0], widths[1], 3, stride=1, bias=True, **dd)
-        self.out_chs = widths[1]
-        self.reduction = 2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:  # oneDNN's channels-last convs: 6x faster for the 3-channel conv1 on one CPU thread
-            x = eager_channels_last(x)
-        return self.conv2(self.act1(self.norm1(self.conv1(x))))
 
 
 class MaxViT(StageFeatureMixin, nn.Module):
@@ -308,63 +168,37 @@ class MaxViT(StageFeatureMixin, nn.Module):
             dtype=None,
     ):
         super().__init__()
-        check_pool_type(global_pool, width_preserving=True)  # timm's NormMlpClassifierHead norms the pooled vector
         dd = dict(device=device, dtype=dtype)
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.input_divisor = 1  # any size: TF-SAME strided convs / pools, padded attention partitions
+        self.init_model('MaxViT', in_chans, num_classes, drop_rate)  # any size: TF-SAME strides, padded partitions
         self.partition_ratio = 32
         self.img_size = check_img_size(img_size, 'MaxViT') if img_size is not None else None
         self.window_size = to_2tuple(window_size)
         self.grid_size = to_2tuple(grid_size) if grid_size is not None else self.window_size
-        self._model_name = 'MaxViT'
-        self.grad_checkpointing = False
 
-        self.stem = MaxViTStem(in_chans, tuple(stem_widths), **dd)
-        prev_chs = self.stem.out_chs
+        # conv1 (3x3/2, "SAME", bias) -> norm1 (BN eps 1e-3) -> act1 (GELU-tanh) -> conv2 (3x3, bias)
+        self.stem = SameConvStem(in_chans, tuple(stem_widths), GELUTanh, 1e-3, first_index=1, **dd)
         dprs = drop_path_schedule(drop_path_rate, depths)
-        layout = stage_strides([2] * len(depths), output_stride, self.stem.reduction, self._model_name)
         block_fn = partial(
             MaxViTBlock, window_size=self.window_size, grid_size=self.grid_size, head_dim=head_dim,
             mlp_ratio=mlp_ratio, expand_ratio=expand_ratio, se_ratio=se_ratio, attn_drop=attn_drop_rate,
             proj_drop=proj_drop_rate)
-        stages = []
-        for i, (depth, width, s) in enumerate(zip(depths, widths, layout)):
-            stages.append(Stage.from_blocks(
-                block_fn, depth, prev_chs, width, s.stride, dprs[i], dilation=s.dilation,
-                first_dilation=s.first_dilation, **dd))
-            prev_chs = width
-        self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(
-            widths, [s.reduction for s in layout], stem=(self.stem.out_chs, self.stem.reduction))
-        self.num_features = prev_chs
-        self.norm = nn.Identity()  # the final norm is the head's (it follows the pool)
-        head_hidden_size = prev_chs if head_hidden_size is None else head_hidden_size
-        self.head = NormMlpClassifierHead(
-            prev_chs, num_classes, hidden_size=head_hidden_size or None, pool_type=global_pool, drop_rate=drop_rate,
-            norm_layer=partial(LayerNorm2d, eps=1e-5), act_layer='tanh', **dd)
-        self.head_hidden_size = self.head.num_features
-
+        self.build_stages(
+            lambda i, in_chs, width, s: Stage.from_blocks(
+                block_fn, depths[i], in_chs, width, s.stride, dprs[i], dilation=s.dilation,
+                first_dilation=s.first_dilation, **dd),
+            widths, [2] * len(depths), output_stride, self.stem.reduction, in_chs=self.stem.out_chs)
+        # the final norm is the head's (it follows the pool)
+        head_hidden_size = self.num_features if head_hidden_size is None else head_hidden_size
+        self.build_head(head=NormMlpHead(
+            self.num_features, num_classes, hidden_size=head_hidden_size or None, pool_type=global_pool,
+            drop_rate=drop_rate, norm_layer=partial(LayerNorm2d, eps=1e-5), act_layer='tanh', **dd))
         self.init_weights()
 
     @torch.jit.ignore
     def init_weights(self):
-        """The official init: kernels normal(0, 0.02) (truncated here), biases 0; relative tables normal(0, 0.02).
-        Skipped on the meta device (nothing to fill; ``trunc_normal_`` is slow there)."""
-        if self.stem.conv1.weight.is_meta:
-            return
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                trunc_normal_(m.weight, std=.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, RelPosBias):
-                nn.init.normal_(m.relative_position_bias_table, std=.02)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        return {n for n, _ in self.named_parameters() if n.endswith('relative_position_bias_table')}
+        """The official init: kernels normal(0, 0.02) (truncated here), biases 0; relative tables normal(0,
+        0.02)."""
+        init_weights_(self, (nn.Conv2d, nn.Linear), rel_pos_std=.02)
 
     @torch.jit.ignore
     def set_input_size(
@@ -395,37 +229,6 @@ class MaxViT(StageFeatureMixin, nn.Module):
                 block.attn_block.set_partition_size(self.window_size)
                 block.attn_grid.set_partition_size(self.grid_size)
         update_model_input_size(self, self.img_size, window_size=self.window_size, grid_size=self.grid_size)
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False):
-        """New classifier; ``reset_other`` also drops the head's norm and pre-logits layer (pooling + fc remain)."""
-        check_num_classes('MaxViT', num_classes)
-        if global_pool is not None:
-            check_pool_type(global_pool, width_preserving=True)
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, reset_other=reset_other, in_features=self.num_features,
-                        **get_device_dtype(self))
-        self.head_hidden_size = self.head.num_features
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages after the last tap in ``indices``; pruning the head (or any stage) leaves a head that
-        only pools (``''``: none) and classifies (0 classes), the head's norm and tanh layer being sized for the
-        last stage."""
-        take_indices, max_index = self._prune_stages(indices)
-        prune_end = max_index < len(self.feature_info) - 1
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_end:
-            self.num_features = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '', reset_other=True)
-        return take_indices
-
-
 
 # timm's maxvit_*_tf_* layout (the converted official checkpoints) -> ours
 _TIMM_RULES = [

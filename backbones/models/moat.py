@@ -40,24 +40,22 @@ from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, register_notrace_function
+from timm.layers import DropPath, register_notrace_function, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch.fx.node import has_side_effect
 
 from .._checkpoint import CheckpointMismatchError, convert_state_dict, unwrap_state_dict
-from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..formats import to_torch
 from ..formats.moat_tf import convert_tf_state_dict, is_tf_layout
 from ..layers.attention import Attention
-from ..layers.conv import create_conv2d_same
-from ..layers.head import Head
 from ..layers.helpers import check_input, refuse_img_size
+from ..layers.init import init_weights_
 from ..layers.mbconv import MBConv
 from ..layers.relpos import RelPosBias
-from ..layers.stage import Stage
-from ..layers.stage import stage_strides as plan_strides  # (MOAT's own argument is called stage_strides)
-from ..layers.tracing import eager_channels_last
+from ..layers.stage import Stage, StageStride
+from ..layers.stem import SameConvStem
 from ..layers.window import window_partition, window_reverse
 
 __all__ = ['MOAT', 'MoatBlock', 'MoatStem', 'checkpoint_filter_fn', 'convert_tf_state_dict']
@@ -84,29 +82,7 @@ BN_EPS = 1e-3  # Keras BatchNormalization default, used by the official code
 LN_EPS = 1e-5  # official ln_epsilon
 
 
-class MoatStem(nn.Sequential):
-    """``conv0`` (3x3/2) -> ``norm0`` -> ``act0`` -> ``conv1`` (3x3) ... : one conv per width, BN + GELU between
-    consecutive convs and nothing after the last one. Convs have biases and TF "SAME" padding."""
-
-    def __init__(self, in_chs: int, widths: Sequence[int], device=None, dtype=None):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        prev = in_chs
-        for i, w in enumerate(widths):
-            if i > 0:
-                self.add_module(f'norm{i - 1}', nn.BatchNorm2d(prev, eps=BN_EPS, **dd))
-                self.add_module(f'act{i - 1}', nn.GELU())
-            self.add_module(f'conv{i}', create_conv2d_same(prev, w, 3, stride=2 if i == 0 else 1, bias=True, **dd))
-            prev = w
-        self.out_chs = prev
-        self.reduction = 2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:  # oneDNN's channels-last convs: 6x faster for the 3-channel conv0 on one CPU thread
-            x = eager_channels_last(x)
-        for layer in self:
-            x = layer(x)
-        return x
+MoatStem = SameConvStem  # the stem's class, by the name backbones.bench's unfused reference forward looks up
 
 
 class MoatBlock(nn.Module):
@@ -163,14 +139,6 @@ class MoatBlock(nn.Module):
             bias = self.rel_pos(window) if self.rel_pos is not None else None
             y = window_reverse(self.attn(window_partition(y, window), bias), window, (H, W))
         return x + self.drop_path(y.permute(0, 3, 1, 2))
-
-
-def _mbconv_block(in_chs, out_chs, stride, drop_path, expand_ratio, se_ratio, pool_size, dilation=1,
-                  first_dilation=None, device=None, dtype=None):
-    return MBConv(
-        in_chs, out_chs, stride, expand_ratio=expand_ratio, se_ratio=se_ratio, act_layer=nn.GELU,
-        se_act_layer=nn.SiLU, norm_eps=BN_EPS, pool_size=pool_size, drop_path=drop_path, dilation=dilation,
-        first_dilation=first_dilation, device=device, dtype=dtype)
 
 
 def moat_drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> List[List[float]]:
@@ -276,86 +244,55 @@ class MOAT(StageFeatureMixin, nn.Module):
                        ('window_sizes', window_sizes), ('pos_embed_sizes', pos_embed_sizes)):
             if len(v) != num_stages:
                 raise ValueError(f'MOAT: {arg} has {len(v)} entries, expected one per stage ({num_stages})')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self._model_name = 'MOAT'
+        self.init_model('MOAT', in_chans, num_classes, drop_rate)
         refuse_img_size(img_size, self._model_name, 'global attention takes the current map as its window; window '
                         'attention, where configured, needs maps that divide by the window')
-        self.grad_checkpointing = False
 
-        self.stem = MoatStem(in_chans, stem_widths, **dd)
-        prev_chs = self.stem.out_chs
+        # conv0 (3x3/2) -> norm0 -> act0 -> conv1 (3x3) ...: BN + GELU between convs, TF "SAME" padding, biases
+        self.stem = SameConvStem(in_chans, stem_widths, nn.GELU, BN_EPS, first_index=0, **dd)
         dprs = moat_drop_path_rates(drop_path_rate, depths)
-        layout = plan_strides(stage_strides, output_stride, self.stem.reduction, self._model_name)
-        stages = []
         windowed: List[Tuple[int, int, int, int]] = []
-        for i, s in enumerate(layout):
-            reduction = s.reduction
-            window = _pair(window_sizes[i])
+
+        def make_stage(i: int, in_chs: int, dim: int, s: StageStride) -> Stage:
+            window = to_2tuple(window_sizes[i]) if window_sizes[i] is not None else None
             blocks = []
             for j in range(depths[i]):
-                in_chs, stride = (prev_chs, s.stride) if j == 0 else (embed_dims[i], 1)
+                in_chs, stride = (in_chs, s.stride) if j == 0 else (dim, 1)
                 dilation = dict(dilation=s.dilation, first_dilation=s.first_dilation if j == 0 else s.dilation)
                 if block_types[i] == 'mbconv':
-                    blocks.append(_mbconv_block(
-                        in_chs, embed_dims[i], stride, dprs[i][j], expand_ratio, se_ratio, pool_size, **dilation,
+                    blocks.append(MBConv(
+                        in_chs, dim, stride, expand_ratio=expand_ratio, se_ratio=se_ratio, act_layer=nn.GELU,
+                        se_act_layer=nn.SiLU, norm_eps=BN_EPS, pool_size=pool_size, drop_path=dprs[i][j], **dilation,
                         **dd))
                 elif block_types[i] == 'moat':
                     last = j == depths[i] - 1
                     block_window = None if global_attn_at_stage_end and last else window
-                    if block_window is not None and (i, reduction, *block_window) not in windowed:
-                        windowed.append((i, reduction, *block_window))
+                    if block_window is not None and (i, s.reduction, *block_window) not in windowed:
+                        windowed.append((i, s.reduction, *block_window))
                     blocks.append(MoatBlock(
-                        in_chs, embed_dims[i], stride, head_dim=head_dim, window=block_window,
+                        in_chs, dim, stride, head_dim=head_dim, window=block_window,
                         pos_embed_size=pos_embed_sizes[i] if rel_pos else None, expand_ratio=expand_ratio,
                         pool_size=pool_size, drop_path=dprs[i][j], **dilation, **dd))
                 else:
                     raise ValueError(f"MOAT: unknown block type {block_types[i]!r}, expected 'mbconv' or 'moat'")
-            stages.append(Stage(blocks))
-            prev_chs = embed_dims[i]
-        self.stages = nn.Sequential(*stages)
-        self._windowed = windowed
-        self.feature_info = stage_feature_info(
-            embed_dims, [s.reduction for s in layout], stem=(self.stem.out_chs, self.stem.reduction))
-        self.num_features = prev_chs
-        self.norm = nn.Identity()  # the official head normalises the pooled vector, not the map
-        self.head = Head(
-            prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate,
-            norm_layer=partial(nn.LayerNorm, eps=LN_EPS), **dd)
-        self.head_hidden_size = self.head.hidden_size
+            return Stage(blocks)
 
+        self.build_stages(
+            make_stage, embed_dims, stage_strides, output_stride, self.stem.reduction, in_chs=self.stem.out_chs)
+        self._windowed = windowed
+        # the official head normalises the pooled vector, not the map
+        self.build_head(num_classes, global_pool, drop_rate, head_norm_layer=partial(nn.LayerNorm, eps=LN_EPS), **dd)
         self.init_weights()
 
     @torch.jit.ignore
     def init_weights(self):
         """The official init: normal(0, 0.02) (not truncated) for every conv / dense kernel and position table,
         zero biases, BN / LN at identity."""
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, RelPosBias):
-                nn.init.normal_(m.relative_position_bias_table, std=0.02)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        """The relative position tables (timm's convention for MaxViT-style tables; the official training code is
-        not released, so this is not an official setting)."""
-        return {n for n, _ in self.named_parameters() if n.endswith('relative_position_bias_table')}
+        init_weights_(self, (nn.Conv2d, nn.Linear), partial(nn.init.normal_, std=0.02), rel_pos_std=0.02)
 
     def _check_input(self, x: torch.Tensor):
         check_moat_input(x, self.in_chans, self._windowed, self._model_name, self._input_weight())
 
-
-
-def _pair(v) -> Optional[Tuple[int, int]]:
-    if v is None:
-        return None
-    if isinstance(v, int):
-        return v, v
-    return int(v[0]), int(v[1])
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -41,23 +41,24 @@ download location; an official-layout checkpoint trained with the official code 
 """
 import re
 from functools import partial
-from typing import Optional, Sequence, Set, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, GluMlp, LayerScale2d, to_2tuple, trunc_normal_
+from timm.layers import DropPath, GluMlp, LayerScale2d, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import check_state_dict, rename_keys, unwrap_state_dict
-from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from .._timm import update_model_input_size
-from ..layers.conv import PointwiseConv2d, same_padding, strided_conv2d
-from ..layers.head import Head
+from ..layers.conv import PointwiseConv2d, same_padding
+from ..layers.downsample import PreNormDownsample
 from ..layers.helpers import check_img_size
+from ..layers.init import init_weights_
 from ..layers.oversize_conv import OversizeConv2d, resize_kernel_1d
-from ..layers.stage import Stage, drop_path_schedule, stage_strides
+from ..layers.stage import Stage, StageStride, drop_path_schedule
 from ..layers.tracing import eager_channels_last
 
 __all__ = ['ParCNetV2']
@@ -125,20 +126,6 @@ class Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(eager_channels_last(self.conv(x)))
-
-
-class Downsample(nn.Module):
-    """``norm`` (LayerNormGeneral over the input channels) -> ``conv`` 3x3 stride 2 (padding 1, bias); stride 1 and
-    ``dilation`` in a stage that dilates instead."""
-
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 2, dilation: int = 1, device=None, dtype=None):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        self.norm = LayerNormGeneral(in_chs, **dd)
-        self.conv = strided_conv2d(in_chs, out_chs, 3, stride, padding=1, dilation=dilation, **dd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.norm(x))
 
 
 class ParCV2Mixer(nn.Module):
@@ -269,15 +256,10 @@ class ParCNetV2(StageFeatureMixin, nn.Module):
         dd = dict(device=device, dtype=dtype)
         assert len(depths) == len(dims) == len(global_kernel_sizes), \
             'depths, dims and global_kernel_sizes: one per stage'
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.input_divisor = 1
+        self.init_model('ParCNetV2', in_chans, num_classes, drop_rate)
         self.min_input_size = 3  # any side >= 3, the official code's limit (the 7x7 stride-4 stem pads by 2)
         self.img_size = check_img_size(img_size, 'ParCNetV2', self.min_input_size) if img_size is not None else None
         self.resize_kernels = resize_kernels
-        self._model_name = 'ParCNetV2'
-        self.grad_checkpointing = False
         if resize_kernels:
             kernel_sizes = self._kernel_sizes(self.img_size or (224, 224), len(depths))
         else:
@@ -285,44 +267,28 @@ class ParCNetV2(StageFeatureMixin, nn.Module):
 
         self.stem = Stem(in_chans, dims[0], **dd)
         dprs = drop_path_schedule(drop_path_rate, depths)
-        # feature levels: the four stages (the stem is a 7x7/4 patch embedding)
-        layout = stage_strides([1] + [2] * (len(depths) - 1), output_stride, 4, self._model_name)
-        stages, prev = [], dims[0]
-        for i, (depth, dim, s) in enumerate(zip(depths, dims, layout)):
+
+        def make_stage(i: int, in_chs: int, dim: int, s: StageStride) -> Stage:
             blocks = [ParCNetV2Block(
                 dim, kernel_sizes[i], mlp_ratio=mlp_ratio, res_scale=i in res_scale_stages, drop_path=dprs[i][j],
                 dilation=s.dilation, **dd,
-            ) for j in range(depth)]
-            downsample = Downsample(prev, dim, s.stride, s.first_dilation, **dd) if i > 0 else None
-            stages.append(Stage(blocks, downsample=downsample))
-            prev = dim
-        self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(dims, [s.reduction for s in layout])
-        self.num_features = prev
-        self.norm = nn.Identity()  # the final norm follows the pooling, in the head
-        self.head = Head(
-            prev, num_classes, pool_type=global_pool, drop_rate=drop_rate, norm_layer=partial(nn.LayerNorm, eps=EPS),
-            **dd)
-        self.head_hidden_size = self.head.hidden_size
+            ) for j in range(depths[i])]
+            downsample = None
+            if i > 0:  # LayerNormGeneral, then a 3x3/2 conv (padding 1, bias)
+                downsample = PreNormDownsample(
+                    in_chs, dim, 3, s.stride, padding=1, dilation=s.first_dilation, norm_layer=LayerNormGeneral, **dd)
+            return Stage(blocks, downsample)
 
-        self.apply(self._init_weights)
+        # feature levels: the four stages (the stem is a 7x7/4 patch embedding)
+        self.build_stages(make_stage, dims, [1] + [2] * (len(depths) - 1), output_stride, 4)
+        # the final norm follows the pooling, in the head
+        self.build_head(num_classes, global_pool, drop_rate, head_norm_layer=partial(nn.LayerNorm, eps=EPS), **dd)
+        init_weights_(self, (nn.Conv2d, nn.Linear))  # official: trunc-normal(0.02) kernels, zero biases
 
     @staticmethod
     def _kernel_sizes(img_size: Tuple[int, int], num_stages: int):
         """The paper's rule: ``2n - 1`` along each axis of each stage's map."""
         return [(2 * h - 1, 2 * w - 1) for h, w in feature_sizes(img_size, num_stages)]
-
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        """Official init: trunc-normal(0.02) conv / linear weights, zero biases (norms: ones / zeros)."""
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and not m.weight.is_meta:
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        return set()
 
     @torch.jit.ignore
     def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None):

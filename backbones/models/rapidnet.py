@@ -57,17 +57,19 @@ from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import GELU, DropPath, LayerScale2d, SelectAdaptivePool2d
+from timm.layers import GELU, DropPath, LayerScale2d
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import CheckpointMismatchError, convert_state_dict, rename_keys, unwrap_state_dict
-from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
-from ..layers.conv import ConvNormAct, same_padding
-from ..layers.fuse import fuse_conv_bn, scale_conv_
-from ..layers.head import check_pool_type
+from ..layers.conv import ConvNormAct
+from ..layers.fuse import scale_conv_
+from ..layers.head import DistilledConvHead
 from ..layers.helpers import refuse_img_size
-from ..layers.stage import Stage, stage_strides
+from ..layers.init import init_weights_
+from ..layers.pos_conv import RepCPE, identity_folded
+from ..layers.stage import Stage, StageStride
 from ..optimize import mark_deploy_form
 
 __all__ = ['RapidNet']
@@ -94,38 +96,27 @@ FAMILY = register_family(Family(
 ))
 
 
-class ConvBN(ConvNormAct):
-    """``conv`` (with bias by default) -> ``bn`` -> optional GELU; :meth:`reparameterize` folds the BN into the conv.
-
-    Args:
-        in_chs, out_chs, kernel_size, stride, dilation, groups: of the convolution ("same" padding at stride 1, 1 for
-            the stride-2 3x3 convs).
-        bias: conv bias (every official conv has one but the FFN's depth-wise conv).
-        act: GELU after the BN.
-    """
-
-    def __init__(
-            self,
-            in_chs: int,
-            out_chs: int,
-            kernel_size: int = 1,
-            stride: int = 1,
-            dilation: int = 1,
-            groups: int = 1,
-            bias: bool = True,
-            act: bool = False,
-            device=None,
-            dtype=None,
-    ):
-        super().__init__(
-            in_chs, out_chs, kernel_size, stride=stride, dilation=dilation, groups=groups, bias=bias,
-            norm_layer=nn.BatchNorm2d, act_layer=GELU if act else None, device=device, dtype=dtype)
-
-    def reparameterize(self):
-        self.fuse()
+def conv_bn(
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        act: bool = False,
+        device=None,
+        dtype=None,
+) -> ConvNormAct:
+    """``conv`` (with bias by default: every official conv has one but the FFN's depth-wise one) -> ``bn`` (BatchNorm)
+    -> optional GELU ("same" padding at stride 1, 1 for the stride-2 3x3 convs); its ``fuse`` folds the BN for
+    deployment."""
+    return ConvNormAct(
+        in_chs, out_chs, kernel_size, stride=stride, dilation=dilation, groups=groups, bias=bias,
+        norm_layer=nn.BatchNorm2d, act_layer=GELU if act else None, device=device, dtype=dtype)
 
 
-def _fold_layer_scale(conv_bn: ConvBN, layer_scale: nn.Module) -> nn.Module:
+def _fold_layer_scale(conv_bn: ConvNormAct, layer_scale: nn.Module) -> nn.Module:
     """Fold ``layer_scale`` (applied right after ``conv_bn``, whose BN must be folded) into its conv; returns what
     replaces the layer scale (``Identity``)."""
     if isinstance(layer_scale, LayerScale2d):
@@ -158,9 +149,9 @@ class InvertedResidual(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         hidden = int(dim * mlp_ratio)
-        self.conv_pw = ConvBN(dim, hidden, 1, act=True, **dd)
-        self.conv_dw = ConvBN(hidden, hidden, 3, dilation=dilation, groups=hidden, act=True, **dd)
-        self.conv_pwl = ConvBN(hidden, dim, 1, **dd)
+        self.conv_pw = conv_bn(dim, hidden, 1, act=True, **dd)
+        self.conv_dw = conv_bn(hidden, hidden, 3, dilation=dilation, groups=hidden, act=True, **dd)
+        self.conv_pwl = conv_bn(hidden, dim, 1, **dd)
         self.ls1 = LayerScale2d(dim, ls_init_value, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
@@ -170,52 +161,8 @@ class InvertedResidual(nn.Module):
     @torch.no_grad()
     def reparameterize(self):
         for m in (self.conv_pw, self.conv_dw, self.conv_pwl):
-            m.reparameterize()
+            m.fuse()
         self.ls1 = _fold_layer_scale(self.conv_pwl, self.ls1)
-
-
-def identity_folded(weight: torch.Tensor, sign: int) -> torch.Tensor:
-    """A depth-wise kernel ``[C, 1, k, k]`` with ``sign`` (+1: fold the identity in, -1: take it out) added to the
-    centre tap of every channel."""
-    k_h, k_w = weight.shape[-2:]
-    weight = weight.clone()
-    weight[:, 0, k_h // 2, k_w // 2] += sign
-    return weight
-
-
-class RepCPE(nn.Module):
-    """Conditional position encoding ``x + pe(x)`` (``pe``: depth-wise conv with bias) that
-    :meth:`reparameterize` turns into one conv ``reparam_conv`` (the identity added at each kernel's centre tap).
-
-    Args:
-        dim: width.
-        kernel_size: of the depth-wise conv (7; odd).
-        dilation: of the depth-wise conv.
-    """
-
-    def __init__(self, dim: int, kernel_size: int = 7, dilation: int = 1, device=None, dtype=None):
-        super().__init__()
-        self.pe = nn.Conv2d(dim, dim, kernel_size, padding=same_padding(kernel_size, dilation), dilation=dilation,
-                            groups=dim, device=device, dtype=dtype)
-        self.reparam_conv: Optional[nn.Conv2d] = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.reparam_conv is not None:
-            return self.reparam_conv(x)
-        return x + self.pe(x)
-
-    @torch.no_grad()
-    def reparameterize(self):
-        if self.reparam_conv is not None:
-            return
-        pe = self.pe
-        conv = nn.Conv2d(
-            pe.in_channels, pe.out_channels, pe.kernel_size, padding=pe.padding, dilation=pe.dilation,
-            groups=pe.groups, device=pe.weight.device, dtype=pe.weight.dtype)
-        conv.weight.copy_(identity_folded(pe.weight, +1))
-        conv.bias.copy_(pe.bias)
-        self.reparam_conv = conv
-        del self.pe
 
 
 class MultiLevelDilatedConv(nn.Module):
@@ -230,7 +177,7 @@ class MultiLevelDilatedConv(nn.Module):
     def __init__(self, dim: int, dilations: Sequence[int] = (2, 3), device=None, dtype=None):
         super().__init__()
         self.branches = nn.ModuleList([
-            ConvBN(dim, dim, 3, dilation=d, act=True, device=device, dtype=dtype) for d in dilations])
+            conv_bn(dim, dim, 3, dilation=d, act=True, device=device, dtype=dtype) for d in dilations])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x
@@ -256,9 +203,9 @@ class MLDC(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.cpe = RepCPE(dim, cpe_kernel, dilation, **dd)
-        self.fc1 = ConvBN(dim, dim, 1, **dd)
+        self.fc1 = conv_bn(dim, dim, 1, **dd)
         self.dilated = MultiLevelDilatedConv(dim, [d * dilation for d in dilations], **dd)
-        self.fc2 = ConvBN(dim, dim, 1, **dd)
+        self.fc2 = conv_bn(dim, dim, 1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.dilated(self.fc1(self.cpe(x))))
@@ -280,9 +227,9 @@ class ConvFFN(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         hidden = int(dim * mlp_ratio)
-        self.conv_dw = ConvBN(dim, dim, kernel_size, dilation=dilation, groups=dim, bias=False, **dd)
-        self.fc1 = ConvBN(dim, hidden, 1, act=True, **dd)
-        self.fc2 = ConvBN(hidden, dim, 1, **dd)
+        self.conv_dw = conv_bn(dim, dim, kernel_size, dilation=dilation, groups=dim, bias=False, **dd)
+        self.fc1 = conv_bn(dim, hidden, 1, act=True, **dd)
+        self.fc2 = conv_bn(hidden, dim, 1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.fc1(self.conv_dw(x)))
@@ -329,90 +276,10 @@ class MLDCBlock(nn.Module):
     def reparameterize(self):
         self.mixer.cpe.reparameterize()
         for m in self.modules():
-            if isinstance(m, ConvBN):
-                m.reparameterize()
+            if isinstance(m, ConvNormAct):
+                m.fuse()
         self.ls1 = _fold_layer_scale(self.mixer.fc2, self.ls1)
         self.ls2 = _fold_layer_scale(self.ffn.fc2, self.ls2)
-
-
-class DistilledConvHead(nn.Module):
-    """Pool -> 1x1 ``conv`` + ``norm`` (BN) + ``act`` (GELU) = the pre-logits embedding -> dropout -> ``fc``, and
-    with ``distilled`` a second classifier ``fc_dist`` on the same embedding (official ``prediction`` + ``head`` +
-    ``dist_head``).
-
-    The output is ``fc``'s logits, or for a distilled head the average of both classifiers; in training mode with
-    ``distilled_training`` set it is the tuple ``(fc, fc_dist)`` instead (timm's DeiT convention).
-    ``pool_type=''`` keeps the map: the embedding is then computed at every position (use ``num_classes=0``).
-
-    Args:
-        in_features: channels of the final feature map.
-        hidden_size: embedding width (official ``emb_dims``).
-        num_classes: classes of each classifier (0: none).
-        pool_type: global pooling (any timm type that keeps the width).
-        drop_rate: dropout before the classifiers.
-        distilled: build the distillation classifier.
-    """
-
-    def __init__(
-            self,
-            in_features: int,
-            hidden_size: int,
-            num_classes: int,
-            pool_type: str = 'avg',
-            drop_rate: float = 0.,
-            distilled: bool = False,
-            device=None,
-            dtype=None,
-    ):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        self.in_features = in_features
-        self.hidden_size = hidden_size
-        self.distilled = distilled
-        self.distilled_training = False
-        self._set_pool(pool_type)
-        self.conv = nn.Conv2d(in_features, hidden_size, 1, **dd)
-        self.norm = nn.BatchNorm2d(hidden_size, **dd)
-        self.act = GELU()
-        self.drop = nn.Dropout(drop_rate)
-        self._set_classifiers(num_classes, **dd)
-
-    def _set_pool(self, pool_type: str):
-        # the pooled width must stay C: the head's 1x1 conv takes it (so no 'catavgmax')
-        check_pool_type(pool_type, width_preserving=True)
-        self.global_pool = SelectAdaptivePool2d(pool_type=pool_type)  # keeps [B, C, 1, 1] for the 1x1 conv
-        self.flatten = nn.Flatten(1) if pool_type else nn.Identity()
-
-    def _set_classifiers(self, num_classes: int, device=None, dtype=None):
-        dd = dict(device=device, dtype=dtype)
-        self.fc = nn.Linear(self.hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        # without distillation a parameter-free placeholder (TorchScript compiles both branches of forward)
-        self.fc_dist = nn.Linear(self.hidden_size, num_classes, **dd) \
-            if self.distilled and num_classes > 0 else nn.Identity()
-
-    def reset(self, num_classes: int, pool_type: Optional[str] = None, device=None, dtype=None):
-        if pool_type is not None:
-            self._set_pool(pool_type)
-        self._set_classifiers(num_classes, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        x = self.act(self.norm(self.conv(x)))
-        x = self.drop(self.flatten(x))
-        if pre_logits:
-            return x
-        if not self.distilled:
-            return self.fc(x)
-        x, x_dist = self.fc(x), self.fc_dist(x)
-        if self.distilled_training and self.training and not torch.jit.is_scripting():
-            return x, x_dist  # separate logits for a distillation loss
-        return (x + x_dist) / 2
-
-    @torch.no_grad()
-    def reparameterize(self):
-        if isinstance(self.norm, nn.BatchNorm2d):
-            self.conv = fuse_conv_bn(self.conv, self.norm)
-            self.norm = nn.Identity()
 
 
 def official_drop_path_rates(drop_path_rate: float, depths: Sequence[Tuple[int, int]]) -> List[List[float]]:
@@ -471,55 +338,33 @@ class RapidNet(StageFeatureMixin, nn.Module):
         widths = list(widths)
         if len(depths) != len(widths):
             raise ValueError(f'depths ({len(depths)} stages) and widths ({len(widths)}) must have the same length')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.input_divisor = 1  # any H, W >= 1 (stride-2 convs round up)
-        self._model_name = 'RapidNet'
+        self.init_model('RapidNet', in_chans, num_classes, drop_rate)  # any H, W >= 1 (stride-2 convs round up)
         refuse_img_size(img_size, self._model_name, 'every H, W >= 1 runs')
-        self.grad_checkpointing = False
 
         self.stem = nn.Sequential(OrderedDict(
-            conv1=ConvBN(in_chans, widths[0] // 2, 3, stride=2, act=True, **dd),
-            conv2=ConvBN(widths[0] // 2, widths[0], 3, stride=2, act=True, **dd),
+            conv1=conv_bn(in_chans, widths[0] // 2, 3, stride=2, act=True, **dd),
+            conv2=conv_bn(widths[0] // 2, widths[0], 3, stride=2, act=True, **dd),
         ))
         dprs = official_drop_path_rates(drop_path_rate, depths)
-        # feature levels: the four stages; the stem's two stride-2 convs act as one stride-4 patch embedding (as in
-        # timm's RepViT / FastViT, whose stems are alike), so no stem level
-        layout = stage_strides([1] + [2] * (len(widths) - 1), output_stride, 4, self._model_name)
-        stages = []
-        for i, ((n_ir, n_mldc), dim, s) in enumerate(zip(depths, widths, layout)):
-            downsample = None
-            if i > 0:
-                downsample = ConvBN(widths[i - 1], dim, 3, stride=s.stride, dilation=s.first_dilation, **dd)
+
+        def make_stage(i: int, in_chs: int, dim: int, s: StageStride) -> Stage:
+            n_ir, n_mldc = depths[i]
+            downsample = conv_bn(in_chs, dim, 3, stride=s.stride, dilation=s.first_dilation, **dd) if i > 0 else None
             blocks = [InvertedResidual(dim, mlp_ratio, ls_init_value, dprs[i][j], s.dilation, **dd)
                       for j in range(n_ir)]
             blocks += [MLDCBlock(dim, mlp_ratio, dilations, ls_init_value, dprs[i][n_ir + j], s.dilation, **dd)
                        for j in range(n_mldc)]
-            stages.append(Stage(blocks, downsample))
-        self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(widths, [s.reduction for s in layout])
-        self.num_features = widths[-1]
-        self.norm = nn.Identity()
-        self.head = DistilledConvHead(
+            return Stage(blocks, downsample)
+
+        # feature levels: the four stages; the stem's two stride-2 convs act as one stride-4 patch embedding (as in
+        # timm's RepViT / FastViT, whose stems are alike), so no stem level
+        self.build_stages(make_stage, widths, [1] + [2] * (len(widths) - 1), output_stride, 4)
+        self.build_head(head=DistilledConvHead(
             self.num_features, head_hidden_size, num_classes, pool_type=global_pool, drop_rate=drop_rate,
-            distilled=distilled, **dd)
-        self.head_hidden_size = head_hidden_size
-
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        """Official init: every conv (and here the linear classifiers, official 1x1 convs) Kaiming-normal (fan-in,
-        gain sqrt(2)) with zero bias; BN and layer scales keep their defaults."""
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return set()  # layer scales, norms and biases are 1-D: timm's optimizer factory already excludes them
+            distilled=distilled, **dd))
+        # official init: every conv (and here the linear classifiers, official 1x1 convs) Kaiming-normal (fan-in,
+        # gain sqrt(2)) with zero bias; BN and layer scales keep their defaults
+        init_weights_(self, (nn.Conv2d, nn.Linear), nn.init.kaiming_normal_)
 
     @torch.jit.ignore
     def get_classifier(self) -> Union[nn.Module, Tuple[nn.Module, nn.Module]]:
@@ -530,21 +375,6 @@ class RapidNet(StageFeatureMixin, nn.Module):
         """In training mode, return ``(logits, dist_logits)`` instead of their average (timm's DeiT API)."""
         self.head.distilled_training = enable
 
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """:class:`StageFeatureMixin`'s pruning; the head's embedding conv goes with the classifier (it is sized for
-        the last stage and comes after the pool), so a pruned model returns raw stage features."""
-        take_indices = super().prune_intermediate_layers(indices, prune_norm, prune_head)
-        if prune_head or len(self.stages) < len(self.feature_info):
-            self.head.conv = nn.Identity()
-            self.head.act = nn.Identity()
-            self.head.hidden_size = self.head_hidden_size = self.num_features
-        return take_indices
-
     @torch.no_grad()
     def reparameterize(self):
         """Fold for inference, in place: each RepCPE identity into its kernel, each BatchNorm into the conv before
@@ -553,7 +383,9 @@ class RapidNet(StageFeatureMixin, nn.Module):
         the result is a deploy form (:func:`~backbones.optimize.mark_deploy_form`): ``.train()`` warns (training it
         would train without BatchNorm) and ``backbones.hub.save_for_hf`` refuses it (save before folding)."""
         for m in list(self.modules()):  # parents before children; every fold is a no-op once done
-            if m is not self and hasattr(m, 'reparameterize'):
+            if isinstance(m, ConvNormAct):
+                m.fuse()
+            elif m is not self and hasattr(m, 'reparameterize'):
                 m.reparameterize()
         return mark_deploy_form(self, 'RapidNet.reparameterize')  # .train() warns; save_for_hf refuses it
 

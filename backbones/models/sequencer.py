@@ -46,16 +46,15 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, LayerNorm2d, lecun_normal_, register_notrace_module
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
-from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.activation import InplaceGELU
-from ..layers.head import Head
 from ..layers.helpers import check_img_size
 from ..layers.mlp import Mlp
-from ..layers.stage import Stage, check_output_stride, drop_path_schedule
+from ..layers.stage import Stage, StageStride, check_output_stride, drop_path_schedule
 from ..layers.tracing import contiguous_for_export, is_symbolic_tracing
 from ..layers.window import contiguous_reshape
 
@@ -203,19 +202,6 @@ class Downsample(nn.Module):
         return self.down(contiguous_for_export(x))  # the blocks' output is a permuted channels-last map
 
 
-class SequencerStage(Stage):
-    """``downsample`` on the NCHW input, blocks on channels-last ``[B, H, W, C]``, NCHW out (views: the memory
-    stays channels-last from stage to stage)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x).permute(0, 2, 3, 1).contiguous()
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return x.permute(0, 3, 1, 2)
-
-
 class Sequencer2d(StageFeatureMixin, nn.Module):
     """Sequencer2D-S/M/L.
 
@@ -256,36 +242,27 @@ class Sequencer2d(StageFeatureMixin, nn.Module):
         dd = dict(device=device, dtype=dtype)
         assert len(depths) == len(patch_sizes) == len(embed_dims) == len(hidden_sizes), \
             'depths, patch_sizes, embed_dims and hidden_sizes: one per stage'
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.input_divisor = math.prod(patch_sizes)  # every patch conv must tile its input exactly
-        self._model_name = type(self).__name__
+        # every patch conv must tile its input exactly
+        self.init_model(type(self).__name__, in_chans, num_classes, drop_rate, input_divisor=math.prod(patch_sizes))
         self.img_size = check_img_size(img_size, self._model_name, divisor=self.input_divisor)
         check_output_stride(
             output_stride, self.input_divisor, self._model_name, 'its stride is set by a 7x7 patch embedding and one '
             '2x2 merge, 14 in all, so 16 and 8 do not exist; and its BiLSTMs read whole rows and columns, which '
             'dilation cannot keep equivalent')
-        self.grad_checkpointing = False
 
         self.stem = PatchEmbed(in_chans, embed_dims[0], patch_sizes[0], **dd)
         dprs = drop_path_schedule(drop_path_rate, depths)
-        stages, reductions, reduction, prev = [], [], patch_sizes[0], embed_dims[0]
-        for i, (depth, dim, hidden) in enumerate(zip(depths, embed_dims, hidden_sizes)):
-            downsample = None
-            if i > 0:
-                downsample = Downsample(prev, dim, patch_sizes[i], **dd)
-                reduction *= patch_sizes[i]
-            blocks = [SequencerBlock(dim, hidden, mlp_ratio, proj_drop_rate, dprs[i][j], **dd) for j in range(depth)]
-            stages.append(SequencerStage(blocks, downsample=downsample))
-            reductions.append(reduction)
-            prev = dim
-        self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(list(embed_dims), reductions)
-        self.num_features = prev
-        self.norm = LayerNorm2d(prev, eps=EPS, **dd)
-        self.head = Head(prev, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
-        self.head_hidden_size = self.head.hidden_size
+
+        def make_stage(i: int, in_chs: int, dim: int, s: StageStride) -> Stage:
+            # the downsample runs on the NCHW input; the blocks on channels-last maps (views: the memory stays
+            # channels-last from stage to stage)
+            downsample = Downsample(in_chs, dim, patch_sizes[i], **dd) if i > 0 else None
+            blocks = [SequencerBlock(dim, hidden_sizes[i], mlp_ratio, proj_drop_rate, dprs[i][j], **dd)
+                      for j in range(depths[i])]
+            return Stage(blocks, downsample, channels_last=True)
+
+        self.build_stages(make_stage, list(embed_dims), [1] + list(patch_sizes[1:]), stem_reduction=patch_sizes[0])
+        self.build_head(num_classes, global_pool, drop_rate, norm=LayerNorm2d(self.num_features, eps=EPS, **dd), **dd)
 
         self.init_weights(nlhb=nlhb)
 
@@ -311,11 +288,6 @@ class Sequencer2d(StageFeatureMixin, nn.Module):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, BiLSTM):
                 m.reset_parameters()  # nn.LSTM's: U(±1/sqrt(h))
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return set()
-
 
 # official layout -> ours (= timm's): each stage's downsample is the last element of the previous stage's Sequential
 def _official_downsample(m) -> str:

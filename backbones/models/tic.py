@@ -47,17 +47,17 @@ from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import GELU, DropPath, LayerNorm2d, Mlp, trunc_normal_
+from timm.layers import GELU, DropPath, LayerNorm2d, Mlp
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
-from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
-from ..layers.conv import ConvNormAct
-from ..layers.head import Head
 from ..layers.helpers import refuse_img_size
+from ..layers.init import init_weights_
 from ..layers.msa_conv import MSAConv2d, MSAConvAttention
-from ..layers.stage import Stage, drop_path_schedule, stage_strides
+from ..layers.stage import Stage, StageStride, drop_path_schedule
+from ..layers.stem import ConvStem
 from ..layers.tracing import contiguous_for_export
 from ..layers.window_taps import window_taps
 
@@ -202,7 +202,8 @@ class TiCAttention(nn.Module):
 
 
 class TiCBlock(nn.Module):
-    """Pre-norm transformer block on NCHW maps: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+    """Pre-norm transformer block on NCHW maps: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``. Not a
+    :class:`~backbones.layers.TransformerBlock`: each norm's channels-last output is made contiguous for exporters.
 
     Args:
         dim, num_heads, kernel_size, pool_size, pooled_heads, shift, qkv_bias, attn_drop: see :class:`TiCAttention`.
@@ -243,19 +244,6 @@ class TiCBlock(nn.Module):
         x = x + self.drop_path1(self.attn(contiguous_for_export(self.norm1(x))))
         x = x + self.drop_path2(self.mlp(contiguous_for_export(self.norm2(x))))
         return x
-
-
-class Stem(nn.Module):
-    """``conv1`` 3x3/2 conv-BN-GELU to ``out_chs / 2``, ``conv2`` 3x3/2 conv-BN to ``out_chs`` (side n -> ceil(n/4))."""
-
-    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        self.conv1 = ConvNormAct(in_chs, out_chs // 2, 3, stride=2, act_layer=GELU, **dd)
-        self.conv2 = ConvNormAct(out_chs // 2, out_chs, 3, stride=2, act_layer=None, **dd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.conv1(x))
 
 
 class Downsample(nn.Module):
@@ -321,50 +309,31 @@ class TiC(StageFeatureMixin, nn.Module):
         dd = dict(device=device, dtype=dtype)
         if not len(depths) == len(dims) == len(num_heads):
             raise ValueError('depths, dims and num_heads need one entry per stage')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.input_divisor = 1  # any size: strided layers pad, MSA-Conv keeps the size
-        self._model_name = type(self).__name__  # for error messages (TorchScript cannot read self.__class__)
+        self.init_model(type(self).__name__, in_chans, num_classes, drop_rate)  # any size: strided layers pad
         refuse_img_size(img_size, self._model_name, 'every size runs: strided layers and windows pad')
-        self.grad_checkpointing = False
 
-        self.stem = Stem(in_chans, dims[0], **dd)
+        # conv1 3x3/2 conv-BN-GELU to dims[0] / 2, conv2 3x3/2 conv-BN to dims[0] (side n -> ceil(n / 4))
+        self.stem = ConvStem(in_chans, (dims[0] // 2, dims[0]), 3, stride=(2, 2), act_layer=GELU, last_act=False, **dd)
         dprs = drop_path_schedule(drop_path_rate, depths)
-        # feature levels: the four stages (the stem is a two-conv stride-4 patch embedding)
-        layout = stage_strides([1] + [2] * (len(depths) - 1), output_stride, 4, self._model_name)
-        stages, prev, prev_heads = [], dims[0], num_heads[0]
-        for i, (depth, dim, heads, s) in enumerate(zip(depths, dims, num_heads, layout)):
+
+        def make_stage(i: int, in_chs: int, dim: int, s: StageStride) -> Stage:
+            heads = num_heads[i]
             blocks = [TiCBlock(
                 dim, heads, kernel_size, pool_size,
                 pooled_heads=heads // 2 if inter_pool else 0,
                 shift=cyclic_shift and j % 2 == 1,
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, attn_drop=attn_drop_rate, drop_path=dprs[i][j],
                 dilation=s.dilation, **dd,
-            ) for j in range(depth)]
-            downsample = Downsample(prev, dim, prev_heads, kernel_size, s.stride, s.first_dilation, **dd) \
-                if i > 0 else None
-            stages.append(Stage(blocks, downsample=downsample))
-            prev, prev_heads = dim, heads
-        self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(dims, [s.reduction for s in layout])
-        self.num_features = prev
-        self.norm = LayerNorm2d(prev, **dd)
-        self.head = Head(prev, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
-        self.head_hidden_size = self.head.hidden_size
+            ) for j in range(depths[i])]
+            downsample = None
+            if i > 0:
+                downsample = Downsample(in_chs, dim, num_heads[i - 1], kernel_size, s.stride, s.first_dilation, **dd)
+            return Stage(blocks, downsample)
 
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return set()
+        # feature levels: the four stages (the stem is a two-conv stride-4 patch embedding)
+        self.build_stages(make_stage, dims, [1] + [2] * (len(depths) - 1), output_stride, 4)
+        self.build_head(num_classes, global_pool, drop_rate, norm=LayerNorm2d(self.num_features, **dd), **dd)
+        init_weights_(self, (nn.Conv2d, nn.Linear))
 
 
 def checkpoint_filter_fn(state_dict, model):

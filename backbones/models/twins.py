@@ -33,20 +33,20 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, LayerNorm2d, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.layers import LayerNorm2d, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._checkpoint import convert_state_dict
-from .._features import StageFeatureMixin, feature_cfg, stage_feature_info
+from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.activation import InplaceGELU
-from ..layers.conv import strided_conv2d
-from ..layers.head import Head
 from ..layers.helpers import check_img_size
 from ..layers.mlp import Mlp
-from ..layers.stage import Stage, drop_path_schedule, stage_strides
+from ..layers.patch_embed import PatchEmbed
+from ..layers.pos_conv import PosConv
+from ..layers.stage import Stage, StageStride, drop_path_schedule
 from ..layers.subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
-from ..layers.tracing import contiguous_for_export
+from ..layers.transformer import TransformerBlock
 
 __all__ = ['Twins']
 
@@ -69,39 +69,9 @@ FAMILY = register_family(Family(
 ))
 
 
-class PatchEmbed(nn.Module):
-    """Conv ``k = s = patch_size`` (with bias) on an NCHW map -> channels-last ``[B, H', W', C]`` -> LayerNorm
-    (PyTorch default eps 1e-5, as in the official code) -> dropout (official ``pos_drop``). In a stage that dilates
-    instead of striding (``stride=1``): the patch window at every pixel, dilated by ``dilation``
-    (:func:`~backbones.layers.strided_conv2d`)."""
-
-    def __init__(self, in_chs: int, out_chs: int, patch_size: int, drop: float = 0., stride: Optional[int] = None,
-                 dilation: int = 1, device=None, dtype=None):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        stride = patch_size if stride is None else stride
-        self.proj = strided_conv2d(in_chs, out_chs, patch_size, stride, dilation=dilation, **dd)
-        self.norm = nn.LayerNorm(out_chs, eps=1e-5, **dd)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.norm(self.proj(contiguous_for_export(x)).permute(0, 2, 3, 1)))
-
-
-class PosConv(nn.Module):
-    """PEG (position encoding generator, CPVT): ``x + DWConv3x3(x)`` (with bias) on a channels-last map."""
-
-    def __init__(self, dim: int, dilation: int = 1, device=None, dtype=None):
-        super().__init__()
-        self.proj = nn.Conv2d(dim, dim, 3, padding=dilation, dilation=dilation, groups=dim, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.proj(contiguous_for_export(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
-
-
-class TwinsBlock(nn.Module):
-    """Pre-norm transformer block on ``[B, H, W, C]``: ``x + attn(norm1(x))``, ``x + mlp(norm2(x))``, then the
-    PEG when ``pos_conv`` (first block of a stage).
+class TwinsBlock(TransformerBlock):
+    """Pre-norm transformer block on ``[B, H, W, C]`` (:class:`~backbones.layers.TransformerBlock`: ``x +
+    attn(norm1(x))``, ``x + mlp(norm2(x))``), then the PEG when ``pos_conv`` (first block of a stage).
 
     ``window_size`` set: LSA with that window; ``None``: GSA with ``sr_ratio``. ``dilation``: of the PEG's conv.
     """
@@ -121,38 +91,18 @@ class TwinsBlock(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
         dd = dict(device=device, dtype=dtype)
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
-        self.norm1 = norm_layer(dim, **dd)
         if window_size is not None:
-            self.attn = LocallyGroupedAttention(
-                dim, num_heads, window_size, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
+            attn = LocallyGroupedAttention(dim, num_heads, window_size, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
         else:
-            self.attn = GlobalSubsampledAttention(
-                dim, num_heads, sr_ratio, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = norm_layer(dim, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=InplaceGELU, drop=proj_drop, **dd)
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.peg = PosConv(dim, dilation, **dd) if pos_conv else nn.Identity()
+            attn = GlobalSubsampledAttention(dim, num_heads, sr_ratio, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
+        mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=InplaceGELU, drop=proj_drop, **dd)
+        super().__init__(dim, attn, mlp, partial(nn.LayerNorm, eps=1e-6), drop_path=drop_path, **dd)
+        # PEG (position encoding generator, CPVT): x + dwconv3x3(x)
+        self.peg = PosConv(dim, 3, dilation, channels_last=True, fold=False, **dd) if pos_conv else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        return self.peg(x)
-
-
-class TwinsStage(Stage):
-    """``downsample`` (the patch embedding: NCHW in, channels-last out) -> blocks on ``[B, H, W, C]`` -> NCHW."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return x.permute(0, 3, 1, 2)
+        return self.peg(self.residuals(x))
 
 
 class Twins(StageFeatureMixin, nn.Module):
@@ -198,24 +148,13 @@ class Twins(StageFeatureMixin, nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        num_stages = len(depths)
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self._model_name = type(self).__name__
-        self.grad_checkpointing = False
-        # feature levels: the four stages, as timm's Twins (the first patch embedding is the stem)
-        layout = stage_strides([patch_size] + [2] * (num_stages - 1), output_stride, 1, self._model_name)
-        self.input_divisor = layout[-1].reduction  # every patch embedding that strides tiles its input exactly
-        self.img_size = check_img_size(img_size, self._model_name, divisor=self.input_divisor)
-
+        self.init_model(type(self).__name__, in_chans, num_classes, drop_rate)
         self.stem = nn.Identity()  # stage 0's patch embedding is the stem (group_matcher names it so)
         dprs = drop_path_schedule(drop_path_rate, depths)
-        stages = []
-        prev_chs = in_chans
-        for i, s in enumerate(layout):
+
+        def make_stage(i: int, in_chs: int, dim: int, s: StageStride) -> Stage:
             blocks = [TwinsBlock(
-                embed_dims[i],
+                dim,
                 num_heads[i],
                 mlp_ratio=mlp_ratios[i],
                 sr_ratio=sr_ratios[i],
@@ -227,18 +166,19 @@ class Twins(StageFeatureMixin, nn.Module):
                 dilation=s.dilation,
                 **dd,
             ) for j in range(depths[i])]
+            # conv k = s = patch (with bias) -> channels-last -> LayerNorm (torch's eps 1e-5, as the official code) ->
+            # dropout (official ``pos_drop``)
             embed = PatchEmbed(
-                prev_chs, embed_dims[i], patch_size if i == 0 else 2, drop=pos_drop_rate, stride=s.stride,
-                dilation=s.first_dilation, **dd)
-            stages.append(TwinsStage(blocks, downsample=embed))
-            prev_chs = embed_dims[i]
-        self.stages = nn.Sequential(*stages)
-        self.feature_info = stage_feature_info(embed_dims, [s.reduction for s in layout])
-        self.num_features = prev_chs
-        self.norm = LayerNorm2d(prev_chs, eps=1e-6, **dd)
-        self.head = Head(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
-        self.head_hidden_size = self.head.hidden_size
+                in_chs, dim, patch_size if i == 0 else 2, norm_layer=partial(nn.LayerNorm, eps=1e-5),
+                drop=pos_drop_rate, stride=s.stride, dilation=s.first_dilation, **dd)
+            return Stage(blocks, embed, channels_last=True, downsample_channels_last=True)
 
+        # feature levels: the four stages, as timm's Twins (the first patch embedding is the stem)
+        layout = self.build_stages(
+            make_stage, embed_dims, [patch_size] + [2] * (len(depths) - 1), output_stride, in_chs=in_chans)
+        self.input_divisor = layout[-1].reduction  # every patch embedding that strides tiles its input exactly
+        self.img_size = check_img_size(img_size, self._model_name, divisor=self.input_divisor)
+        self.build_head(num_classes, global_pool, drop_rate, norm=LayerNorm2d(self.num_features, eps=1e-6, **dd), **dd)
         self.init_weights()
 
     @torch.jit.ignore
