@@ -65,6 +65,7 @@ from ..layers.activation import InplaceGELU
 from ..layers.attention import Attention
 from ..layers.cross_attention import CrossAttention
 from ..layers.helpers import check_img_size
+from ..layers.init import init_weights_
 from ..layers.mlp import Mlp
 from ..layers.patch_embed import PatchEmbed
 from ..layers.pos_embed import pos_embed_for_grid, resize_pos_embed_in_state_dict
@@ -299,18 +300,14 @@ class CrossViT(MultiBranchTokenMixin, nn.Module):
         self.init_weights()
 
     def init_weights(self):
-        """The official init: truncated normal (0.02) for the tokens, tables and Linear weights, zero biases."""
+        """The official init: truncated normal (0.02) for the tokens, tables and Linear weights, zero biases. A model
+        on the meta device has nothing to fill (and ``trunc_normal_`` is slow there): skipped."""
+        if self.cls_token[0].is_meta:
+            return
         for b in range(self.num_branches):
             trunc_normal_(self.pos_embed[b], std=.02)
             trunc_normal_(self.cls_token[b], std=.02)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        init_weights_(self)
 
     def branch_grid_sizes(self, img_size: Tuple[int, int]) -> List[Tuple[int, int]]:
         """The patch grid of every branch for an ``(H, W)`` input whose sides are multiples of ``input_divisor``."""

@@ -183,7 +183,10 @@ class Twins(StageFeatureMixin, nn.Module):
 
     @torch.jit.ignore
     def init_weights(self):
-        """The official init: Linear trunc-normal(0.02), conv normal(0, sqrt(2 / fan_out)), zero biases."""
+        """The official init: Linear trunc-normal(0.02), conv normal(0, sqrt(2 / fan_out)), zero biases. A model on
+        the meta device has nothing to fill (and ``trunc_normal_`` is slow there): skipped."""
+        if next(self.parameters()).is_meta:
+            return
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight, std=.02)
