@@ -13,9 +13,7 @@ a failure names the family and lists timm's failing test ids with their errors.
 import pytest
 import timm_suite
 
-# one subprocess serves every item: under pytest-xdist they all run on one worker (loadgroup)
-pytestmark = pytest.mark.xdist_group('timm_suite')
-
+# one subprocess serves every item: under pytest-xdist they all run on one worker (--dist loadfile, pyproject.toml)
 SUITE_MODELS = timm_suite.smallest_per_family()
 FAMILIES = sorted(SUITE_MODELS)
 
