@@ -13,6 +13,16 @@ _workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT') or 1)
 torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS') or 0) or max(1, min(2, (os.cpu_count() or 1) // _workers)))
 
 
+# The heaviest files first: pytest-xdist hands each worker one file at a time (--dist loadfile), in this order, so a
+# long file started last would leave the other workers idle at the end.
+HEAVY_FIRST = ('test_timm_suite.py', 'test_contract.py', 'test_export.py', 'test_counts.py')
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+
+
 def smallest_per_family():
     """The smallest zoo variant (official params) of each family: what behavioural tests run for real."""
     best = {}

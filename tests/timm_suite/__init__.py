@@ -10,7 +10,8 @@ Environment knobs:
 - ``BACKBONES_TIMM_SDIST``: path of a ``timm-<ver>.tar.gz`` to use instead of downloading (offline runs);
 - ``BACKBONES_CACHE``: cache root (default ``~/.cache/backbones``);
 - ``BACKBONES_TIMM_SUITE_TIMEOUT``: subprocess time limit in seconds (default 1800);
-- ``BACKBONES_TIMM_SUITE_THREADS``: torch / OpenMP threads of the subprocess (default 2).
+- ``BACKBONES_TIMM_SUITE_THREADS``: torch / OpenMP threads of the subprocess (default: the calling process's, which
+  ``tests/conftest.py`` sets to its share of the cores under pytest-xdist).
 """
 import importlib.metadata
 import json
@@ -26,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
+
+import torch
 
 import backbones
 from backbones._registry import _VARIANTS
@@ -265,7 +268,7 @@ def run(root: Path, main_families: List[str], prune_families: List[str] = (), th
         raise SuiteError(f'unknown zoo families {unknown}; known: {sorted(smallest)}')
     models = {fam: smallest[fam] for fam in sorted(set(main_families + prune_families))}
     timeout = timeout or float(os.environ.get('BACKBONES_TIMM_SUITE_TIMEOUT', 1800))
-    threads = threads or int(os.environ.get('BACKBONES_TIMM_SUITE_THREADS', 2))
+    threads = threads or int(os.environ.get('BACKBONES_TIMM_SUITE_THREADS') or 0) or torch.get_num_threads()
     prepare(root, models, main_families, prune_families, sdist=sdist, threads=threads)
     results_path = root / 'bb_results.json'
     cmd = [sys.executable, '-m', 'pytest', str(root / 'tests' / 'test_models.py'), '-c', str(root / 'pytest.ini'),
