@@ -57,7 +57,14 @@ def test_meta_shapes(name):
     cfg = model.pretrained_cfg
     assert model.in_chans == cfg['input_size'][0]
     x = torch.empty(1, *cfg['input_size'], device='meta')
-    feats = model.forward_features(x)
+    # one forward pass (meta ops run as Python decompositions): model(x), keeping what forward_features returned
+    seen = []
+    forward_features = model.forward_features
+    model.forward_features = lambda *a, **k: seen.append(forward_features(*a, **k)) or seen[-1]
+    assert model(x).shape == (1, cfg['num_classes'])
+    del model.forward_features
+    assert len(seen) == 1, f'{name}: forward did not go through forward_features once'
+    feats = seen[0]
     if _is_token_model(model):  # timm's convention: no pool_size for token outputs
         assert cfg['pool_size'] is None, f'{name}: token model with a pool_size'
         h, w = cfg['input_size'][1:]
@@ -69,7 +76,6 @@ def test_meta_shapes(name):
         assert cfg['pool_size'], f'{name}: pretrained_cfg lacks pool_size'
         assert feats.shape == (1, model.num_features, *cfg['pool_size'])
     assert model.forward_head(feats, pre_logits=True).shape == (1, model.head_hidden_size)
-    assert model(x).shape == (1, cfg['num_classes'])
     sd = model.state_dict()
     # a name, or a tuple as timm allows (a distilled model's two heads, a multi-branch model's convs and heads)
     for names in (cfg['first_conv'], cfg['classifier']):

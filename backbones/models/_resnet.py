@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from .._features import StageFeatureMixin
 from ..layers import Bottleneck, ConvNormAct, Stage, drop_path_schedule, refuse_img_size
+from ..layers.init import skip_on_meta
 from ..layers.stem import stem_pool as build_stem_pool
 from ..layers.stem import stem_pool_min_input
 
@@ -86,6 +87,7 @@ class ResNetSkeleton(StageFeatureMixin, nn.Module):
         self.init_weights(zero_init_last=zero_init_last)
 
     @torch.jit.ignore
+    @skip_on_meta
     def init_weights(self, zero_init_last: bool = False):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

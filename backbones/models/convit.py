@@ -57,7 +57,7 @@ from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from .._token import TokenFeatureMixin, check_global_pool, token_feature_info
 from ..layers.attention import Attention
 from ..layers.helpers import check_img_size
-from ..layers.init import init_weights_
+from ..layers.init import init_weights_, skip_on_meta
 from ..layers.mlp import Mlp
 from ..layers.patch_embed import PatchEmbed
 from ..layers.pos_embed import resize_pos_embed_in_state_dict
@@ -287,12 +287,10 @@ class ConViT(TokenFeatureMixin, nn.Module):
 
         self.init_weights()
 
+    @skip_on_meta
     def init_weights(self):
         """The official init: truncated normal (0.02) for tokens, table and Linear weights, zero biases, then the
-        GPSA locality init. A model on the meta device has nothing to fill (and ``trunc_normal_`` is slow there):
-        skipped."""
-        if self.cls_token.is_meta:
-            return
+        GPSA locality init."""
         trunc_normal_(self.pos_embed, std=.02)
         trunc_normal_(self.cls_token, std=.02)
         init_weights_(self)

@@ -65,7 +65,7 @@ from ..layers.activation import InplaceGELU
 from ..layers.attention import Attention
 from ..layers.cross_attention import CrossAttention
 from ..layers.helpers import check_img_size
-from ..layers.init import init_weights_
+from ..layers.init import init_weights_, skip_on_meta
 from ..layers.mlp import Mlp
 from ..layers.patch_embed import PatchEmbed
 from ..layers.pos_embed import pos_embed_for_grid, resize_pos_embed_in_state_dict
@@ -299,11 +299,9 @@ class CrossViT(MultiBranchTokenMixin, nn.Module):
 
         self.init_weights()
 
+    @skip_on_meta
     def init_weights(self):
-        """The official init: truncated normal (0.02) for the tokens, tables and Linear weights, zero biases. A model
-        on the meta device has nothing to fill (and ``trunc_normal_`` is slow there): skipped."""
-        if self.cls_token[0].is_meta:
-            return
+        """The official init: truncated normal (0.02) for the tokens, tables and Linear weights, zero biases."""
         for b in range(self.num_branches):
             trunc_normal_(self.pos_embed[b], std=.02)
             trunc_normal_(self.cls_token[b], std=.02)

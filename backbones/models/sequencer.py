@@ -53,6 +53,7 @@ from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.activation import InplaceGELU
 from ..layers.helpers import check_img_size
+from ..layers.init import skip_on_meta
 from ..layers.mlp import Mlp
 from ..layers.stage import Stage, StageStride, check_output_stride, drop_path_schedule
 from ..layers.tracing import contiguous_for_export, is_symbolic_tracing
@@ -267,6 +268,7 @@ class Sequencer2d(StageFeatureMixin, nn.Module):
         self.init_weights(nlhb=nlhb)
 
     @torch.jit.ignore
+    @skip_on_meta
     def init_weights(self, nlhb: bool = False):
         """The official (MLP-Mixer style) init: xavier-uniform Linear weights with zero biases (MLP biases
         N(0, 1e-6)), lecun-normal convs, LSTM parameters U(±1/sqrt(h)), zero classifier weight (bias 0, or

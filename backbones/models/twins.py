@@ -41,6 +41,7 @@ from .._features import StageFeatureMixin, feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
 from ..layers.activation import InplaceGELU
 from ..layers.helpers import check_img_size
+from ..layers.init import skip_on_meta
 from ..layers.mlp import Mlp
 from ..layers.patch_embed import PatchEmbed
 from ..layers.pos_conv import PosConv
@@ -182,11 +183,9 @@ class Twins(StageFeatureMixin, nn.Module):
         self.init_weights()
 
     @torch.jit.ignore
+    @skip_on_meta
     def init_weights(self):
-        """The official init: Linear trunc-normal(0.02), conv normal(0, sqrt(2 / fan_out)), zero biases. A model on
-        the meta device has nothing to fill (and ``trunc_normal_`` is slow there): skipped."""
-        if next(self.parameters()).is_meta:
-            return
+        """The official init: Linear trunc-normal(0.02), conv normal(0, sqrt(2 / fan_out)), zero biases."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight, std=.02)
