@@ -26,13 +26,14 @@ PaddlePaddle ``.pdparams``), never unpickling code, and tells a truncated file f
 import argparse
 import contextlib
 import contextvars
+import functools
 import importlib
 import json
 import logging
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -81,6 +82,23 @@ def _describe(head: bytes) -> str:
     return f'it starts with {head[:16]!r}'
 
 
+def _raises_as_caller_error(reader: Callable) -> Callable:
+    """Give a reader an ``error`` keyword: the class its :class:`UnreadableCheckpointError` is raised as (same
+    message, chained). Each entry point reports the reader's one line as its own public class --
+    :class:`backbones.hub.CorruptWeightsError`, :class:`backbones.convert.ConversionError`,
+    :class:`backbones.train.CheckpointError` -- through this one translation, not a wrapper of its own."""
+    @functools.wraps(reader)
+    def read(*args, error: Type[Exception] = UnreadableCheckpointError, **kwargs):
+        try:
+            return reader(*args, **kwargs)
+        except UnreadableCheckpointError as e:
+            if isinstance(e, error):
+                raise
+            raise error(str(e)) from e
+    return read
+
+
+@_raises_as_caller_error
 def read_safetensors_header(path: Union[str, Path]) -> Dict[str, Any]:
     """The JSON header of the safetensors file ``path`` (tensor name -> dtype, shape, data offsets), read without
     the tensors. Raises :class:`UnreadableCheckpointError` (one line naming the file) for a file that is not
@@ -110,6 +128,7 @@ def read_safetensors_header(path: Union[str, Path]) -> Dict[str, Any]:
     return header
 
 
+@_raises_as_caller_error
 def check_safetensors(path: Union[str, Path]) -> None:
     """Raise :class:`UnreadableCheckpointError` unless ``path`` is a complete safetensors file (reads the header:
     :func:`read_safetensors_header`): "truncated" is reserved for a safetensors file shorter than its header says,
@@ -130,6 +149,7 @@ def check_safetensors(path: Union[str, Path]) -> None:
             f'(an interrupted download or copy? delete it and fetch it again)')
 
 
+@_raises_as_caller_error
 def read_checkpoint_file(path: Union[str, Path], workdir: Union[str, Path, None] = None) -> Any:
     """Read a checkpoint without ever unpickling code: safetensors, ``torch.load(weights_only=True)``, or a format
     of another framework (:mod:`backbones.formats`: a TensorFlow checkpoint -- its folder, prefix or ``.index`` --,
@@ -138,7 +158,8 @@ def read_checkpoint_file(path: Union[str, Path], workdir: Union[str, Path, None]
 
     The format is told by the content, not the file name. Only ``argparse.Namespace`` is allowed beyond tensors and
     plain containers (timm's ``CheckpointSaver`` stores its arguments as one). Raises ``FileNotFoundError`` or
-    :class:`UnreadableCheckpointError` (empty, truncated, not a checkpoint, or needing code to unpickle).
+    :class:`UnreadableCheckpointError` (empty, truncated, not a checkpoint, or needing code to unpickle), as the
+    class given by ``error=`` if any.
     """
     path = Path(path)
     foreign = foreign_kind(path)

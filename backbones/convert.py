@@ -27,7 +27,6 @@ import torch
 
 from ._checkpoint import (
     CheckpointMismatchError,
-    UnreadableCheckpointError,
     caller_adapts,
     classifier_names,
     family_filter_fn,
@@ -53,10 +52,7 @@ class ConversionError(RuntimeError):
 
 def load_checkpoint_file(path: PathLike) -> Mapping[str, Any]:
     """Read a checkpoint without ever unpickling code (see :func:`backbones._checkpoint.read_checkpoint_file`)."""
-    try:
-        return read_checkpoint_file(path)
-    except UnreadableCheckpointError as e:
-        raise ConversionError(str(e)) from e
+    return read_checkpoint_file(path, error=ConversionError)
 
 
 # ---------------------------------------------------------------------------------------------- the model

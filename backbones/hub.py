@@ -26,14 +26,13 @@ makes its header unreadable).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import json
 import os
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -60,7 +59,6 @@ from timm.models import is_model
 from timm.models import save_for_hf as timm_save_for_hf
 
 from ._checkpoint import (
-    UnreadableCheckpointError,
     caller_adapts,
     check_state_dict,
     classifier_names,
@@ -139,27 +137,15 @@ def save_for_hf(
 
 # -- checkpoints ------------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _corrupt_weights() -> Iterator[None]:
-    """The zoo reader's :class:`UnreadableCheckpointError` as this module's :class:`CorruptWeightsError` (a
-    :class:`HubError`, so a caller catches every Hub problem as one family); the one place hub translates it."""
-    try:
-        yield
-    except UnreadableCheckpointError as e:
-        raise CorruptWeightsError(str(e)) from e
-
-
 def check_safetensors(path: Union[str, Path]) -> None:
     """Raise :class:`CorruptWeightsError` unless ``path`` is a complete safetensors file (reads the header only):
     "truncated" for a cut safetensors file, "not a safetensors file" for anything else (a torch pickle, text)."""
-    with _corrupt_weights():
-        _check_safetensors(path)
+    _check_safetensors(path, error=CorruptWeightsError)
 
 
 def _read_checkpoint(path: Union[str, Path]) -> Mapping:
     """Read a safetensors file or a torch checkpoint WITHOUT executing pickled code."""
-    with _corrupt_weights():
-        return read_checkpoint_file(path)
+    return read_checkpoint_file(path, error=CorruptWeightsError)
 
 
 def _arch(model: nn.Module) -> str:
@@ -574,8 +560,7 @@ def _check_head(cfg: Dict, weights: Path, where: str) -> None:
     classifier = pcfg.get('classifier')
     if not isinstance(num_classes, int) or not isinstance(classifier, str):
         return
-    with _corrupt_weights():
-        header = read_safetensors_header(weights)
+    header = read_safetensors_header(weights, error=CorruptWeightsError)
     entry = header.get(f'{classifier}.weight')
     n = int(entry['shape'][0]) if isinstance(entry, dict) and entry.get('shape') else 0
     if n != num_classes:

@@ -30,7 +30,6 @@ from timm.utils import CheckpointSaver
 
 from .._checkpoint import (
     CheckpointMismatchError,
-    UnreadableCheckpointError,
     check_state_dict,
     read_checkpoint_file,
     strip_prefixes,
@@ -182,11 +181,9 @@ def read_checkpoint(path) -> Any:
     code), a missing or unreadable file as one :class:`CheckpointError` line: training and validation read every
     checkpoint through it."""
     try:
-        return read_checkpoint_file(path)
+        return read_checkpoint_file(path, error=CheckpointError)
     except FileNotFoundError:
         raise CheckpointError(f'checkpoint not found: {path}') from None
-    except UnreadableCheckpointError as e:
-        raise CheckpointError(str(e).splitlines()[0]) from None
 
 
 def load_training_checkpoint(path, arch: Optional[str] = None) -> Dict[str, Any]:
