@@ -1,18 +1,9 @@
-"""Importing this package registers every zoo family with timm (one import per family file)."""
-from . import (
-    biformer,  # noqa: F401
-    convit,  # noqa: F401
-    crossvit,  # noqa: F401
-    davit,  # noqa: F401
-    maxvit,  # noqa: F401
-    moat,  # noqa: F401
-    parcnetv2,  # noqa: F401
-    rapidnet,  # noqa: F401
-    rednet,  # noqa: F401
-    res2net,  # noqa: F401
-    senet,  # noqa: F401
-    sequencer,  # noqa: F401
-    sknet,  # noqa: F401
-    tic,  # noqa: F401
-    twins,  # noqa: F401
-)
+"""Importing this package registers every zoo family with timm: each module here whose name does not start with ``_``
+is one family's file, imported in name order (a new family needs no line here). ``_``-modules hold code that
+families share (``_resnet``) or keep beside their network (``_rapidnet_layout``); the families import them."""
+import importlib
+import pkgutil
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith('_')):
+    importlib.import_module(f'{__name__}.{_module}')
+del _module
