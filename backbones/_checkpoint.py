@@ -217,7 +217,9 @@ def select_state_dict(checkpoint: Any, ema: str = 'auto', prefer: str = '',
     * ``'auto'``: its EMA weights (``state_dict_ema`` / ``model_ema``, kind ``'ema'``) when it holds them, as timm
       does, else its raw weights (``state_dict`` / ``model`` / ``module``, kind ``'model'``); ``prefer`` names the
       entry a family's official evaluation reads instead (:attr:`backbones._registry.Family.checkpoint_key`), used
-      when present;
+      when present in a released container. A training checkpoint (one that holds an ``optimizer``: timm's
+      ``CheckpointSaver``, ``tools/train.py``) gives its EMA weights first whatever the family, as timm's
+      validation does;
     * ``'yes'``: its EMA weights, or :class:`CheckpointMismatchError` ("``what`` holds no EMA weights");
     * ``'no'``: its raw weights even when it holds EMA weights (EMA weights only when it holds nothing else).
 
@@ -231,7 +233,7 @@ def select_state_dict(checkpoint: Any, ema: str = 'auto', prefer: str = '',
             f'the checkpoint is a {type(checkpoint).__name__}, not a state dict (a mapping of names to tensors) '
             f'or a container holding one')
     order = _RAW_KEYS + _EMA_KEYS if ema == 'no' else _EMA_KEYS + _RAW_KEYS
-    if prefer and ema == 'auto':
+    if prefer and ema == 'auto' and 'optimizer' not in checkpoint:
         order = (prefer,) + tuple(k for k in order if k != prefer)
     sd, kind = checkpoint, 'weights'
     while isinstance(sd, Mapping) and not any(isinstance(v, torch.Tensor) for v in sd.values()):

@@ -34,7 +34,7 @@ from ._checkpoint import (
     unwrap_state_dict,
 )
 from ._files import remove_stale_temps, temp_name
-from ._registry import list_models
+from ._registry import get_family, list_models
 from .formats import foreign_kind
 from .formats.tf_bundle import find_checkpoint
 
@@ -279,7 +279,7 @@ def convert_checkpoint(
     if not isinstance(checkpoint, Mapping):
         raise ConversionError(f'{path} holds a {type(checkpoint).__name__}, not a state dict or a dict container')
     try:
-        checkpoint = unwrap_state_dict(checkpoint)
+        checkpoint = unwrap_state_dict(checkpoint, prefer=get_family(arch).checkpoint_key)
     except CheckpointMismatchError as e:
         raise CheckpointMismatchError(f'{path}: {e}') from e
     checkpoint = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}

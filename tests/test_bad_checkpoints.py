@@ -338,6 +338,32 @@ def test_container_policy_is_timms(tmp_path, keys, ema):
     assert kind == ('ema' if keys[int(got['w'].item())].endswith('_ema') else 'model')
 
 
+RAPID_TINY = dict(depths=((1, 0), (1, 0), (1, 1), (1, 1)), widths=(16, 16, 32, 32), head_hidden_size=32)
+
+
+def test_family_entry_is_read_by_every_entry_point_and_a_training_checkpoint_gives_ema(tmp_path):
+    """RapidNet's release {'state_dict', 'state_dict_ema'}: conversion and fine-tuning read 'state_dict', as the
+    official evaluation and pretrained=True do; a training checkpoint (it holds an optimizer) gives its EMA weights
+    first, as timm's validation does."""
+    from backbones.train.model import load_pretrained_path
+    model = timm.create_model('rapidnet_ti', **RAPID_TINY).eval()
+    raw = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in raw.items()}
+    release, training = dict(state_dict=raw, state_dict_ema=ema), dict(state_dict=raw, state_dict_ema=ema,
+                                                                         optimizer={}, epoch=3)
+    key = 'stages.2.blocks.1.mixer.fc1.conv.weight'
+    for ck, want in ((release, raw), (training, ema)):
+        torch.save(ck, tmp_path / 'ck.pth')
+        out = convert_checkpoint('rapidnet_ti', tmp_path / 'ck.pth', tmp_path / 'out', model_kwargs=RAPID_TINY,
+                                 overwrite=True)
+        converted = timm.create_model(f'local-dir:{out}', pretrained=True)
+        assert torch.equal(converted.state_dict()[key], want[key])
+        fresh = timm.create_model('rapidnet_ti', **RAPID_TINY)
+        load_pretrained_path(fresh, tmp_path / 'ck.pth', log=False)
+        assert torch.equal(fresh.state_dict()[key], want[key])
+        assert torch.equal(family_filter_fn('rapidnet_ti')(ck, fresh)[key], want[key])
+
+
 def test_container_policy_family_entry_and_ema_flags():
     """A family's official entry wins over EMA weights (RapidNet's evaluation reads 'state_dict', BiFormer's 'model');
     --use-ema without EMA weights is one line naming the file."""
@@ -346,6 +372,7 @@ def test_container_policy_family_entry_and_ema_flags():
     ck = {'state_dict': {'w': torch.zeros(1)}, 'state_dict_ema': {'w': torch.ones(1)}}
     assert select_state_dict(ck, prefer='state_dict')[0]['w'].item() == 0
     assert select_state_dict(ck)[0]['w'].item() == 1 and select_state_dict(ck, ema='yes')[1] == 'ema'
+    assert select_state_dict(dict(ck, optimizer={}), prefer='state_dict')[0]['w'].item() == 1  # a training run's
     with pytest.raises(CheckpointMismatchError, match=r'^--use-ema: x\.pth holds no EMA weights \(state_dict_ema\)$'):
         select_state_dict({'state_dict': ck['state_dict']}, ema='yes', what='--use-ema: x.pth')
     assert unwrap_state_dict({'module.w': torch.zeros(1)}).keys() == {'w'}  # DDP / torch.compile prefixes go

@@ -27,7 +27,7 @@ from .._checkpoint import (
     family_filter_fn,
     select_state_dict,
 )
-from .._registry import list_models
+from .._registry import get_family, list_models
 from .checkpoint import load_model_state, read_checkpoint
 from .errors import CheckpointError, ModelError, one_line
 
@@ -89,10 +89,12 @@ def _weights_file(path: Path) -> Path:
     return path
 
 
-def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
+def _read_state_dict(path: Path, model: nn.Module) -> Dict[str, torch.Tensor]:
     ck = read_checkpoint(path)
-    try:  # the zoo's container policy: a training checkpoint's EMA weights first, as timm does
-        return select_state_dict(ck)[0]
+    arch = _arch(model)
+    prefer = get_family(arch).checkpoint_key if arch in list_models() else ''
+    try:  # the zoo's container policy: a training checkpoint's EMA weights first, a release the family's entry
+        return select_state_dict(ck, prefer=prefer)[0]
     except CheckpointMismatchError as e:
         raise CheckpointError(f'{path}: {one_line(e)}') from None
 
@@ -103,7 +105,7 @@ def load_pretrained_path(model: nn.Module, path, log: bool = True) -> Dict[str, 
     Every non-classifier tensor must fit; classifier tensors of another shape are dropped (the model keeps its freshly
     initialised head). Returns ``{'loaded': [...], 'dropped': {key: shape}, 'file': ...}``."""
     file = _weights_file(Path(path))
-    sd = _read_state_dict(file)
+    sd = _read_state_dict(file, model)
     arch = _arch(model)
     if arch in list_models():
         try:  # the family's filter converts official / timm layouts to ours and checks every non-head key
@@ -249,7 +251,7 @@ def create_train_model(args, log: bool = True) -> Tuple[nn.Module, Dict[str, Any
         path = Path(args.initial_checkpoint)
         if not path.is_file():
             raise CheckpointError(f'--initial-checkpoint not found: {path}')
-        sd = _read_state_dict(path)
+        sd = _read_state_dict(path, model)
         arch = _arch(model)
         if arch in list_models():
             try:
