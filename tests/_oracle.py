@@ -14,7 +14,8 @@ from backbones.bench import random_timm_model, redraw_
 
 __all__ = ['redraw_', 'random_model', 'load_converted', 'assert_same_layout', 'timm_twins', 'timm_twin', 'filter_fn',
            'meta_model', 'num_params', 'read_manifest', 'manifest_state_dict', 'read_fixture', 'davit_official',
-           'sequencer_official', 'crossvit_official', 'parity_fixture']
+           'sequencer_official', 'crossvit_official', 'parity_fixture', 'assert_official_logits',
+           'assert_fx_stage_features']
 
 
 def random_model(name: str, **kwargs) -> torch.nn.Module:
@@ -154,6 +155,28 @@ def crossvit_official(timm_sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tenso
     ParameterLists ``pos_embed.<b>`` / ``cls_token.<b>`` into ``pos_embed_<b>`` / ``cls_token_<b>``; every other key
     is the same."""
     return {k.replace('pos_embed_', 'pos_embed.').replace('cls_token_', 'cls_token.'): v for k, v in timm_sd.items()}
+
+
+def assert_official_logits(model: torch.nn.Module, meta: Dict, x: torch.Tensor, expected: torch.Tensor) -> None:
+    """``model`` (official weights loaded) has the fixture's parameter count and, in eval mode, gives the official
+    logits for ``x`` within the fixture's ``atol``."""
+    assert sum(p.numel() for p in model.parameters()) == meta['num_params']
+    with torch.no_grad():
+        logits = model.eval()(x)
+    assert logits.shape == expected.shape
+    assert (logits - expected).abs().max().item() <= meta['atol']
+
+
+def assert_fx_stage_features(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """timm's FX feature extractor on the four ``stages.i`` of ``model`` returns ``forward_intermediates``'s maps."""
+    from timm.models._features_fx import create_feature_extractor
+    fx = create_feature_extractor(model, return_nodes={f'stages.{i}': str(i) for i in range(4)})
+    with torch.no_grad():
+        got = list(fx(x).values())
+        expected = model.forward_intermediates(x, intermediates_only=True)
+    assert len(got) == len(expected) == 4
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, atol=1e-6)
 
 
 def parity_fixture(directory: str, name: str):

@@ -77,16 +77,6 @@ import shutil  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-
-@pytest.fixture
-def one_thread():
-    """One compute thread while a test trains in-process (as OMP_NUM_THREADS=1 does for the subprocesses)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # Each test module that imports a session fixture gets its own copy of it: memoize, so it is built once a session.
 _SESSION: Dict[str, object] = {}
 

@@ -48,6 +48,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """One compute thread for the test: tiny forwards, where threads only add overhead (much more on a busy machine),
+    and in-process training (as OMP_NUM_THREADS=1 does for the training subprocesses)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # Two code paths that compute the same float32 function (another kernel, summation order, thread count, an exported
 # or compiled program, a fused or folded layer) agree to a few roundings (eps = 1.2e-7) per op; over a network's
 # depth that is ~1e-6 of the magnitude of the values involved, and a value near 0 that comes out of sums of terms of

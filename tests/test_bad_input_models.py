@@ -25,15 +25,6 @@ def _shared(name):
     return _meta(name)
 
 
-@pytest.fixture
-def one_thread():
-    """The real forwards here are on tiny inputs, where threads only add overhead (and on a busy machine much more)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _x(b=1, c=3, h=64, w=64, dtype=torch.float32):
     return torch.empty(b, c, h, w, device='meta', dtype=dtype)
 

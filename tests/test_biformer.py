@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from _oracle import flop_counter_macs, parity_fixture
+from _oracle import assert_official_logits, flop_counter_macs, parity_fixture
 from torch.overrides import TorchFunctionMode
 
 from backbones.flops import count
@@ -56,12 +56,7 @@ def test_fixture_parity(fixture):
     model = timm.create_model('biformer_tiny', device='meta', **_model_kwargs(meta['config']))
     sd = checkpoint_filter_fn({'model': official, 'epoch': 299, 'max_accuracy': 0.}, model)
     model.load_state_dict(sd, assign=True)
-    model.eval()
-    assert sum(p.numel() for p in model.parameters()) == meta['num_params']
-    with torch.no_grad():
-        logits = model(x)
-    assert logits.shape == expected.shape
-    assert (logits - expected).abs().max().item() <= meta['atol']
+    assert_official_logits(model, meta, x, expected)
 
 
 def test_pretrained_file_and_convert(tmp_path):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import pytest
+import timm
 import torch
 from _oracle import (
     FIXTURES,
@@ -26,6 +27,7 @@ from _oracle import (
     sequencer_official,
 )
 from conftest import smallest_per_family
+from timm.models import get_pretrained_cfg
 
 import backbones
 from backbones._checkpoint import CheckpointMismatchError
@@ -226,3 +228,21 @@ def test_official_keys_map_and_params_equal(name):
             assert len(official) == len(sd) + row.merged_keys(official)
             assert sum(v.numel() for v in official.values()) == sum(v.numel() for v in sd.values())
     assert num_params(model) == expected == info.params
+
+
+def _tags_on_timms_hub():
+    """Every zoo pretrained tag whose weights are timm's hub files (``hf_hub_id`` ``timm/<twin>.<tag>``)."""
+    tags = [t for n in backbones.list_models() for t in timm.list_pretrained(n)]
+    return [t for t in tags if (get_pretrained_cfg(t).hf_hub_id or '').startswith('timm/')]
+
+
+@pytest.mark.parametrize('tag', _tags_on_timms_hub())
+def test_tags_on_timms_hub_preprocess_as_timm(tag):
+    """A tag that downloads timm's weights names the variant's registered timm twin and evaluates those weights as
+    timm does: the same classes, input size, crop and normalisation."""
+    cfg = get_pretrained_cfg(tag).to_dict()
+    twin_tag = cfg['hf_hub_id'][len('timm/'):]
+    assert twin_tag.split('.')[0] == backbones.get_variant_info(tag.split('.')[0]).timm_twin
+    ref = get_pretrained_cfg(twin_tag).to_dict()
+    for key in ('num_classes', 'input_size', 'crop_pct', 'crop_mode', 'interpolation', 'mean', 'std'):
+        assert cfg[key] == ref[key], (tag, key)

@@ -246,11 +246,8 @@ def test_pretrained_cfgs_are_timms():
     assert len(ours) == 21
     for name in ours:
         arch, tag = name.split('.')
-        cfg = get_pretrained_cfg(name).to_dict()
-        ref = get_pretrained_cfg(f'{ORACLES[arch]}.{tag}').to_dict()
+        cfg = get_pretrained_cfg(name).to_dict()  # preprocessing as timm's: tests/test_checkpoint_contract.py
         assert cfg['hf_hub_id'] == f'timm/{ORACLES[arch]}.{tag}'
-        for key in ('num_classes', 'input_size', 'crop_pct', 'crop_mode', 'interpolation', 'mean', 'std'):
-            assert cfg[key] == ref[key], (name, key)
         assert cfg['pool_size'] == tuple(s // 32 for s in cfg['input_size'][1:])
         assert not cfg.get('fixed_input_size')
 

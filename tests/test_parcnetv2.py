@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from _oracle import parity_fixture
+from _oracle import assert_fx_stage_features, parity_fixture
 from conftest import max_diff_f32
 
 from backbones._checkpoint import CheckpointMismatchError
@@ -251,15 +251,7 @@ def test_convert_official_checkpoint(tmp_path):
 
 
 def test_fx_feature_extraction_matches_eager():
-    from timm.models._features_fx import create_feature_extractor
-    model = timm.create_model('parcnetv2_xt', **TINY).eval()
-    x = torch.randn(1, 3, 48, 80)
-    fx = create_feature_extractor(model, return_nodes={f'stages.{i}': str(i) for i in range(4)})
-    with torch.no_grad():
-        got = list(fx(x).values())
-        expected = model.forward_intermediates(x, intermediates_only=True)
-    for g, e in zip(got, expected):
-        assert torch.allclose(g, e, atol=1e-6)
+    assert_fx_stage_features(timm.create_model('parcnetv2_xt', **TINY).eval(), torch.randn(1, 3, 48, 80))
 
 
 def test_compile_fullgraph_without_graph_breaks():

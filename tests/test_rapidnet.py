@@ -5,7 +5,7 @@ import json
 import pytest
 import timm
 import torch
-from _oracle import parity_fixture
+from _oracle import assert_official_logits, parity_fixture
 from conftest import max_diff_f32
 from test_hub import hub, server  # noqa: F401  (the loopback Hub fixtures)
 
@@ -58,12 +58,7 @@ def test_fixture_parity(fixture):
     assert any('reparam_conv' in k for k in folded)
     # 'state_dict' is what the official evaluation reads (the decoy EMA copy must be ignored)
     for checkpoint in ({'state_dict': official, 'state_dict_ema': decoy}, folded):
-        model = _load(checkpoint, meta['config'])
-        assert sum(p.numel() for p in model.parameters()) == meta['num_params']
-        with torch.no_grad():
-            out = model(x)
-        assert out.shape == logits.shape
-        assert (out - logits).abs().max().item() <= meta['atol']
+        assert_official_logits(_load(checkpoint, meta['config']), meta, x, logits)
 
 
 @pytest.mark.parametrize('name', VARIANTS)

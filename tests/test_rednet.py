@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from _oracle import parity_fixture
+from _oracle import assert_official_logits, parity_fixture
 
 from backbones.layers import Involution
 from backbones.models.rednet import checkpoint_filter_fn
@@ -25,12 +25,7 @@ def test_fixture_parity(fixture):
     # an mmcls checkpoint: {'meta': ..., 'state_dict': {backbone.*, head.fc.*}}
     sd = checkpoint_filter_fn({'meta': {'epoch': 130}, 'state_dict': official}, model)
     model.load_state_dict(sd, assign=True)
-    model.eval()
-    assert sum(p.numel() for p in model.parameters()) == meta['num_params']
-    with torch.no_grad():
-        logits = model(x)
-    assert logits.shape == expected.shape
-    assert (logits - expected).abs().max().item() <= meta['atol']
+    assert_official_logits(model, meta, x, expected)
 
 
 # ---------------------------------------------------------------- the operator

@@ -19,7 +19,6 @@ from _train_common import (
 from backbones.train import main
 
 # fixtures shared by the training test files
-one_thread = common.one_thread
 tiny_data = common.tiny_data
 tiny_run = common.tiny_run
 

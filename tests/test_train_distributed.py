@@ -17,7 +17,6 @@ from _train_common import (
 )
 
 # fixtures shared by the training test files
-one_thread = common.one_thread
 tiny_data = common.tiny_data
 
 

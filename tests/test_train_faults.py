@@ -18,7 +18,6 @@ from _train_common import error_lines, load_weights_only, snapshot, summary_rows
 import backbones.train.loop as loop
 from backbones.train import main
 
-one_thread = common.one_thread
 tiny_data = common.tiny_data
 tiny_run = common.tiny_run
 

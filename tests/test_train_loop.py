@@ -28,7 +28,6 @@ from backbones.train.data import set_loader_epoch
 from backbones.train.model import create_train_model
 
 # fixtures shared by the training test files
-one_thread = common.one_thread
 tiny_data = common.tiny_data
 tiny_run = common.tiny_run
 

@@ -3,7 +3,7 @@ the architecture's details that parity cannot see (LayerNorm eps), and the share
 import pytest
 import timm
 import torch
-from _oracle import load_converted, random_model, timm_twins
+from _oracle import assert_fx_stage_features, load_converted, random_model, timm_twins
 from conftest import max_diff_f32
 
 from backbones.layers.subsampled_attention import GlobalSubsampledAttention, LocallyGroupedAttention
@@ -150,12 +150,5 @@ def test_gsa_without_subsampling_is_global_attention():
 # ---------------------------------------------------------------- tracing at a padded size
 
 def test_fx_feature_extraction_at_padded_size():
-    from timm.models._features_fx import create_feature_extractor
     model = timm.create_model('twins_svt_s', **REDUCED['twins_svt_s']).eval()
-    x = torch.randn(1, 3, 64, 96)  # stage maps 16x24 .. 2x3: all padded to multiples of 7
-    fx = create_feature_extractor(model, return_nodes={f'stages.{i}': str(i) for i in range(4)})
-    with torch.no_grad():
-        got = list(fx(x).values())
-        expected = model.forward_intermediates(x, intermediates_only=True)
-    for g, e in zip(got, expected):
-        assert torch.allclose(g, e, atol=1e-6)
+    assert_fx_stage_features(model, torch.randn(1, 3, 64, 96))  # stage maps 16x24 .. 2x3: all padded to multiples of 7

@@ -16,7 +16,6 @@ from _train_common import (
 from backbones.train import validate_main
 
 # fixtures shared by the training test files
-one_thread = common.one_thread
 tiny_data = common.tiny_data
 tiny_run = common.tiny_run
 

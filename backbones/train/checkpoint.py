@@ -16,6 +16,8 @@ way: timm unlinks ``last.pth.tar`` before replacing it, which a kill at the wron
 :func:`export_for_hf` writes the best weights as a ``save_for_hf`` folder (``config.json`` + ``model.safetensors``).
 """
 import contextlib
+import csv
+import io
 import logging
 import os
 import random
@@ -270,16 +272,16 @@ def summary_row(epoch: int, train_metrics: Mapping[str, float], eval_metrics: Ma
     return row
 
 
-def write_summary(path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write ``summary.csv`` (atomically) from ``rows``: one header, the union of the rows' columns in order of
-    appearance (an epoch without validation leaves its ``eval_*`` cells empty instead of shifting the columns)."""
-    import csv
-    import io
-    fields: List[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
+def write_summary(path, rows: Sequence[Mapping[str, Any]], fields: Optional[Sequence[str]] = None) -> None:
+    """Write ``summary.csv`` (atomically) from ``rows``: one header (``fields``, or the union of the rows' columns in
+    order of appearance: an epoch without validation leaves its ``eval_*`` cells empty instead of shifting the
+    columns); no rows, an empty file."""
+    if fields is None:
+        fields = []
+        for r in rows:
+            fields += [k for k in r if k not in fields]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator='\r\n')
+    w = csv.DictWriter(buf, fieldnames=list(fields), lineterminator='\r\n')
     if rows:
         w.writeheader()
         w.writerows(rows)
@@ -288,8 +290,6 @@ def write_summary(path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def rewrite_summary(path, keep_epochs_below: int) -> List[Dict[str, str]]:
     """Keep the rows of ``summary.csv`` with ``epoch < keep_epochs_below`` (atomically); returns the kept rows."""
-    import csv
-    import io
     path = Path(path)
     if not path.exists():
         return []
@@ -297,10 +297,5 @@ def rewrite_summary(path, keep_epochs_below: int) -> List[Dict[str, str]]:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         rows = [r for r in reader if r.get('epoch') not in (None, '') and int(r['epoch']) < keep_epochs_below]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator='\r\n')
-    if rows:
-        w.writeheader()
-        w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    write_summary(path, rows, fields)
     return rows
