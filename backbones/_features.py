@@ -103,8 +103,11 @@ def _pre_logits_width(head: nn.Module) -> int:
 
 class StageFeatureMixin:
     """timm's model contract for ``stem -> stages -> norm -> head`` networks (see module docstring)."""
-    min_input_size: Final[int] = 1  # smallest input side (Final: TorchScript reads this class-level default)
+    min_input_size: Final[int] = 1  # smallest input side
     stem_feature: Final[bool] = False  # the stem's output is feature level 0 (see the module docstring)
+    # TorchScript reads these class-level values as constants; it finds them through __constants__ (looked up along
+    # the MRO) also in a subclass that has annotations of its own (which hide these Final annotations from it)
+    __constants__ = ['min_input_size', 'stem_feature']
 
     @torch.jit.ignore
     def init_model(self, name: str, in_chans: int, num_classes: int, drop_rate: float, input_divisor: int = 1):

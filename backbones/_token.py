@@ -393,10 +393,13 @@ class MultiBranchTokenMixin(_TokenContract):
         for branch_taps in taps:  # branch-major, as the indices
             intermediates.extend(format_taps(branch_taps, output_fmt))
         if return_prefix_tokens and not torch.jit.is_scripting():
-            intermediates = list(zip(intermediates, [p for branch in prefixes for p in branch]))
+            intermediates = list(zip(intermediates, sum(prefixes, [])))
         if intermediates_only:
             return intermediates
-        return [branch_norm(xs[b]) for b, branch_norm in enumerate(self.norm)], intermediates
+        final: List[torch.Tensor] = []
+        for b, final_norm in enumerate(self.norm):
+            final.append(final_norm(xs[b]))
+        return final, intermediates
 
     def prune_intermediate_layers(
             self,

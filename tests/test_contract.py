@@ -1,10 +1,12 @@
 """timm's model contract, checked on every zoo model (meta device) and for real on the smallest of each family."""
 import fnmatch
+import io
 
 import pytest
 import timm
 import torch
-from conftest import ALL_MODELS, SMALL_MODELS, input_side
+from _reduced import reduced_model
+from conftest import ALL_MODELS, SMALL_MODELS, assert_close_f32, input_side
 from timm.models import get_pretrained_cfg
 
 from backbones._token import MultiBranchTokenMixin, TokenFeatureMixin
@@ -252,3 +254,22 @@ def test_in_chans_adapt_and_dtype(name):
     assert model(torch.randn(1, 1, side, side)).shape == (1, 4)
     m64 = timm.create_model(name, num_classes=4).double().eval()
     assert m64(torch.randn(1, 3, side, side, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_torchscript_features_only(name):
+    """A ``features_only`` model scripts (as timm's hierarchical models' FeatureListNet does), saves and loads, with
+    the eager features; the index checks are eager-only (a scripted model takes the indices it was built with)."""
+    model = reduced_model(name, features_only=True, out_indices=(-2, -1))
+    scripted = torch.jit.script(model)
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    buf.seek(0)
+    loaded = torch.jit.load(buf)
+    x = _x(model.model, b=1)
+    with torch.no_grad():
+        expected = model(x)
+        got = loaded(x)
+    assert len(got) == len(expected) == 2
+    for g, e in zip(got, expected):
+        assert_close_f32(g, e)

@@ -1,7 +1,7 @@
 """Small shared helpers: validation of inputs, build arguments and feature indices, each failing with one clear
 message that names what was expected."""
 import numbers
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -193,13 +193,21 @@ def check_model_kwargs(model: str, kwargs: Dict[str, Any]) -> None:
 
 def check_feature_indices(
         num_levels: int,
-        indices: Optional[Union[int, Sequence[int]]],
+        indices: Optional[Union[int, List[int]]],
         model: str = 'model',
 ) -> Tuple[List[int], int]:
     """timm's ``feature_take_indices`` (None: every level; n: the last n; a sequence: those levels, negative ones
     counted from the end, as timm allows) after checking ``indices``: a ``ValueError`` that lists the valid indices
     for one out of range, a level given twice or levels out of order (features come out shallow to deep, so an
-    unordered request would silently return them in another order). Returns (absolute indices, largest index)."""
+    unordered request would silently return them in another order). Returns (absolute indices, largest index).
+    TorchScript compiles timm's part only (a scripted ``features_only`` model takes the indices it was built with)."""
+    if not torch.jit.is_scripting():
+        indices = _checked_feature_indices(num_levels, indices, model)
+    return feature_take_indices(num_levels, indices)
+
+
+@torch.jit.unused
+def _checked_feature_indices(num_levels: int, indices: Any, model: str) -> Any:
     valid = f'valid indices are 0..{num_levels - 1} (or -{num_levels}..-1 counted from the end)'
     if isinstance(indices, bool):
         raise TypeError(f'{model}: feature indices must be an int or a sequence of ints, got {indices!r}')
@@ -226,7 +234,7 @@ def check_feature_indices(
                 f'{model}: feature indices {requested} must go from shallow to deep (levels {levels}), the order '
                 f'the features come out in; {valid}')
         indices = levels
-    return feature_take_indices(num_levels, indices)
+    return indices
 
 
 def refuse_img_size(img_size: Any, model: str, why: str) -> None:
