@@ -1,7 +1,7 @@
 """Blocks shared by several zoo families (timm.layers is used as is wherever it already has the piece)."""
 from .activation import InplaceGELU
 from .attention import Attention, sdpa
-from .bottleneck import Bottleneck, MixerFn
+from .bottleneck import Bottleneck, MixerFn, resnext_width
 from .channel_attention import ChannelAttention
 from .conv import (
     Conv2dSame,

@@ -19,7 +19,7 @@ from .conv import ConvNormAct, LayerType
 from .shortcut import Shortcut
 from .tracing import is_symbolic_tracing, is_tracing
 
-__all__ = ['Bottleneck', 'MixerFn']
+__all__ = ['Bottleneck', 'MixerFn', 'resnext_width']
 
 # mixer_fn(in_chs, out_chs, stride, first, dilation=, device=, dtype=) -> module mapping [B, in, H, W] to
 # [B, out, H/s, W/s], normalized and activated, its spatial layers dilated by ``dilation``. ``first`` is True in the
@@ -28,6 +28,12 @@ MixerFn = Callable[..., nn.Module]
 
 
 @torch.jit.unused
+def resnext_width(out_chs: int, base_width: int, groups: int) -> int:
+    """The 3x3 width of a bottleneck with output ``out_chs`` (expansion 4): ``floor(planes * base_width / 64) *
+    groups``, ResNeXt's rule (arXiv 1611.05431 Table 1; ``base_width=64, groups=1`` gives ResNet's ``planes``)."""
+    return out_chs // 4 * base_width // 64 * groups
+
+
 def _records_grad(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> bool:
     """Whether autograd records an op on ``a, b, c`` (also true while tracing and for FX proxies: those take the
     out-of-place op)."""

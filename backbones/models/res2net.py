@@ -17,7 +17,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from .._checkpoint import convert_state_dict
 from .._features import feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
-from ..layers import Bottleneck, ConvStem, Res2Split
+from ..layers import Bottleneck, ConvStem, Res2Split, resnext_width
 from ._resnet import ResNetSkeleton
 
 __all__ = ['Res2Net']
@@ -46,8 +46,7 @@ FAMILY = register_family(Family(
 def _res2_bottleneck(in_chs, out_chs, stride, first, drop_path, base_width, scale, cardinality, avg_down,
                      dilation=1, first_dilation=None, device=None, dtype=None):
     """Res2Net bottleneck: ``scale`` chunks of ``floor(planes * base_width / 64) * cardinality`` channels."""
-    planes = out_chs // 4
-    width = planes * base_width // 64 * cardinality
+    width = resnext_width(out_chs, base_width, cardinality)
     return Bottleneck(
         in_chs, out_chs,
         mid_chs=width * scale,

@@ -16,7 +16,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from .._checkpoint import convert_state_dict
 from .._features import feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
-from ..layers import Bottleneck, ConvNormAct, ConvStem, SqueezeExcite
+from ..layers import Bottleneck, ConvNormAct, ConvStem, SqueezeExcite, resnext_width
 from ._resnet import ResNetSkeleton
 
 __all__ = ['SENet']
@@ -47,8 +47,7 @@ def _grouped_conv3x3(in_chs, out_chs, stride, first, groups=1, dilation=1, devic
 def _se_bottleneck(in_chs, out_chs, stride, first, drop_path, groups, base_width, stride_in_1x1,
                    reduce_first, shortcut_kernel_size, dilation=1, first_dilation=None, device=None, dtype=None):
     """SE bottleneck: width per the ResNeXt rule (``floor(planes * base_width / 64) * groups``)."""
-    planes = out_chs // 4
-    width = planes * base_width // 64 * groups
+    width = resnext_width(out_chs, base_width, groups)
     return Bottleneck(
         in_chs, out_chs,
         mid_chs=width // reduce_first,

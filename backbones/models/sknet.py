@@ -26,7 +26,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from .._checkpoint import convert_state_dict
 from .._features import feature_cfg
 from .._registry import Family, register_family, register_zoo_model, zoo_cfg
-from ..layers import Bottleneck, ConvStem, SelectiveKernel, sk_attn_chs
+from ..layers import Bottleneck, ConvStem, SelectiveKernel, resnext_width, sk_attn_chs
 from ._resnet import ResNetSkeleton
 
 __all__ = ['SKNet']
@@ -53,8 +53,7 @@ FAMILY = register_family(Family(
 def _sk_bottleneck(in_chs, out_chs, stride, first, drop_path, groups, base_width, fuse_dims,
                    dilation=1, first_dilation=None, device=None, dtype=None):
     """SK bottleneck: ResNeXt width rule, SK unit as the mixer; ``fuse_dims`` maps the block's output width to d."""
-    planes = out_chs // 4
-    width = planes * base_width // 64 * groups
+    width = resnext_width(out_chs, base_width, groups)
     return Bottleneck(
         in_chs, out_chs,
         mid_chs=width,
@@ -102,7 +101,7 @@ class SKNet(ResNetSkeleton):
         dd = dict(device=device, dtype=dtype)
         widths = (256, 512, 1024, 2048)
         if fuse_dims is None:
-            fuse_dims = [sk_attn_chs(w // 4 * base_width // 64 * groups, sk_reduction, sk_min_dim) for w in widths]
+            fuse_dims = [sk_attn_chs(resnext_width(w, base_width, groups), sk_reduction, sk_min_dim) for w in widths]
         if len(fuse_dims) != len(widths):
             raise ValueError(f'fuse_dims needs one value per stage ({len(widths)}), got {tuple(fuse_dims)}')
         stem = ConvStem(in_chans, 64, kernel_size=7, channels_last=True, **dd)
