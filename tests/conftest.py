@@ -13,9 +13,10 @@ _workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT') or 1)
 torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS') or 0) or max(1, min(2, (os.cpu_count() or 1) // _workers)))
 
 
-# The heaviest files first: pytest-xdist hands each worker one file at a time (--dist loadfile), in this order, so a
-# long file started last would leave the other workers idle at the end.
-HEAVY_FIRST = ('test_timm_suite.py', 'test_contract.py', 'test_export.py', 'test_counts.py')
+# The heaviest files first (about 240, 220 and 190 s of one core each): pytest-xdist hands each worker one file at a
+# time (--dist loadfile) in this order (--no-loadscope-reorder), so a long file started last cannot leave the other
+# workers idle at the end.
+HEAVY_FIRST = ('test_export.py', 'test_contract.py', 'test_timm_suite.py', 'test_bad_input_models.py')
 
 
 def pytest_collection_modifyitems(config, items):
