@@ -1,5 +1,6 @@
 """The benchmark library (backbones.bench, tools/benchmark.py): contenders, the table, parity; never timings."""
 import copy
+import dataclasses
 import json
 import os
 from dataclasses import asdict
@@ -31,6 +32,7 @@ from backbones.bench import (
     run_group,
     timm_twin,
 )
+from backbones.bench.runner import cpu_model
 from backbones.layers import ConvNormAct
 
 FAST = dict(rounds=1, warmup=0, batch=1)
@@ -179,6 +181,19 @@ def test_readme_block_round_trip():
         with pytest.raises(ValueError, match='README speed block, line'):
             check_readme_speed(text.replace(old, new))
 
+
+
+def test_readme_block_says_when_groups_ran_on_other_cpus():
+    """Each row records its CPU; a table whose groups ran on different CPUs says so (an --update on another machine),
+    one that ran on one CPU does not."""
+    ours, ref = _pair()
+    rows = run_group([Contender('ours', ours, 'zoo'), Contender('ref', ref, 'timm twin')], 1,
+                     [torch.randn(1, 3, 16, 16)], BenchConfig(memory=False, **FAST), group='g')
+    assert {r.cpu for r in rows} == {cpu_model()} and cpu_model()
+    assert 'different CPUs' not in readme_speed_block(rows, 'python tools/benchmark.py --markdown', 'some CPU')
+    old = [dataclasses.replace(r, group='h', cpu='') for r in rows]
+    block = readme_speed_block(old + rows, 'python tools/benchmark.py --markdown', 'some CPU')
+    assert f'times compare within a group only (not recorded: h; {cpu_model()}: g)' in block
 
 
 TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'benchmark.py'

@@ -67,7 +67,7 @@ README_SUITE = [
     ('tic_tiny', 'official'),
     ('rapidnet_ti', 'resnet50'),
     ('moat_0', 'official'),
-    ('parcnetv2_xt', 'none'),
+    ('parcnetv2_xt', 'official'),
 ]
 
 

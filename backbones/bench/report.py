@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from .references import recorded_official_note
-from .runner import Row
+from .runner import Row, cpu_model
 
 __all__ = [
     'SPEED_START', 'SPEED_END', 'rows_markdown', 'machine_summary', 'readme_speed_block', 'render_readme_speed',
@@ -111,21 +111,10 @@ def official_notes(rows: Sequence[Row]) -> List[str]:
     return notes
 
 
-def _cpu_model() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_summary(load_before: Optional[Sequence[float]] = None) -> str:
     """One line on the machine and software the numbers come from."""
     import timm
-    parts = [f'{_cpu_model()}, {os.cpu_count()} logical CPUs', f'torch {torch.__version__}', f'timm {timm.__version__}',
+    parts = [f'{cpu_model()}, {os.cpu_count()} logical CPUs', f'torch {torch.__version__}', f'timm {timm.__version__}',
              f'Python {platform.python_version()}']
     if torch.cuda.is_available():
         parts.append(torch.cuda.get_device_name())
@@ -198,6 +187,14 @@ def readme_speed_block(
         which = 'the groups' if len(loads) == len(rows) else 'the groups that recorded it'
         summary += (f'; 1-minute load average {min(loads):.1f}–{max(loads):.1f} as {which} finished '
                     f'(benchmarks/speed.json has each row\'s)')
+    groups_by_cpu: dict = {}
+    for r in rows:
+        groups = groups_by_cpu.setdefault(r.cpu or 'not recorded', [])
+        if r.group not in groups:
+            groups.append(r.group)
+    if len(groups_by_cpu) > 1:  # an --update on another machine: times compare within a group only
+        summary += '; the groups ran on different CPUs, so times compare within a group only (' + '; '.join(
+            f'{cpu}: {", ".join(g) if len(g) <= 3 else f"{len(g)} groups"}' for cpu, g in groups_by_cpu.items()) + ')'
     return '\n'.join([
         f'Measured {when:%Y-%m-%d %H:%M} UTC with `{command}` on: {summary}.', '',
         rows_markdown(rows).rstrip(), *([''] if notes else []), *(f'- {n}' for n in notes)])

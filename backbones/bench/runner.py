@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -117,7 +118,20 @@ class Row:
     rounds: int = 0
     when: str = ''  # UTC, minutes, when the group was measured
     load: Optional[float] = None  # the machine's 1-minute load average then (other jobs: 0 on an idle machine)
+    cpu: str = ''  # the CPU model it ran on ('' in rows stored before it was recorded)
     times: List[float] = field(default_factory=list, repr=False)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``, else what ``platform`` knows)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _first_tensor(out):
@@ -300,7 +314,7 @@ def _row(c: Contender, cfg: BenchConfig, group: str, inputs: Sequence[torch.Tens
     row = Row(
         group=group, label=c.label, kind=c.kind, mode=cfg.mode, batch=batch, input_size=tuple(inputs[0].shape[1:]),
         threads=torch.get_num_threads(), options=cfg.options(), clock=cfg.resolved_clock, is_reference=j == r, ms=ms,
-        img_s=batch / ms * 1e3, rounds=cfg.rounds, when=stamp[0], load=stamp[1], times=times[j])
+        img_s=batch / ms * 1e3, rounds=cfg.rounds, when=stamp[0], load=stamp[1], cpu=cpu_model(), times=times[j])
     if j != r:
         ratios = [a / b for a, b in zip(times[r], times[j])]
         row.speedup = statistics.median(ratios)
