@@ -273,3 +273,23 @@ def test_torchscript_features_only(name):
     assert len(got) == len(expected) == 2
     for g, e in zip(got, expected):
         assert_close_f32(g, e)
+
+
+def test_init_runs_on_cpu_and_is_skipped_on_meta():
+    """``skip_on_meta``: a model built for real gets its family's official init, one on the meta device none (its
+    tensors hold nothing). Sequencer's official init zeroes the classifier and ConViT's draws its position table,
+    neither of which torch's default init does."""
+    from backbones.layers.init import is_meta, skip_on_meta
+
+    class Probe(torch.nn.Linear):
+        @skip_on_meta
+        def init_weights(self):
+            self.ran = True
+
+    for device, ran in (('cpu', True), ('meta', False)):
+        probe = Probe(2, 2, device=device)
+        probe.ran = False
+        probe.init_weights()
+        assert probe.ran is ran and is_meta(probe) is (device == 'meta')
+    assert not timm.create_model('sequencer2d_small', depths=(1, 1, 1, 1)).head.fc.weight.any()
+    assert timm.create_model('convit_ti', depth=2, local_up_to_layer=1).pos_embed.std() > 0.01
